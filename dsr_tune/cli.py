@@ -1,0 +1,99 @@
+"""The ``dsr-tune`` command line.
+
+Every subcommand validates its whole input before any work starts; a bad
+config key or value exits with status 2 and one line naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import config as C
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> int:
+    print(f"dsr-tune: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+
+
+def _changed_keys(a: C.Config, b: C.Config, allowed: set[str]) -> list[str]:
+    fa, fb = a.flat(), b.flat()
+    return [k for k in fa if fa[k] != fb[k] and k not in allowed]
+
+
+def cmd_train(args) -> int:
+    try:
+        cfg = C.load(args.config, args.overrides)
+    except C.ConfigError as exc:
+        return _fail(f"config {exc}")
+    out = Path(args.output or Path("runs") / Path(args.config).stem)
+    latest = out / "checkpoint.pt"
+    if args.resume:
+        if not latest.exists():
+            return _fail(f"--resume: {out} holds no checkpoint.pt to continue from")
+        saved = C.load(out / "config.yaml")
+        changed = _changed_keys(saved, cfg, {"train.epochs"})
+        if changed:
+            return _fail(f"--resume: the config differs from the run's own in {', '.join(changed)}; "
+                         "only train.epochs may change on resume")
+    elif latest.exists() and not args.overwrite:
+        return _fail(f"--output {out} already holds a run; pass --resume to continue it or --overwrite to start over")
+
+    from .train import train  # torch is heavy: import after validation
+
+    try:
+        record = train(cfg, out, resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the last finished epoch is saved. Continue with:\n"
+              f"  dsr-tune train {args.config} {' '.join(args.overrides)} --output {out} --resume", file=sys.stderr)
+        return 130
+    except C.ConfigError as exc:
+        return _fail(f"config {exc}")
+    summary = f"test accuracy {100 * record['test_acc']:.2f}%" if record else "nothing left to train"
+    print(f"done: {summary}; run folder {out}")
+    return 0
+
+
+def cmd_keys(args) -> int:
+    print(C.describe())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dsr-tune", description="Dynamic sparse reparameterization: train, compare, sweep.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one configuration", description=(
+        "Train CONFIG.yaml with optional section.key=value overrides. Writes config.yaml, "
+        "metrics.jsonl and checkpoints to --output."))
+    t.add_argument("config", help="YAML config (see configs/)")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sparsity.sparsity=0.8")
+    t.add_argument("--output", "-o", help="run folder (default: runs/<config name>)")
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
+    t.add_argument("--overwrite", action="store_true", help="start over in an --output that already holds a run")
+    t.set_defaults(func=cmd_train)
+
+    k = sub.add_parser("keys", help="list every config key with its default and meaning")
+    k.set_defaults(func=cmd_keys)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,340 @@
+"""Run configuration: one dataclass per concern, validated on construction.
+
+A config is loaded from YAML, overridden with dotted keys from the command line
+(``sparsity.sparsity=0.9``) and written out resolved beside every run. Any bad
+key or value raises :class:`ConfigError` naming the key, the value and what is
+allowed, before any work starts.
+
+Each field carries its documentation and its check in ``metadata``:
+``doc`` (one line), ``check`` (a callable returning an error string or None).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is not allowed. ``key`` is the dotted key."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+# ---------------------------------------------------------------- field checks
+
+
+def one_of(*allowed: str):
+    def check(v):
+        return None if v in allowed else f"must be one of {', '.join(map(repr, allowed))}"
+    return check
+
+
+def in_range(lo=None, hi=None, lo_open=False, hi_open=False):
+    def check(v):
+        if v is None:
+            return None
+        bad_lo = lo is not None and (v <= lo if lo_open else v < lo)
+        bad_hi = hi is not None and (v >= hi if hi_open else v > hi)
+        if bad_lo or bad_hi:
+            left = "(" if lo_open else "["
+            right = ")" if hi_open else "]"
+            return f"must be in {left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+        return None
+    return check
+
+
+def opt(default, doc: str, check=None):
+    """A field with a default, a doc line and an optional check."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: _copy(d), metadata={"doc": doc, "check": check})
+    return field(default=default, metadata={"doc": doc, "check": check})
+
+
+def _copy(d):
+    return yaml.safe_load(yaml.safe_dump(d))
+
+
+def _period_schedule_check(v):
+    if not v:
+        return "must be a non-empty list of [start_epoch, period] pairs"
+    last = -1
+    for item in v:
+        if not (isinstance(item, (list, tuple)) and len(item) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in item)):
+            return f"each entry must be [start_epoch, period] (two integers), got {item!r}"
+        start, period = item
+        if period < 1:
+            return f"period must be >= 1 iteration, got {period}"
+        if start <= last:
+            return "start epochs must increase strictly"
+        last = start
+    if v[0][0] != 0:
+        return "the first entry must start at epoch 0"
+    return None
+
+
+def _increasing_ints(v):
+    if any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for x in v):
+        return "must be a list of non-negative integer epochs"
+    if list(v) != sorted(set(v)):
+        return "must increase strictly"
+    return None
+
+
+def _patterns(v):
+    if v is None:
+        return None
+    if not all(isinstance(x, str) and x for x in v):
+        return "must be a list of parameter-name patterns (fnmatch, e.g. 'layer*.conv*.weight')"
+    return None
+
+
+# ---------------------------------------------------------------- the sections
+
+
+@dataclass
+class ModelConfig:
+    name: str = opt("small_cnn", "model from the registry", one_of("small_cnn", "wrn", "resnet50"))
+    depth: int = opt(28, "WRN depth (6n+4)", lambda v: None if v >= 10 and (v - 4) % 6 == 0 else "must be 6n+4 and >= 10 (e.g. 16, 22, 28, 40)")
+    width: float = opt(2.0, "width: WRN widen factor k, ResNet-50 / small CNN width multiplier (any real > 0)", in_range(0, 64, lo_open=True))
+    sparse_layers: list | None = opt(None, "override: fnmatch patterns of the weight names made sparse (default: the model's own rule)", _patterns)
+    dense_layers: list | None = opt(None, "override: fnmatch patterns removed from the sparse set", _patterns)
+
+
+@dataclass
+class DataConfig:
+    name: str = opt("digits", "data set", one_of("digits", "cifar10", "imagenet", "folder", "synthetic"))
+    root: str | None = opt(None, "data root: CIFAR-10 folder, or a tree with train/ and val/ class folders")
+    download: bool = opt(False, "CIFAR-10 only: download into root if missing")
+    image_size: int = opt(0, "image size for 'folder' and 'imagenet' (0: 224 for imagenet)", in_range(0, 4096))
+    batch_size: int = opt(64, "per-step batch size over all workers (the global batch)", in_range(1, None))
+    eval_batch_size: int = opt(256, "batch size for evaluation", in_range(1, None))
+    loader_workers: int = opt(-1, "loader processes per training process (-1: auto, 0: in-process)", in_range(-1, 256))
+    test_fraction: float = opt(0.2, "digits only: share held out as the test set (fixed split)", in_range(0.05, 0.5))
+    synthetic_size: int = opt(512, "synthetic only: number of random training samples", in_range(16, None))
+
+
+@dataclass
+class OptimConfig:
+    lr: float = opt(0.1, "base learning rate (for the base batch size)", in_range(0, 100, lo_open=True))
+    momentum: float = opt(0.9, "SGD momentum", in_range(0, 1, hi_open=True))
+    nesterov: bool = opt(True, "Nesterov momentum")
+    weight_decay: float = opt(5e-4, "L2 weight decay", in_range(0, 1))
+    milestones: list = opt([], "epochs at which the LR is multiplied by gamma", _increasing_ints)
+    gamma: float = opt(0.2, "LR factor at each milestone", in_range(0, 1, lo_open=True))
+    warmup_epochs: int = opt(0, "linear LR warm-up from lr/10 over this many epochs (large-batch runs)", in_range(0, None))
+    base_batch_size: int = opt(0, "batch size lr refers to; 0: data.batch_size (no scaling)", in_range(0, None))
+    lr_scaling: str = opt("linear", "rule when data.batch_size differs from base_batch_size", one_of("linear", "sqrt", "none"))
+
+
+@dataclass
+class SparsityConfig:
+    method: str = opt("dsr", "reallocation method", one_of("dsr", "static", "dense"))
+    sparsity: float = opt(0.9, "global sparsity of the sparse tensors (share of zero weights)", in_range(0, 1, hi_open=True))
+    distribution: str = opt("uniform", "initial spread of the budget over tensors", one_of("uniform"))
+    init_threshold: float = opt(1e-3, "DSR: initial pruning threshold H", in_range(0, None, lo_open=True))
+    target_pruned: int = opt(20000, "DSR: Np, target number of weights pruned per reallocation", in_range(1, None))
+    delta: float = opt(0.1, "DSR: tolerance on Np before H is halved or doubled", in_range(0, 1, hi_open=True))
+    threshold_factor: float = opt(2.0, "DSR: factor H is divided or multiplied by", in_range(1, None, lo_open=True))
+    period_schedule: list = opt([[0, 100], [25, 200], [80, 400], [140, 800]],
+                                "reallocation period: [start_epoch, iterations] pairs", _period_schedule_check)
+    period_scale: float = opt(1.0, "multiplies every period of the schedule (sweeps search it)", in_range(0, None, lo_open=True))
+    stop_epoch: int = opt(190, "no reallocation from this epoch on", in_range(0, None))
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = opt(200, "training epochs", in_range(1, None))
+    seed: int = opt(0, "seed for weights, masks and data order", in_range(0, 2**31 - 1))
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps", lambda v: None if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()) else "must be auto, cpu, cuda, cuda:N or mps")
+    precision: str = opt("fp32", "fp32 | bf16 (autocast) | fp16 (autocast + grad scaler, CUDA only)", one_of("fp32", "bf16", "fp16"))
+    channels_last: bool = opt(False, "use the channels_last memory format")
+    checkpoint_every: int = opt(1, "write a checkpoint every N epochs (and always at the end)", in_range(1, None))
+    threads: int = opt(0, "torch intra-op threads on CPU (0: torch default)", in_range(0, 1024))
+
+
+SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "sparsity": SparsityConfig,
+    "train": TrainConfig,
+}
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"section.key": value}`` for every field (for trackers)."""
+        return {f"{s}.{k}": v for s, d in self.to_dict().items() for k, v in d.items()}
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _hint(cls, name: str):
+    return typing.get_type_hints(cls)[name]
+
+
+def _coerce(key: str, value: Any, hint) -> Any:
+    """Check ``value`` against the type hint; accept ints for floats."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(hint)
+    expected = origin or hint
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, bool):
+        raise ConfigError(key, f"got {value!r}; expected an integer")
+    if expected is float and isinstance(value, str):
+        try:  # YAML reads "1e-3" as a string
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, expected):
+        raise ConfigError(key, f"got {value!r} ({type(value).__name__}); expected {expected.__name__}")
+    return value
+
+
+def _build_section(section: str, cls, values: Any):
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(section, f"must be a mapping of keys, got {values!r}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{section}.{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            tip = f" (did you mean {section}.{close[0]}?)" if close else ""
+            raise ConfigError(dotted, f"unknown key{tip}; allowed: {', '.join(names)}")
+        value = _coerce(dotted, value, _hint(cls, key))
+        check = names[key].metadata.get("check")
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(dotted, f"{value!r} {problem}" if not problem.startswith(("got", "each")) else problem)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def from_dict(data: dict | None) -> Config:
+    """Build and validate a :class:`Config` from nested dicts (as read from YAML)."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError("", f"a config must be a mapping of sections, got {type(data).__name__}")
+    for section in data:
+        if section not in SECTIONS:
+            close = difflib.get_close_matches(str(section), SECTIONS, n=1)
+            tip = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(str(section), f"unknown section{tip}; allowed: {', '.join(SECTIONS)}")
+    cfg = Config(**{s: _build_section(s, cls, data.get(s)) for s, cls in SECTIONS.items()})
+    validate_cross(cfg)
+    return cfg
+
+
+def validate_cross(cfg: Config) -> None:
+    """Checks that involve more than one field."""
+    d = cfg.data
+    if d.name in ("cifar10", "imagenet", "folder"):
+        if not d.root:
+            raise ConfigError("data.root", f"None: data set {d.name!r} needs a root directory")
+        root = Path(d.root).expanduser()
+        if d.name == "cifar10" and not d.download and not (root / "cifar-10-batches-py").is_dir():
+            raise ConfigError("data.root", f"{d.root!r} holds no cifar-10-batches-py/; set data.download=true or point at an existing copy")
+        if d.name in ("imagenet", "folder"):
+            for split in ("train", "val"):
+                if not (root / split).is_dir():
+                    raise ConfigError("data.root", f"{d.root!r} has no {split}/ folder; expected {d.root}/train/<class>/*.jpg and {d.root}/val/<class>/*.jpg")
+    if d.name == "folder" and d.image_size == 0:
+        raise ConfigError("data.image_size", "0: data set 'folder' needs an image size (e.g. 64)")
+    if cfg.data.download and d.name != "cifar10":
+        raise ConfigError("data.download", f"true: only cifar10 can be downloaded, not {d.name!r}")
+    if cfg.optim.milestones and cfg.optim.milestones[-1] >= cfg.train.epochs:
+        raise ConfigError("optim.milestones", f"{cfg.optim.milestones}: every milestone must be below train.epochs={cfg.train.epochs}")
+    if cfg.train.precision == "fp16" and cfg.train.device in ("cpu", "mps"):
+        raise ConfigError("train.precision", f"'fp16' needs CUDA (device is {cfg.train.device!r}); use bf16 on CPU")
+    if cfg.model.name == "resnet50" and d.name == "digits":
+        raise ConfigError("model.name", "'resnet50' cannot take 8x8 digits; use small_cnn or wrn")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"a.b=value"`` -> ``("a.b", parsed value)``; the value is read as YAML."""
+    if "=" not in item:
+        raise ConfigError(item, "an override must look like section.key=value")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if key.count(".") != 1:
+        raise ConfigError(key, "an override key must be section.key (e.g. sparsity.sparsity=0.8)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(key, f"cannot read value {raw!r}: {exc.problem}") from None
+    return key, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = _copy(data or {})
+    for item in overrides:
+        key, value = parse_override(item)
+        section, name = key.split(".")
+        node = data.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise ConfigError(section, "must be a mapping of keys")
+        node[name] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("", f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
+    return data or {}
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read YAML (if given), apply dotted overrides, validate."""
+    data = read_yaml(path) if path else {}
+    return from_dict(apply_overrides(data, list(overrides)))
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def describe() -> str:
+    """Every key with its default and doc line (``dsr-tune keys``)."""
+    lines = []
+    for section, cls in SECTIONS.items():
+        lines.append(f"{section}:")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {f.name} = {default!r}  # {f.metadata.get('doc', '')}")
+    return "\n".join(lines)

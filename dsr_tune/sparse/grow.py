@@ -1,0 +1,108 @@
+"""Where to grow and how many per tensor.
+
+Allocators decide the count per tensor; growers pick the positions. Grown
+weights start at exactly zero with zero optimizer state (the masking zeroes
+them), and never land on a position pruned in the same reallocation unless
+there is no other room left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+
+def proportional_counts(total: int, weights: Mapping[str, int], capacity: Mapping[str, int],
+                        generator: torch.Generator) -> dict[str, int]:
+    """Split ``total`` over tensors in proportion to ``weights``, exactly.
+
+    Largest-remainder rounding: each tensor gets floor or ceil of its exact
+    share ``total * w_i / sum(w)``, ties broken at random, and the counts sum
+    to ``total``. A tensor whose ``capacity`` is reached passes the rest of its
+    share on to the others in the same proportion. Integer arithmetic only.
+    """
+    alloc = {n: 0 for n in weights}
+    remaining = total
+    open_ = [n for n in weights if capacity[n] > 0 and weights[n] > 0]
+    while remaining > 0:
+        if not open_:  # nothing weighted has room: spread by room left
+            open_ = [n for n in weights if capacity[n] > alloc[n]]
+            if not open_:
+                raise RuntimeError(f"no room to grow {remaining} more weights")
+            w = {n: capacity[n] - alloc[n] for n in open_}
+        else:
+            w = {n: weights[n] for n in open_}
+        wsum = sum(w.values())
+        share = {n: remaining * w[n] // wsum for n in open_}
+        rest = remaining - sum(share.values())
+        # largest fractional part first; random tie-break
+        tie = torch.rand(len(open_), generator=generator).tolist()
+        order = sorted(range(len(open_)), key=lambda i: (-((remaining * w[open_[i]]) % wsum), tie[i]))
+        for i in order[:rest]:
+            share[open_[i]] += 1
+        for n in open_:
+            give = min(share[n], capacity[n] - alloc[n])
+            alloc[n] += give
+            remaining -= give
+        open_ = [n for n in open_ if alloc[n] < capacity[n]]
+    return alloc
+
+
+class ProportionalToSurvivors:
+    """DSR: the K pruned weights are regrown across tensors in proportion to
+    each tensor's surviving weights R_i."""
+
+    def __call__(self, pruned: Mapping[str, int], survivors: Mapping[str, int],
+                 capacity: Mapping[str, int], masking) -> dict[str, int]:
+        return proportional_counts(sum(pruned.values()), survivors, capacity, masking.generator)
+
+    def __repr__(self) -> str:
+        return "ProportionalToSurvivors()"
+
+
+class SameTensor:
+    """SET / RigL: every tensor regrows what it pruned (fixed per-layer density)."""
+
+    def __call__(self, pruned, survivors, capacity, masking) -> dict[str, int]:
+        return {n: min(k, capacity[n]) for n, k in pruned.items()}
+
+    def __repr__(self) -> str:
+        return "SameTensor()"
+
+
+def sample_positions(free: torch.Tensor, count: int, n_free: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` flat indices drawn uniformly without replacement where ``free``.
+
+    Sparse regime: draw random indices, keep the free ones, dedupe, repeat;
+    cost grows with ``count``, not with the tensor. When most free positions
+    are wanted, list them all instead. The result is a uniform random subset
+    either way (the draw is symmetric in the free positions).
+    """
+    device = free.device
+    if count <= 0:
+        return torch.empty(0, dtype=torch.long, device=device)
+    if count > n_free:
+        raise ValueError(f"asked for {count} positions, only {n_free} free")
+    flat = free.view(-1)
+    if 4 * count > n_free:
+        idx = flat.nonzero().squeeze(1)
+        return idx[torch.randperm(idx.numel(), generator=generator)[:count].to(device)]
+    numel = flat.numel()
+    chosen = torch.empty(0, dtype=torch.long, device=device)
+    while chosen.numel() < count:
+        need = count - chosen.numel()
+        draw = int(need * numel / n_free * 1.3) + 32
+        cand = torch.randint(numel, (draw,), generator=generator).to(device)
+        chosen = torch.cat([chosen, cand[flat[cand]]]).unique()
+    return chosen[torch.randperm(chosen.numel(), generator=generator)[:count].to(device)]
+
+
+class RandomGrowth:
+    """Grow at uniformly random inactive positions (DSR, SET, DeepR)."""
+
+    def __call__(self, name: str, free: torch.Tensor, count: int, n_free: int, masking) -> torch.Tensor:
+        return sample_positions(free, count, n_free, masking.generator)
+
+    def __repr__(self) -> str:
+        return "RandomGrowth()"

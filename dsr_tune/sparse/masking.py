@@ -1,0 +1,213 @@
+"""The one object that owns the masks of a model's sparse tensors.
+
+Invariants kept by :class:`Masking` (the tests check each one):
+
+- the number of active (mask=True) weights over all sparse tensors is the
+  budget fixed at construction, after every step and every reallocation;
+- after :meth:`Masking.step` (or the optimizer hook) every inactive weight and
+  every optimizer-state entry of it (momentum, Adam moments) is exactly zero;
+- masks are keyed by the unwrapped model's parameter names, so checkpoints do
+  not depend on DDP or ``torch.compile`` wrappers;
+- all random choices come from ``self.generator`` (a CPU generator saved in
+  :meth:`state_dict`), so every DDP rank seeded alike takes the same decision.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .distribution import layer_counts
+
+
+def default_sparse_names(model: nn.Module) -> list[str]:
+    """Every conv and linear weight: a sensible rule for a model we do not know."""
+    names = []
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            names.append(f"{mod_name}.weight" if mod_name else "weight")
+    return names
+
+
+def select_names(model: nn.Module, include: Iterable[str], exclude: Iterable[str] = ()) -> list[str]:
+    """Parameter names matching any ``include`` pattern and no ``exclude`` one (fnmatch)."""
+    include, exclude = list(include), list(exclude)
+    return [n for n, _ in model.named_parameters()
+            if any(fnmatch.fnmatchcase(n, p) for p in include)
+            and not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP (``.module``) and ``torch.compile`` (``._orig_mod``)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+class Masking:
+    """Masks for the sparse tensors of ``model`` plus the method that moves them.
+
+    Args:
+        model: the model (wrappers are unwrapped for naming).
+        optimizer: whose state of inactive weights is kept at zero; may be None.
+        sparsity: share of zeros over all sparse tensors at the start.
+        method: a reallocator (see :mod:`dsr_tune.sparse.methods`); None keeps
+            the masks fixed (static sparse).
+        names: parameter names of the sparse tensors; default: every conv and
+            linear weight.
+        distribution: how the budget is spread at the start ("uniform", "erk").
+        seed: seed of the generator behind every random choice.
+        hook: register :meth:`step` as an optimizer step post-hook, so a plain
+            ``optimizer.step()`` keeps the masks.
+        steps_per_epoch: if given, the epoch is derived from the step count;
+            otherwise call :meth:`set_epoch` at the start of every epoch.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                 sparsity: float, method: Any = None, names: Sequence[str] | None = None,
+                 distribution: str = "uniform", seed: int = 0, hook: bool = False,
+                 steps_per_epoch: int | None = None):
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        model = unwrap(model)
+        named = dict(model.named_parameters())
+        names = list(names) if names is not None else default_sparse_names(model)
+        missing = [n for n in names if n not in named]
+        if missing:
+            raise KeyError(f"no such parameters: {missing}; the model has e.g. {list(named)[:5]}")
+        if not names:
+            raise ValueError("no sparse tensors: the name list is empty")
+        self.params: dict[str, nn.Parameter] = {n: named[n] for n in names}
+        self.optimizer = optimizer
+        self.method = method
+        self.sparsity = sparsity
+        self.distribution = distribution
+        self.steps_per_epoch = steps_per_epoch
+        self.generator = torch.Generator().manual_seed(seed)
+        self.global_step = 0
+        self.epoch = 0
+        self.masks: dict[str, torch.Tensor] = {}
+        counts = layer_counts({n: p.shape for n, p in self.params.items()}, 1.0 - sparsity, distribution)
+        for name, p in self.params.items():
+            flat = torch.zeros(p.numel(), dtype=torch.bool)
+            flat[torch.randperm(p.numel(), generator=self.generator)[: counts[name]]] = True
+            self.masks[name] = flat.view_as(p).to(p.device)
+        self.budget = sum(counts.values())
+        self._hook = optimizer.register_step_post_hook(lambda *_: self.step()) if hook else None
+        self.events: list[dict] = []  # reallocation records not yet taken by pop_events()
+        self.apply()
+
+    # ------------------------------------------------------------ every step
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Zero inactive weights and their optimizer state."""
+        for name, p in self.params.items():
+            mask = self.masks[name]
+            p.mul_(mask)
+            for buf in self._state_tensors(p):
+                buf.mul_(mask)
+
+    def step(self) -> dict | None:
+        """Call after every optimizer step: re-apply masks, reallocate when due.
+
+        Returns the reallocation record when one happened, else None.
+        """
+        self.apply()
+        self.global_step += 1
+        if self.steps_per_epoch:
+            self.epoch = self.global_step // self.steps_per_epoch
+        if self.method is None or not self.method.due(self.global_step, self.epoch):
+            return None
+        event = self.reallocate()
+        self.events.append(event)
+        return event
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def pop_events(self) -> list[dict]:
+        events, self.events = self.events, []
+        return events
+
+    @torch.no_grad()
+    def reallocate(self) -> dict:
+        """Run the method's prune/grow once now; returns its record."""
+        record = self.method.reallocate(self)
+        self.apply()
+        record.update(step=self.global_step, epoch=self.epoch)
+        return record
+
+    # ------------------------------------------------------------ helpers for methods
+
+    def _state_tensors(self, p: torch.Tensor) -> list[torch.Tensor]:
+        if self.optimizer is None:
+            return []
+        state = self.optimizer.state.get(p, {})
+        return [v for v in state.values() if torch.is_tensor(v) and v.shape == p.shape]
+
+    @torch.no_grad()
+    def zero_at(self, name: str, flat_index: torch.Tensor) -> None:
+        """Weights and optimizer state at these positions become exactly zero."""
+        p = self.params[name]
+        p.view(-1)[flat_index] = 0
+        for buf in self._state_tensors(p):
+            buf.view(-1)[flat_index] = 0
+
+    # ------------------------------------------------------------ reporting
+
+    def nonzero_counts(self) -> dict[str, int]:
+        """Active weights per sparse tensor (from the masks)."""
+        counts = torch.stack([m.sum() for m in self.masks.values()]).tolist()
+        return dict(zip(self.masks, counts))
+
+    def densities(self) -> dict[str, float]:
+        return {n: c / self.masks[n].numel() for n, c in self.nonzero_counts().items()}
+
+    @property
+    def sparse_numel(self) -> int:
+        return sum(m.numel() for m in self.masks.values())
+
+    def __repr__(self) -> str:
+        return (f"Masking({len(self.masks)} tensors, budget={self.budget}/{self.sparse_numel}, "
+                f"method={self.method!r})")
+
+    # ------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        return {
+            "masks": {n: m.cpu() for n, m in self.masks.items()},
+            "generator": self.generator.get_state(),
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "budget": self.budget,
+            "method": self.method.state_dict() if self.method is not None else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state["masks"]) != set(self.masks):
+            raise KeyError(f"checkpoint masks {sorted(state['masks'])} do not match sparse tensors {sorted(self.masks)}")
+        for name, mask in state["masks"].items():
+            if mask.shape != self.masks[name].shape:
+                raise ValueError(f"mask {name}: shape {tuple(mask.shape)} != {tuple(self.masks[name].shape)}")
+            self.masks[name].copy_(mask)
+        self.generator.set_state(state["generator"])
+        self.global_step = state["global_step"]
+        self.epoch = state["epoch"]
+        self.budget = state["budget"]
+        if self.method is not None and state.get("method") is not None:
+            self.method.load_state_dict(state["method"])
+        self.apply()
+
+    def remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
