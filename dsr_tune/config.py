@@ -99,7 +99,30 @@ def _patterns(v):
     return None
 
 
+def _epoch_values_check(v):
+    """[[start_epoch, value >= 0], ...] from epoch 0, starts increasing (DeepR temperatures)."""
+    if not v or not all(isinstance(i, (list, tuple)) and len(i) == 2 for i in v):
+        return "must be a non-empty list of [start_epoch, value] pairs"
+    for start, value in v:
+        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+            return f"start epochs must be non-negative integers, got {start!r}"
+        try:  # YAML reads 1e-5 (no dot) as a string
+            if float(value) < 0:
+                return f"values must be >= 0, got {value!r}"
+        except (TypeError, ValueError):
+            return f"values must be numbers, got {value!r}"
+    starts = [s for s, _ in v]
+    if starts[0] != 0 or starts != sorted(set(starts)):
+        return "the first pair must start at epoch 0 and start epochs must increase strictly"
+    return None
+
+
 # ---------------------------------------------------------------- the sections
+
+# issue 3: baselines whose model or masking dsr_tune/baselines/setup.py builds
+BASELINE_METHODS = ("thin_dense", "gmp", "hashednet", "dsd")
+# issue 3: dynamic sparse methods of the sparse core besides DSR (dsr_tune/sparse/methods.py)
+SPARSE_METHODS = ("set", "deepr", "rigl", "snfs")
 
 
 @dataclass
@@ -139,9 +162,9 @@ class OptimConfig:
 
 @dataclass
 class SparsityConfig:
-    method: str = opt("dsr", "reallocation method", one_of("dsr", "static", "dense"))
+    method: str = opt("dsr", "reallocation method", one_of("dsr", "static", "dense", *SPARSE_METHODS, *BASELINE_METHODS))
     sparsity: float = opt(0.9, "global sparsity of the sparse tensors (share of zero weights)", in_range(0, 1, hi_open=True))
-    distribution: str = opt("uniform", "initial spread of the budget over tensors", one_of("uniform"))
+    distribution: str = opt("uniform", "initial spread of the budget over tensors: uniform density, or erk (Erdos-Renyi-Kernel, RigL's; any sparse method)", one_of("uniform", "erk"))
     init_threshold: float = opt(1e-3, "DSR: initial pruning threshold H", in_range(0, None, lo_open=True))
     target_pruned: int = opt(20000, "DSR: Np, target number of weights pruned per reallocation", in_range(1, None))
     delta: float = opt(0.1, "DSR: tolerance on Np before H is halved or doubled", in_range(0, 1, hi_open=True))
@@ -149,7 +172,26 @@ class SparsityConfig:
     period_schedule: list = opt([[0, 100], [25, 200], [80, 400], [140, 800]],
                                 "reallocation period: [start_epoch, iterations] pairs", _period_schedule_check)
     period_scale: float = opt(1.0, "multiplies every period of the schedule (sweeps search it)", in_range(0, None, lo_open=True))
-    stop_epoch: int = opt(190, "no reallocation from this epoch on", in_range(0, None))
+    stop_epoch: int = opt(190, "no reallocation from this epoch on (dsr, set, rigl, snfs; deepr rewires to the end)", in_range(0, None))
+    # -- set, deepr, rigl, snfs (issue 3; dsr_tune/sparse/methods.py); period_schedule and stop_epoch apply too
+    set_fraction: float = opt(0.0, "set: share of each tensor's active weights replaced per reallocation; 0: derived from target_pruned (Np / budget)", in_range(0, 1))
+    deepr_temperatures: list = opt([[0, 1.0e-5], [25, 1.0e-8], [80, 1.0e-12], [140, 1.0e-15]],
+                                   "deepr: noise temperature T as [start_epoch, T] pairs (noise std sqrt(2 lr T))", _epoch_values_check)
+    deepr_l1: float = opt(1e-5, "deepr: L1 penalty on the active weights (sparse tensors get no weight decay)", in_range(0, None))
+    drop_fraction: float = opt(0.3, "rigl, snfs: share of each tensor's active weights dropped per update at the start (RigL paper 0.3, SNFS 0.5)", in_range(0, 1, lo_open=True))
+    drop_decay: str = opt("cosine", "rigl, snfs: drop fraction decays to 0 at stop_epoch (cosine) or stays (constant)", one_of("cosine", "constant"))
+    # -- baselines and ablations (issue 3; dsr_tune/baselines/)
+    epoch_factor: float = opt(2.0, "static baselines (static, thin_dense) derived by compare / sweeps train this many times the DSR run's epochs, LR milestones stretched alike", in_range(0, None, lo_open=True))
+    thin_match: str = opt("nonzero", "thin_dense: match the sparse run's non-zero count, or 'storage' (+1 bit per sparse position: the count the paper's widen factors fit)", one_of("nonzero", "storage"))
+    dense_from: str | None = opt(None, "gmp: run folder (its checkpoint.pt) or checkpoint file of the trained dense model to prune")
+    gmp_steps: int = opt(20, "gmp: pruning steps of the cubic schedule (the last one reaches sparsity.sparsity)", in_range(1, None))
+    gmp_every: int = opt(2, "gmp: epochs between pruning steps", in_range(1, None))
+    gmp_start: int = opt(0, "gmp: epoch of the first pruning step", in_range(0, None))
+    gmp_finetune: int = opt(10, "gmp: fine-tuning epochs after the last step (compare sets train.epochs from it)", in_range(0, None))
+    dsd_phases: list = opt([], "dsd: [first sparse epoch, first dense-again epoch]; []: thirds of train.epochs", _increasing_ints)
+    dsd_lr_factor: float = opt(0.1, "dsd: LR multiplier in the last, dense-again phase", in_range(0, 1, lo_open=True))
+    mask_from: str | None = opt(None, "ablation: a finished run folder whose final masks (checkpoint.pt) replace the random ones")
+    init_from: str | None = opt(None, "ablation: a run folder whose initial dense weights (init.pt) replace fresh ones")
 
 
 @dataclass
@@ -161,6 +203,13 @@ class TrainConfig:
     channels_last: bool = opt(False, "use the channels_last memory format")
     checkpoint_every: int = opt(1, "write a checkpoint every N epochs (and always at the end)", in_range(1, None))
     threads: int = opt(0, "torch intra-op threads on CPU (0: torch default)", in_range(0, 1024))
+    # -- Ray Train (dsr_tune/distributed.py): used only when workers >= 1
+    workers: int = opt(0, "Ray Train DDP workers (0: train in this process, no Ray)", in_range(0, 4096))
+    use_gpu: bool = opt(False, "Ray Train: one GPU per worker, NCCL backend (else CPU workers, gloo)")
+    cpus_per_worker: float = opt(1.0, "Ray Train: logical CPUs reserved per worker (GPU nodes: loader processes + 1)", in_range(0, 1024, lo_open=True))
+    max_failures: int = opt(0, "Ray Train: worker-group restarts from the last checkpoint after a failure (-1: no limit)", in_range(-1, None))
+    storage_path: str | None = opt(None, "Ray Train: checkpoint storage, a local or shared folder or a URI (s3://, gs://); default <output>/ray, single node only")
+    keep_checkpoints: int = opt(2, "Ray Train: checkpoints kept in storage, newest first (0: all)", in_range(0, None))
 
 
 SECTIONS = {
@@ -273,12 +322,72 @@ def validate_cross(cfg: Config) -> None:
         raise ConfigError("data.image_size", "0: data set 'folder' needs an image size (e.g. 64)")
     if cfg.data.download and d.name != "cifar10":
         raise ConfigError("data.download", f"true: only cifar10 can be downloaded, not {d.name!r}")
-    if cfg.optim.milestones and cfg.optim.milestones[-1] >= cfg.train.epochs:
-        raise ConfigError("optim.milestones", f"{cfg.optim.milestones}: every milestone must be below train.epochs={cfg.train.epochs}")
     if cfg.train.precision == "fp16" and cfg.train.device in ("cpu", "mps"):
         raise ConfigError("train.precision", f"'fp16' needs CUDA (device is {cfg.train.device!r}); use bf16 on CPU")
     if cfg.model.name == "resnet50" and d.name == "digits":
         raise ConfigError("model.name", "'resnet50' cannot take 8x8 digits; use small_cnn or wrn")
+    _validate_workers(cfg)
+    _validate_baselines(cfg)
+    _normalize_sparse_methods(cfg)
+
+
+def _normalize_sparse_methods(cfg: Config) -> None:
+    """issue 3 (set/deepr/rigl/snfs): YAML reads 1e-5 as a string; store DeepR's temperatures as floats."""
+    cfg.sparsity.deepr_temperatures = [[int(e), float(t)] for e, t in cfg.sparsity.deepr_temperatures]
+
+
+def _run_holds(key: str, value: str, name: str) -> None:
+    path = Path(value).expanduser()
+    if not (path / name if path.is_dir() else path).is_file():
+        raise ConfigError(key, f"{value!r} is not a run folder holding {name} (nor such a file)")
+
+
+def _validate_baselines(cfg: Config) -> None:
+    """issue 3: the baselines' and ablations' keys (dsr_tune/baselines/)."""
+    s, epochs = cfg.sparsity, cfg.train.epochs
+    if s.method == "gmp":
+        if not s.dense_from:
+            raise ConfigError("sparsity.dense_from", "None: method 'gmp' prunes a trained dense model; give its run folder")
+        last = s.gmp_start + (s.gmp_steps - 1) * s.gmp_every
+        if last >= epochs:
+            raise ConfigError("train.epochs", f"{epochs}: gmp's last pruning step is at epoch {last} "
+                                              f"(gmp_start + (gmp_steps - 1) * gmp_every); need more epochs")
+    if s.dense_from:
+        if s.method != "gmp":
+            raise ConfigError("sparsity.dense_from", f"{s.dense_from!r}: only method 'gmp' starts from a dense model")
+        _run_holds("sparsity.dense_from", s.dense_from, "checkpoint.pt")
+    if s.dsd_phases and (len(s.dsd_phases) != 2 or s.dsd_phases[0] < 1 or s.dsd_phases[1] >= epochs):
+        raise ConfigError("sparsity.dsd_phases", f"{s.dsd_phases}: need [sparse_from, dense_from] with "
+                                                 f"1 <= sparse_from < dense_from < train.epochs={epochs}")
+    if s.method == "dsd" and not s.dsd_phases and epochs < 3:
+        raise ConfigError("train.epochs", f"{epochs}: dsd needs at least 3 epochs (dense, sparse, dense)")
+    if s.mask_from:
+        if s.method in ("dense", *BASELINE_METHODS):
+            raise ConfigError("sparsity.mask_from", f"{s.mask_from!r}: method {s.method!r} does not take masks; use static")
+        _run_holds("sparsity.mask_from", s.mask_from, "checkpoint.pt")
+    if s.init_from:
+        if s.method in ("thin_dense", "hashednet", "gmp"):
+            raise ConfigError("sparsity.init_from", f"{s.init_from!r}: method {s.method!r} has another architecture or start")
+        _run_holds("sparsity.init_from", s.init_from, "init.pt")
+
+
+def _validate_workers(cfg: Config) -> None:
+    """Ray Train settings (train.workers >= 1): checked before any worker starts."""
+    t = cfg.train
+    if t.workers == 0:
+        if t.use_gpu:
+            raise ConfigError("train.use_gpu", "true needs train.workers >= 1 (Ray Train); in one process set train.device=cuda")
+        return
+    if cfg.data.batch_size % t.workers:
+        raise ConfigError("data.batch_size", f"{cfg.data.batch_size} is the global batch and must divide by "
+                          f"train.workers={t.workers} (each worker takes batch_size / workers)")
+    if t.device not in ("auto", "cpu"):
+        raise ConfigError("train.device", f"{t.device!r}: under Ray Train each worker uses the device Ray gives it; "
+                          "use train.device=auto (with train.use_gpu=true for GPUs) or cpu")
+    if t.use_gpu and t.device == "cpu":
+        raise ConfigError("train.device", "'cpu' contradicts train.use_gpu=true; use train.device=auto")
+    if t.precision == "fp16" and not t.use_gpu:
+        raise ConfigError("train.precision", "'fp16' needs GPU workers (train.use_gpu=true); use bf16 on CPU workers")
 
 
 def parse_override(item: str) -> tuple[str, Any]:

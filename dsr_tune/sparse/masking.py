@@ -15,6 +15,7 @@ Invariants kept by :class:`Masking` (the tests check each one):
 from __future__ import annotations
 
 import fnmatch
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -102,8 +103,18 @@ class Masking:
             self.masks[name] = flat.view_as(p).to(p.device)
         self.budget = sum(counts.values())
         self._hook = optimizer.register_step_post_hook(lambda *_: self.step()) if hook else None
-        self.events: list[dict] = []  # reallocation records not yet taken by pop_events()
+        # reallocation records not yet taken by pop_events(); bounded for hook users who never take them
+        self.events: deque[dict] = deque(maxlen=1000)
         self.apply()
+        # a method may keep state tied to these tensors (DeepR's signs, SNFS's
+        # momentum) and may need to act before every optimizer step (DeepR
+        # cancels weight decay on the sparse tensors); that pre-hook is always
+        # registered, whatever ``hook`` says, and is not removed by remove_hook()
+        if hasattr(method, "attach"):
+            method.attach(self)
+        self._pre_hook = None
+        if optimizer is not None and hasattr(method, "before_optimizer_step"):
+            self._pre_hook = optimizer.register_step_pre_hook(lambda *_: self._before_optimizer_step())
 
     # ------------------------------------------------------------ every step
 
@@ -117,11 +128,14 @@ class Masking:
                 buf.mul_(mask)
 
     def step(self) -> dict | None:
-        """Call after every optimizer step: re-apply masks, reallocate when due.
+        """Call after every optimizer step: re-apply masks, run the method's
+        per-step dynamics (if any), reallocate when due.
 
         Returns the reallocation record when one happened, else None.
         """
         self.apply()
+        if self.method is not None and hasattr(self.method, "after_step"):
+            self.method.after_step(self)  # DeepR's L1 + noise, SNFS's dense momentum
         self.global_step += 1
         if self.steps_per_epoch:
             self.epoch = self.global_step // self.steps_per_epoch
@@ -131,11 +145,16 @@ class Masking:
         self.events.append(event)
         return event
 
+    def _before_optimizer_step(self) -> None:
+        if self.method is not None and hasattr(self.method, "before_optimizer_step"):
+            self.method.before_optimizer_step(self)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def pop_events(self) -> list[dict]:
-        events, self.events = self.events, []
+        events = list(self.events)
+        self.events.clear()
         return events
 
     @torch.no_grad()

@@ -1,0 +1,147 @@
+"""The trainer end to end on digits: records, checkpoints, exact resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsr_tune import cli, config as C
+from dsr_tune.train import checkpoint as ckpt, train
+from dsr_tune.train.metrics import read_records
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = str(ROOT / "configs" / "digits.yaml")
+FAST = ["train.epochs=4", "optim.milestones=[2]", "sparsity.period_schedule=[[0, 7], [2, 11]]",
+        "sparsity.stop_epoch=3", "sparsity.target_pruned=100"]
+
+
+def test_records_and_budget(tmp_path):
+    cfg = C.load(DIGITS, FAST)
+    last = train(cfg, tmp_path)
+    records = read_records(tmp_path / "metrics.jsonl")
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    reallocs = [r for r in records if r["kind"] == "realloc"]
+    assert [r["epoch"] for r in epochs] == [0, 1, 2, 3]
+    for r in epochs:
+        assert {"train_loss", "test_acc", "test_acc5", "nonzero_params", "lr", "samples_per_s"} <= set(r)
+    assert epochs[0]["lr"] == 0.05 and epochs[2]["lr"] == pytest.approx(0.01)
+    # 44 steps/epoch: every 7 steps in epochs 0-1, every 11 in epoch 2, none from epoch 3 (stop)
+    assert len(reallocs) == 88 // 7 + 4 and max(r["epoch"] for r in reallocs) == 2
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    budget = state["masking"]["budget"]
+    for r in reallocs:
+        assert {"step", "epoch", "threshold", "layers"} <= set(r)
+        assert sum(layer["nonzero"] for layer in r["layers"].values()) == budget
+        assert all({"pruned", "grown", "nonzero"} <= set(layer) for layer in r["layers"].values())
+    # the budget is the same at the end, in the masks and in the weights themselves
+    masks = state["masking"]["masks"]
+    assert sum(int(m.sum()) for m in masks.values()) == budget
+    for name, mask in masks.items():
+        assert torch.all(state["model"][name][~mask] == 0)
+    assert last["nonzero_params"] == epochs[0]["nonzero_params"]
+    assert last["test_acc"] > 0.8  # it learns
+    assert (tmp_path / "config.yaml").exists() and (tmp_path / "init.pt").exists()
+
+
+def _final(run):
+    s = torch.load(run / "checkpoint.pt", weights_only=False)
+    return s["model"], s["masking"], s["optimizer"]
+
+
+def test_resume_is_exact(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(C.load(DIGITS, FAST), straight)
+    train(C.load(DIGITS, FAST + ["train.epochs=2"]), split)
+    train(C.load(DIGITS, FAST), split, resume=True)
+    (ma, ka, oa), (mb, kb, ob) = _final(straight), _final(split)
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    assert all(torch.equal(ka["masks"][k], kb["masks"][k]) for k in ka["masks"])
+    assert ka["method"] == kb["method"] and ka["global_step"] == kb["global_step"]
+    assert torch.equal(ka["generator"], kb["generator"])
+    ra = [r for r in read_records(straight / "metrics.jsonl")]
+    rb = [r for r in read_records(split / "metrics.jsonl")]
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("samples_per_s", "epoch_time")} for r in rs]
+    assert strip(ra) == strip(rb)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    ckpt.atomic_save({"epoch": 1}, path)
+
+    def crash(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        ckpt.atomic_save({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert ckpt.load(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left behind
+
+
+def test_cli_refuses_to_clobber_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", DIGITS, *FAST, "train.epochs=1", "--output", str(out)]) == 0
+    assert cli.main(["train", DIGITS, *FAST, "train.epochs=1", "--output", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert cli.main(["train", DIGITS, *FAST, "train.epochs=2", "sparsity.sparsity=0.5", "--output", str(out), "--resume"]) == 2
+    assert "sparsity.sparsity" in capsys.readouterr().err
+    assert cli.main(["train", DIGITS, *FAST, "train.epochs=2", "--output", str(out), "--resume"]) == 0
+    assert [r["epoch"] for r in read_records(out / "metrics.jsonl") if r["kind"] == "epoch"] == [0, 1]
+
+
+@pytest.mark.slow
+def test_killed_mid_run_then_resumed_loses_no_finished_epoch(tmp_path):
+    """SIGKILL the real CLI during training, resume, and match an uninterrupted run."""
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "dsr_tune.cli", "train", DIGITS, *FAST, "train.epochs=6", "optim.milestones=[4]"]
+    proc = subprocess.Popen(args + ["--output", str(out)], stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # wait for two finished epochs, then kill mid-epoch three
+        if "epoch 2/6" in line:
+            break
+    time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = ckpt.load(out)["epoch"]
+    assert 2 <= done < 6
+    subprocess.run(args + ["--output", str(out), "--resume"], check=True, capture_output=True)
+    ref = tmp_path / "ref"
+    subprocess.run(args + ["--output", str(ref)], check=True, capture_output=True)
+    (ma, ka, _), (mb, kb, _) = _final(out), _final(ref)
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    assert all(torch.equal(ka["masks"][k], kb["masks"][k]) for k in ka["masks"])
+    epochs = [r["epoch"] for r in read_records(out / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert epochs == list(range(6))
+
+
+def test_library_snippet_from_readme():
+    """The README's snippet, run as written: the sparse core in a plain loop."""
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    scope = {}
+    exec(compile(code, "README snippet", "exec"), scope)  # noqa: S102 (our own README)
+    masking = scope["masking"]
+    assert sum(int(m.sum()) for m in masking.masks.values()) == masking.budget
+    assert masking.global_step == 48 and len(masking.events) == 2  # steps 20 and 40
+
+
+@pytest.mark.slow
+def test_readme_main_command_runs(tmp_path):
+    """README's first command, minus the install that CI has just done."""
+    readme = (ROOT / "README.md").read_text()
+    line = next(l.strip() for l in readme.splitlines() if "dsr-tune" in l and "pip install" in l)
+    main_cmd = line.split("&& ", 2)[2]
+    assert main_cmd.startswith(".venv/bin/dsr-tune")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    cmd = main_cmd.replace(".venv/bin/", "", 1).replace("runs/", f"{tmp_path}/runs/")
+    proc = subprocess.run(cmd, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "done: test accuracy" in proc.stdout
+    records = read_records(next((tmp_path / "runs").iterdir()) / "metrics.jsonl")
+    assert records[-1]["kind"] == "epoch" and records[-1]["test_acc"] > 0.9
