@@ -49,7 +49,7 @@ def sort_based_reallocation(masking: Masking, fraction: float) -> int:
     with torch.no_grad():
         for name, p in masking.params.items():
             mask = masking.masks[name]
-            active = int(mask.sum())
+            active = int(mask.count_nonzero())
             k = int(fraction * active)
             scores = p.abs().masked_fill(~mask, float("inf")).view(-1)
             order = torch.sort(scores).indices
@@ -57,7 +57,7 @@ def sort_based_reallocation(masking: Masking, fraction: float) -> int:
             mask.view(-1)[drop] = False
             free = ~mask
             free.view(-1)[drop] = False
-            idx = sample_positions(free, k, int(free.sum()), masking.generator)
+            idx = sample_positions(free, k, int(free.count_nonzero()), masking.generator)
             mask.view(-1)[idx] = True
             masking.zero_at(name, idx)
             moved += k

@@ -4,18 +4,24 @@ Use inside any PyTorch loop::
 
     from dsr_tune.sparse import Masking, dsr
     masking = Masking(model, optimizer, sparsity=0.9, method=dsr(), hook=True)
+    # or build_method("set" | "deepr" | "rigl" | "snfs", ...), distribution="erk"
     # ... the usual loop; call masking.set_epoch(epoch) at each epoch start
 """
 
 from .distribution import DISTRIBUTIONS, layer_counts
-from .grow import ProportionalToSurvivors, RandomGrowth, SameTensor, proportional_counts, sample_positions
+from .dynamics import DEEPR_TEMPERATURES, DeepRDynamics, DenseMomentum
+from .grow import (GradientGrowth, ProportionalToScore, ProportionalToSurvivors, RandomGrowth, SameTensor,
+                   ScoreGrowth, proportional_counts, sample_positions, top_positions)
 from .masking import Masking, default_sparse_names, select_names, unwrap
-from .methods import METHODS, Reallocator, build_method, dsr
-from .prune import ThresholdPrune, keep_one
-from .schedule import EveryStep, PeriodSchedule
+from .methods import METHODS, Reallocator, build_method, deepr, dsr, rigl, set_, snfs
+from .prune import MagnitudeFractionPrune, SignFlipPrune, ThresholdPrune, drop_count, keep_one, set_fraction
+from .schedule import CosineDecay, EpochTable, EveryStep, PeriodSchedule
 
 __all__ = [
-    "DISTRIBUTIONS", "EveryStep", "METHODS", "Masking", "PeriodSchedule", "ProportionalToSurvivors",
-    "RandomGrowth", "Reallocator", "SameTensor", "ThresholdPrune", "build_method", "default_sparse_names",
-    "dsr", "keep_one", "layer_counts", "proportional_counts", "sample_positions", "select_names", "unwrap",
+    "DEEPR_TEMPERATURES", "DISTRIBUTIONS", "CosineDecay", "DeepRDynamics", "DenseMomentum", "EpochTable",
+    "EveryStep", "GradientGrowth", "METHODS", "MagnitudeFractionPrune", "Masking", "PeriodSchedule",
+    "ProportionalToScore", "ProportionalToSurvivors", "RandomGrowth", "Reallocator", "SameTensor", "ScoreGrowth",
+    "SignFlipPrune", "ThresholdPrune", "build_method", "deepr", "default_sparse_names", "drop_count", "dsr",
+    "keep_one", "layer_counts", "proportional_counts", "rigl", "sample_positions", "select_names", "set_",
+    "set_fraction", "snfs", "top_positions", "unwrap",
 ]

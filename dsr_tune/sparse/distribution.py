@@ -30,7 +30,8 @@ def _erk(shapes, numel, density) -> dict[str, int]:
     budget = sum(max(1, round(density * k)) for k in numel.values())
     raw = {n: sum(s) / math.prod(s) for n, s in shapes.items()}
     dense: set[str] = set()
-    while True:
+    scale = 0.0
+    while len(dense) < len(numel):  # every tensor dense only at density ~1
         left = budget - sum(numel[n] for n in dense)
         scale = left / sum(raw[n] * numel[n] for n in numel if n not in dense)
         over = {n for n in numel if n not in dense and raw[n] * scale > 1.0}
@@ -46,4 +47,11 @@ def _erk(shapes, numel, density) -> dict[str, int]:
         add = min(short, numel[n] - counts[n])
         counts[n] += add
         short -= add
+    # at tiny densities the one-weight floor can overshoot: take it back from the largest
+    for n in sorted(numel, key=lambda n: -counts[n]):
+        if short >= 0:
+            break
+        take = min(-short, counts[n] - 1)
+        counts[n] -= take
+        short += take
     return counts

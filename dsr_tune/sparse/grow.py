@@ -8,6 +8,7 @@ there is no other room left.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -62,10 +63,14 @@ class ProportionalToSurvivors:
 
 
 class SameTensor:
-    """SET / RigL: every tensor regrows what it pruned (fixed per-layer density)."""
+    """SET / RigL / DeepR: every tensor regrows what it pruned (fixed per-layer count).
+
+    Always fits: a tensor that pruned K_i has at least K_i inactive positions
+    (the reallocator lets it reuse the just-pruned ones when it has no other room).
+    """
 
     def __call__(self, pruned, survivors, capacity, masking) -> dict[str, int]:
-        return {n: min(k, capacity[n]) for n, k in pruned.items()}
+        return dict(pruned)
 
     def __repr__(self) -> str:
         return "SameTensor()"
@@ -106,3 +111,74 @@ class RandomGrowth:
 
     def __repr__(self) -> str:
         return "RandomGrowth()"
+
+
+class ProportionalToScore:
+    """SNFS: the K pruned weights are regrown across tensors in proportion to a
+    per-tensor score (mean momentum magnitude of the active weights).
+
+    ``score(masking) -> {name: float >= 0}`` is evaluated on the masks before
+    pruning. Scores are turned into integers (40 bits of precision) so the
+    exact, capacity-aware :func:`proportional_counts` does the split.
+    """
+
+    def __init__(self, score):
+        self.score = score
+
+    def __call__(self, pruned, survivors, capacity, masking) -> dict[str, int]:
+        scores = {n: v if math.isfinite(v) and v > 0 else 0.0 for n, v in self.score(masking).items()}
+        top = max(scores.values(), default=0.0)
+        weights = {n: max(1, round(v / top * 2**40)) if v > 0 else 0 for n, v in scores.items()}
+        return proportional_counts(sum(pruned.values()), weights, capacity, masking.generator)
+
+    def __repr__(self) -> str:
+        return f"ProportionalToScore({self.score!r})"
+
+
+def top_positions(score: torch.Tensor, free: torch.Tensor, count: int) -> torch.Tensor:
+    """Flat indices of the ``count`` free positions with the largest ``|score|``.
+
+    Non-free positions never win (they are ranked below every free one);
+    among equal scores torch.topk's order decides, the same on every rank.
+    """
+    if count <= 0:
+        return torch.empty(0, dtype=torch.long, device=free.device)
+    ranked = torch.where(free.view(-1), score.detach().reshape(-1).abs().float(), -1.0)
+    return torch.topk(ranked, count).indices
+
+
+class GradientGrowth:
+    """RigL: grow where the dense gradient magnitude is largest among free positions.
+
+    Reads ``param.grad`` of the step just taken: the masking runs after the
+    optimizer step and before the next ``zero_grad``, and inactive weights
+    (held at zero) still receive their dense gradient. Under DDP the gradient
+    is already averaged, so every rank picks the same positions.
+    """
+
+    def __call__(self, name: str, free: torch.Tensor, count: int, n_free: int, masking) -> torch.Tensor:
+        grad = masking.params[name].grad
+        if grad is None:
+            if count <= 0:
+                return top_positions(free, free, 0)
+            raise RuntimeError(f"gradient growth needs {name}.grad: reallocate after backward(), before zero_grad()")
+        return top_positions(grad, free, count)
+
+    def __repr__(self) -> str:
+        return "GradientGrowth()"
+
+
+class ScoreGrowth:
+    """Grow where a per-tensor score is largest among free positions (SNFS: momentum).
+
+    ``score(name) -> tensor`` shaped like the parameter.
+    """
+
+    def __init__(self, score):
+        self.score = score
+
+    def __call__(self, name: str, free: torch.Tensor, count: int, n_free: int, masking) -> torch.Tensor:
+        return top_positions(self.score(name), free, count)
+
+    def __repr__(self) -> str:
+        return f"ScoreGrowth({self.score!r})"

@@ -10,6 +10,11 @@ Invariants kept by :class:`Masking` (the tests check each one):
   not depend on DDP or ``torch.compile`` wrappers;
 - all random choices come from ``self.generator`` (a CPU generator saved in
   :meth:`state_dict`), so every DDP rank seeded alike takes the same decision.
+
+A method answers ``due(step, epoch)`` and ``reallocate(masking)``; it may also
+define ``attach(masking)`` (called once here), ``before_optimizer_step(masking)``
+(an optimizer pre-hook), ``after_step(masking)`` (every :meth:`Masking.step`)
+and ``summarize(record, step)`` (to report a sum every N reallocations).
 """
 
 from __future__ import annotations
@@ -102,6 +107,7 @@ class Masking:
             flat[torch.randperm(p.numel(), generator=self.generator)[: counts[name]]] = True
             self.masks[name] = flat.view_as(p).to(p.device)
         self.budget = sum(counts.values())
+        self._active: dict[str, int] | None = dict(counts)  # cache of nonzero_counts(); None = stale
         self._hook = optimizer.register_step_post_hook(lambda *_: self.step()) if hook else None
         # reallocation records not yet taken by pop_events(); bounded for hook users who never take them
         self.events: deque[dict] = deque(maxlen=1000)
@@ -142,6 +148,10 @@ class Masking:
         if self.method is None or not self.method.due(self.global_step, self.epoch):
             return None
         event = self.reallocate()
+        if hasattr(self.method, "summarize"):  # a method rewiring every step reports sums now and then
+            event = self.method.summarize(event, self.global_step)
+            if event is None:
+                return None
         self.events.append(event)
         return event
 
@@ -161,6 +171,8 @@ class Masking:
     def reallocate(self) -> dict:
         """Run the method's prune/grow once now; returns its record."""
         record = self.method.reallocate(self)
+        layers = record.get("layers")  # budget-changing schedules (GMP, DSD) report no per-layer counts
+        self._active = {n: layer["nonzero"] for n, layer in layers.items()} if layers else None
         self.apply()
         record.update(step=self.global_step, epoch=self.epoch)
         return record
@@ -175,18 +187,34 @@ class Masking:
 
     @torch.no_grad()
     def zero_at(self, name: str, flat_index: torch.Tensor) -> None:
-        """Weights and optimizer state at these positions become exactly zero."""
+        """Weights and optimizer state at these positions become exactly zero.
+
+        ``flat_index`` counts in the logical (row-major) order of the masks; the
+        weight may be stored channels_last, so it is indexed by coordinates.
+        """
         p = self.params[name]
-        p.view(-1)[flat_index] = 0
+        where = torch.unravel_index(flat_index, p.shape)
+        p[where] = 0
         for buf in self._state_tensors(p):
-            buf.view(-1)[flat_index] = 0
+            buf[where] = 0
 
     # ------------------------------------------------------------ reporting
 
     def nonzero_counts(self) -> dict[str, int]:
-        """Active weights per sparse tensor (from the masks)."""
-        counts = torch.stack([m.sum() for m in self.masks.values()]).tolist()
+        """Active weights per sparse tensor, counted from the masks."""
+        counts = torch.stack([m.count_nonzero() for m in self.masks.values()]).tolist()  # much faster than bool sum() on CPU
         return dict(zip(self.masks, counts))
+
+    def active_counts(self) -> dict[str, int]:
+        """Like :meth:`nonzero_counts`, but kept up to date by reallocations
+        instead of recounted (a device sync and a pass over every mask).
+        Code that edits ``masks`` directly must call :meth:`invalidate_counts`."""
+        if self._active is None:
+            self._active = self.nonzero_counts()
+        return dict(self._active)
+
+    def invalidate_counts(self) -> None:
+        self._active = None
 
     def densities(self) -> dict[str, float]:
         return {n: c / self.masks[n].numel() for n, c in self.nonzero_counts().items()}
@@ -218,6 +246,7 @@ class Masking:
             if mask.shape != self.masks[name].shape:
                 raise ValueError(f"mask {name}: shape {tuple(mask.shape)} != {tuple(self.masks[name].shape)}")
             self.masks[name].copy_(mask)
+        self.invalidate_counts()
         self.generator.set_state(state["generator"])
         self.global_step = state["global_step"]
         self.epoch = state["epoch"]

@@ -1,7 +1,11 @@
-"""When to reallocate: an epoch-indexed period schedule with a stop epoch."""
+"""When to reallocate (an epoch-indexed period schedule with a stop epoch), and
+the values that change over training (DeepR's temperature, a decaying drop
+fraction). Every schedule here is a pure function of (step, epoch).
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
@@ -47,3 +51,51 @@ class EveryStep(PeriodSchedule):
 
     def __init__(self, stop_epoch: int | None = None):
         super().__init__([(0, 1)], stop_epoch)
+
+
+class EpochTable:
+    """A value looked up by epoch from ``(start_epoch, value)`` pairs.
+
+    DeepR's temperature is ``[(0, 1e-5), (25, 1e-8), (80, 1e-12), (140, 1e-15)]``:
+    the value of the last pair whose start is <= the epoch. Stateless.
+    """
+
+    def __init__(self, pairs: Sequence[Sequence[float]]):
+        pairs = [(int(s), float(v)) for s, v in pairs]
+        if not pairs or pairs[0][0] != 0:
+            raise ValueError(f"an epoch table must start at epoch 0, got {pairs}")
+        if any(b[0] <= a[0] for a, b in zip(pairs, pairs[1:])):
+            raise ValueError(f"epoch table start epochs must increase, got {pairs}")
+        self.pairs = pairs
+
+    def __call__(self, epoch: int) -> float:
+        current = self.pairs[0][1]
+        for start, v in self.pairs:
+            if epoch >= start:
+                current = v
+        return current
+
+    def __repr__(self) -> str:
+        return f"EpochTable({self.pairs})"
+
+
+class CosineDecay:
+    """A fraction that falls from ``initial`` to 0 at ``end_step`` along half a cosine.
+
+    ``f(step) = initial * (1 + cos(pi * step / end_step)) / 2``, 0 from
+    ``end_step`` on (RigL's drop fraction, SNFS's prune rate). A pure function
+    of the step, so there is no state to save.
+    """
+
+    def __init__(self, initial: float, end_step: int):
+        if not 0.0 <= initial <= 1.0:
+            raise ValueError(f"initial fraction must be in [0, 1], got {initial}")
+        self.initial, self.end_step = float(initial), int(end_step)
+
+    def __call__(self, step: int, epoch: int = 0) -> float:
+        if self.end_step <= 0 or step >= self.end_step:
+            return 0.0
+        return self.initial * 0.5 * (1.0 + math.cos(math.pi * step / self.end_step))
+
+    def __repr__(self) -> str:
+        return f"CosineDecay({self.initial:g} -> 0 at step {self.end_step})"
