@@ -1,0 +1,16 @@
+"""Ray Train: the same trainer on many workers and nodes.
+
+The trainer (:mod:`dsr_tune.train`) knows nothing of Ray; this package runs it
+as Ray Train's per-worker function. Ray is imported only inside functions.
+
+    from dsr_tune.distributed import fit, ray_session
+    with ray_session():                  # a local Ray, or RAY_ADDRESS
+        summary = fit(cfg, run_dir="runs/digits2", workers=2)
+    summary.metrics["test_acc"], summary.checkpoint
+
+See the README section "Many workers and nodes (Ray Train)".
+"""
+
+from .driver import FitSummary, LoggerSpec, fit, launch, ray_session, worker_resources
+
+__all__ = ["FitSummary", "LoggerSpec", "fit", "launch", "ray_session", "worker_resources"]
