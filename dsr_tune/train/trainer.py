@@ -24,8 +24,9 @@ from torch import nn
 
 from .. import config as C
 from ..data import DataBundle, build_data
-from ..models import build_model, count_params, sparse_names
-from ..sparse import Masking, build_method, unwrap
+from ..models import count_params, sparse_names  # issue 3: models are built by baselines.build_run_model
+from ..sparse import Masking, build_method, layer_counts, set_fraction, unwrap
+from ..baselines import setup as baselines  # issue 3: thin dense, HashedNet, GMP, DSD, ablations
 from . import checkpoint as ckpt
 from .metrics import JsonlLogger, MetricLogger, truncate_records
 
@@ -74,16 +75,52 @@ def build_optimizer(model: nn.Module, cfg: C.OptimConfig, lr: float) -> torch.op
     return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
+def sparse_method(cfg: C.Config, shapes: dict, steps_per_epoch: int):
+    """The reallocation method of ``sparsity.method`` (None for static), from the config.
+
+    issue 3: set / deepr / rigl / snfs besides dsr. RigL's and SNFS's cosine
+    drop fraction reaches 0 at stop_epoch, when reallocation ends (not tied
+    to train.epochs, so a run extended on resume continues exactly).
+    """
+    s = cfg.sparsity
+    timing = dict(periods=s.period_schedule, stop_epoch=s.stop_epoch, period_scale=s.period_scale)
+    if s.method == "static":
+        return None
+    if s.method == "dsr":
+        return build_method("dsr", **timing, init_threshold=s.init_threshold, target_pruned=s.target_pruned,
+                            delta=s.delta, factor=s.threshold_factor)
+    if s.method == "set":
+        fraction = s.set_fraction
+        if not fraction:  # f = Np / budget: as many weights moved per reallocation as DSR's target
+            budget = sum(layer_counts(shapes, 1.0 - s.sparsity, s.distribution).values())
+            if s.target_pruned > budget:
+                raise C.ConfigError("sparsity.target_pruned", f"{s.target_pruned} exceeds the budget of {budget} sparse "
+                                    "weights, so set's fraction Np / budget would exceed 1; lower it or set "
+                                    "sparsity.set_fraction")
+            fraction = set_fraction(s.target_pruned, budget)
+            log.info("set: fraction %.4f = target_pruned %d / budget %d", fraction, s.target_pruned, budget)
+        return build_method("set", **timing, fraction=fraction)
+    if s.method == "deepr":
+        # rewires every step: one summed reallocation record per epoch
+        return build_method("deepr", temperatures=s.deepr_temperatures, l1=s.deepr_l1, report_every=steps_per_epoch)
+    end_step = s.stop_epoch * steps_per_epoch
+    drop = dict(drop_fraction=s.drop_fraction, end_step=end_step, decay=s.drop_decay)
+    if s.method == "snfs":
+        return build_method("snfs", **timing, **drop, momentum=cfg.optim.momentum)
+    return build_method(s.method, **timing, **drop)
+
+
 def build_masking(cfg: C.Config, model: nn.Module, optimizer, steps_per_epoch: int) -> Masking | None:
     s = cfg.sparsity
+    if s.method in baselines.OWN_METHODS:  # issue 3: thin_dense / hashednet (no masks), gmp, dsd
+        return baselines.baseline_masking(cfg, model, optimizer)
     if s.method == "dense":
         return None
-    method = None if s.method == "static" else build_method(
-        s.method, periods=s.period_schedule, stop_epoch=s.stop_epoch, init_threshold=s.init_threshold,
-        target_pruned=s.target_pruned, delta=s.delta, factor=s.threshold_factor, period_scale=s.period_scale)
     names = sparse_names(cfg.model.name, model, cfg.model.sparse_layers, cfg.model.dense_layers)
     if not names:
         raise C.ConfigError("model.sparse_layers", f"{cfg.model.sparse_layers!r} matches no parameter of {cfg.model.name}")
+    shapes = {n: p.shape for n, p in unwrap(model).named_parameters() if n in names}
+    method = sparse_method(cfg, shapes, steps_per_epoch)
     return Masking(model, optimizer, sparsity=s.sparsity, method=method, names=names,
                    distribution=s.distribution, seed=cfg.train.seed)
 
@@ -94,6 +131,33 @@ def nonzero_params(model: nn.Module, masking: Masking | None) -> int:
     if masking is None:
         return total
     return total - masking.sparse_numel + sum(masking.nonzero_counts().values())
+
+
+def _feed(h, obj) -> None:
+    """Hash a nested state (dicts, lists, tensors, numbers) in a fixed order."""
+    if isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            h.update(repr(k).encode())
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _feed(h, v)
+    elif torch.is_tensor(obj):
+        h.update(obj.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    else:
+        h.update(repr(obj).encode())
+
+
+def mask_fingerprint(masking: Masking) -> str:
+    """A short digest of the masks, the generator and the method's state
+    (threshold, counters). Equal on every DDP rank when all ranks took the same
+    reallocation decisions; logged per epoch so that can be checked."""
+    import hashlib
+
+    h = hashlib.sha256()
+    state = masking.state_dict()
+    _feed(h, {"masks": state["masks"], "generator": state["generator"], "method": state["method"]})
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -180,19 +244,21 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
     torch.manual_seed(cfg.train.seed)
     data: DataBundle = build_data(cfg.data, cfg.train.seed, info.rank, info.world_size,
                                   pin_memory=device.type == "cuda")
-    model = build_model(cfg.model.name, width=cfg.model.width, depth=cfg.model.depth,
-                        num_classes=data.num_classes, in_channels=data.in_channels)
+    # issue 3: the plain registry model, or thin dense / HashedNet, from init_from / dense_from values
+    model = baselines.build_run_model(cfg, data.num_classes, data.in_channels)
     init_state = {k: v.clone() for k, v in model.state_dict().items()}  # dense values before masking
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     lr = effective_lr(cfg.optim, cfg.data.batch_size)
     optimizer = build_optimizer(model, cfg.optim, lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(cfg.optim, e))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda e: lr_factor(cfg.optim, e) * baselines.phase_lr_factor(cfg, e))  # issue 3: DSD
     steps_per_epoch = len(data.train)
     if steps_per_epoch == 0:
         raise C.ConfigError("data.batch_size", f"{cfg.data.batch_size} is larger than the training set")
     masking = build_masking(cfg, model, optimizer, steps_per_epoch)
+    baselines.load_masks_from(cfg, masking, init_state)  # issue 3: sparsity.mask_from (ablations)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
     ddp_model = model
     if info.world_size > 1:
@@ -283,6 +349,7 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
             }
             if masking is not None:
                 record["density"] = {k: round(v, 6) for k, v in masking.densities().items()}
+                record["mask_hash"] = mask_fingerprint(masking)  # equal on all ranks (Ray Train checks)
             path = None
             last = epoch + 1 == cfg.train.epochs
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or last:

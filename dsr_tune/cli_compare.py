@@ -1,0 +1,104 @@
+"""The ``compare`` and ``export`` subcommands of ``dsr-tune`` (issue 3).
+
+Registered by :func:`dsr_tune.cli.build_parser` through :func:`add_parsers`.
+Like every subcommand they validate all input before any work starts; a bad
+config key or value exits with status 2 and one line naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import config as C
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> int:
+    print(f"dsr-tune: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers, e.g. 0.8,0.9") from None
+    if not values or any(not 0 <= v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every sparsity must be in [0, 1)")
+    return values
+
+
+def cmd_compare(args) -> int:
+    try:
+        cfg = C.load(args.config, args.overrides)
+    except C.ConfigError as exc:
+        return _fail(f"config {exc}")
+    if args.seeds < 1:
+        return _fail(f"--seeds {args.seeds}: need at least 1")
+    if args.epoch_factor is not None and args.epoch_factor <= 0:
+        return _fail(f"--epoch-factor {args.epoch_factor}: must be > 0")
+    out = Path(args.output or Path("runs") / f"compare_{Path(args.config).stem}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    if not args.verbose:  # the per-epoch lines of every run would drown the progress lines
+        logging.getLogger("dsr_tune").setLevel(logging.WARNING)
+
+    from .compare import CompareError, compare, markdown  # torch is heavy: import after validation
+
+    try:
+        rows = compare(cfg, out, sparsities=args.sparsity, seeds=args.seeds, methods=methods,
+                       factor=args.epoch_factor, progress=lambda line: print(line, flush=True))
+    except C.ConfigError as exc:
+        return _fail(f"config {exc}")
+    except CompareError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished runs are kept. Run the same command again to continue "
+              f"(it skips them and resumes the cut-off one from its checkpoint).", file=sys.stderr)
+        return 130
+    print()
+    print(markdown(rows), end="")
+    print(f"\ntables: {out / 'results.csv'} and {out / 'results.md'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    run = Path(args.run_dir)
+    if not (run / "checkpoint.pt").is_file():
+        return _fail(f"{run} holds no checkpoint.pt (not a finished run folder)")
+    from .export import export_run
+
+    info = export_run(run, args.output)
+    ratio = info["bytes"] / info["dense_bytes"]
+    print(f"wrote {info['path']}: {info['bytes']:,} bytes, {ratio:.3f} of the dense checkpoint "
+          f"({info['dense_bytes']:,} bytes); {info['sparse_tensors']} sparse tensors, "
+          f"{info['nonzero']:,} active sparse weights")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    c = sub.add_parser("compare", help="run every baseline against DSR and tabulate", description=(
+        "Run the comparison for CONFIG.yaml (the DSR run's config) one run at a time: every method "
+        "at every sparsity and seed, static baselines at sparsity.epoch_factor x the epochs. Writes "
+        "each run under --output and results.csv / results.md there. Run it again to continue."))
+    c.add_argument("config", help="YAML config of the DSR run (see configs/)")
+    c.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=20")
+    c.add_argument("--sparsity", type=_floats, default=[0.9], help="comma-separated sparsities (default 0.9)")
+    c.add_argument("--seeds", type=int, default=3, help="seeds per cell: train.seed, +1, ... (default 3)")
+    c.add_argument("--methods", help="comma-separated: dense, thin_dense, static, dsr, gmp, hashednet, dsd, "
+                   "the sparse registry's methods (set, rigl, ...), final_reinit, final_init, random_control, "
+                   "dsr_stop:E, or 'ablations' (default: every method, no ablations)")
+    c.add_argument("--epoch-factor", type=float, help="static baselines' epoch factor (default: sparsity.epoch_factor)")
+    c.add_argument("--output", "-o", help="output folder (default: runs/compare_<config name>)")
+    c.set_defaults(func=cmd_compare)
+
+    e = sub.add_parser("export", help="write a trained sparse model in compressed form", description=(
+        "Write RUN_DIR's final model as its non-zero values and their positions (int32 indices or a "
+        "bitmask, whichever is smaller) plus the dense tensors. dsr_tune.export.load_exported(FILE) "
+        "restores a dense model with the same outputs."))
+    e.add_argument("run_dir", help="a run folder holding checkpoint.pt")
+    e.add_argument("--output", "-o", help="output file (default: RUN_DIR/model.sparse.pt)")
+    e.set_defaults(func=cmd_export)
