@@ -38,16 +38,20 @@ def cmd_train(args) -> int:
         return _fail(f"config {exc}")
     out = Path(args.output or Path("runs") / Path(args.config).stem)
     latest = out / "checkpoint.pt"
+    ray_run = (out / "ray_run.json").exists()  # a Ray Train run: its checkpoints may be in remote storage
     if args.resume:
-        if not latest.exists():
+        if not latest.exists() and not (ray_run and cfg.train.workers >= 1):
             return _fail(f"--resume: {out} holds no checkpoint.pt to continue from")
-        saved = C.load(out / "config.yaml")
-        changed = _changed_keys(saved, cfg, {"train.epochs"})
+        saved = C.load(out / "config.yaml") if (out / "config.yaml").exists() else cfg
+        changed = _changed_keys(saved, cfg, {"train.epochs"} | RESUMABLE_RAY_KEYS)
         if changed:
             return _fail(f"--resume: the config differs from the run's own in {', '.join(changed)}; "
-                         "only train.epochs may change on resume")
-    elif latest.exists() and not args.overwrite:
+                         "only train.epochs and the Ray worker settings may change on resume")
+    elif (latest.exists() or ray_run) and not args.overwrite:
         return _fail(f"--output {out} already holds a run; pass --resume to continue it or --overwrite to start over")
+
+    if cfg.train.workers >= 1:  # Ray Train: N DDP workers (dsr_tune/distributed)
+        return _train_ray(args, cfg, out)
 
     from .train import train  # torch is heavy: import after validation
 
@@ -61,6 +65,35 @@ def cmd_train(args) -> int:
         return _fail(f"config {exc}")
     summary = f"test accuracy {100 * record['test_acc']:.2f}%" if record else "nothing left to train"
     print(f"done: {summary}; run folder {out}")
+    return 0
+
+
+# -- Ray Train (train.workers >= 1) ------------------------------------------
+# Keys a resumed run may change: the global batch stays, so the math does too.
+RESUMABLE_RAY_KEYS = {"train.workers", "train.use_gpu", "train.cpus_per_worker", "train.max_failures",
+                      "train.keep_checkpoints", "train.storage_path"}
+
+
+def _train_ray(args, cfg: C.Config, out: Path) -> int:
+    from .distributed import launch  # ray and torch are heavy: import after validation
+
+    try:
+        summary = launch(cfg, out, resume=args.resume, address=args.address)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the last checkpointed epoch is saved. Continue with:\n"
+              f"  dsr-tune train {args.config} {' '.join(args.overrides)} --output {out} --resume", file=sys.stderr)
+        return 130
+    except C.ConfigError as exc:
+        return _fail(f"config {exc}")
+    except Exception as exc:  # ray.train.TrainingFailedError and friends: one line, details above
+        if type(exc).__module__.split(".")[0] != "ray":
+            raise
+        print(f"dsr-tune: training failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+              file=sys.stderr)
+        return 1
+    m = summary.metrics
+    done = f"test accuracy {100 * m['test_acc']:.2f}% after {m['epoch'] + 1} epochs" if "test_acc" in m else "nothing left to train"
+    print(f"done: {done} on {m.get('workers', cfg.train.workers)} workers; run folder {out}; checkpoints {summary.storage}")
     return 0
 
 
@@ -82,10 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output", "-o", help="run folder (default: runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
     t.add_argument("--overwrite", action="store_true", help="start over in an --output that already holds a run")
+    t.add_argument("--address", help="with train.workers >= 1: join this Ray cluster (default: $RAY_ADDRESS, "
+                   "else a local Ray started and stopped with the command)")
     t.set_defaults(func=cmd_train)
 
     k = sub.add_parser("keys", help="list every config key with its default and meaning")
     k.set_defaults(func=cmd_keys)
+
+    from .cli_compare import add_parsers as add_compare_export  # issue 3: compare, export
+    add_compare_export(sub)
+    from .cli_sweep import add_parsers as add_sweep  # issue 5: sweep, report, sync, ui
+    add_sweep(sub)
     return p
 
 

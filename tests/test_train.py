@@ -133,15 +133,26 @@ def test_library_snippet_from_readme():
 
 @pytest.mark.slow
 def test_readme_main_command_runs(tmp_path):
-    """README's first command, minus the install that CI has just done."""
+    """README's first command, minus the install that CI has just done: the demo
+    sweep (issue 5), run from a scratch folder so its embedded MLflow store
+    (./mlruns) lands there, not in the repository."""
     readme = (ROOT / "README.md").read_text()
     line = next(l.strip() for l in readme.splitlines() if "dsr-tune" in l and "pip install" in l)
     main_cmd = line.split("&& ", 2)[2]
-    assert main_cmd.startswith(".venv/bin/dsr-tune")
+    assert main_cmd.startswith(".venv/bin/dsr-tune sweep search_spaces/")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    cmd = main_cmd.replace(".venv/bin/", "", 1).replace("runs/", f"{tmp_path}/runs/")
-    proc = subprocess.run(cmd, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "done: test accuracy" in proc.stdout
-    records = read_records(next((tmp_path / "runs").iterdir()) / "metrics.jsonl")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = main_cmd.replace(".venv/bin/", "", 1).replace("search_spaces/", f"{ROOT}/search_spaces/")
+    proc = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    # the report table: every method at each sparsity, then the UI's address
+    assert "sparsity 0.8" in out and "sparsity 0.9" in out
+    for method in ("dsr", "static", "thin_dense", "dense"):
+        assert f"\n  {method} " in out, out
+    assert out.rstrip().endswith("http://127.0.0.1:5000)")
+    sweep = tmp_path / "runs" / "digits_demo"
+    assert (sweep / "report.png").exists() and (tmp_path / "mlruns" / "mlflow.db").exists()
+    dsr_runs = sorted((sweep / "runs" / "search").iterdir())
+    records = read_records(dsr_runs[0] / "metrics.jsonl")
     assert records[-1]["kind"] == "epoch" and records[-1]["test_acc"] > 0.9

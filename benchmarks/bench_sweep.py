@@ -1,0 +1,130 @@
+"""Where a sweep's wall time goes: training steps vs Ray/Tune/MLflow overhead.
+
+Runs the demo sweep (search_spaces/digits_demo.yaml, embedded MLflow, local
+Ray) in a fresh folder, or analyses a finished sweep folder, and prints per
+trial:
+
+- start-up: from the trial function's first line to the first training step
+  (imports, MLflow run, Ray Train controller and worker group, gloo, data,
+  model), i.e. first epoch's end (its MLflow timestamp) minus its epoch time;
+- training: the sum of the epoch times (training steps plus evaluation);
+- per-epoch overhead: the rest of the time between the first and the last
+  epoch end, per epoch (checkpoint, hand-over to Ray, Tune report, MLflow);
+- tail: from the last epoch end to the trial's end (worker group shutdown,
+  artifacts: export, density plot, upload);
+
+then the share of the sweep's trial-time spent in training, and what the
+fixed and per-epoch costs would be for a 2-minute trial.
+
+    .venv/bin/python benchmarks/bench_sweep.py                   # runs the demo (a few minutes)
+    .venv/bin/python benchmarks/bench_sweep.py --sweep runs/sweeps/digits_demo   # analyse only
+    .venv/bin/python benchmarks/bench_sweep.py search.samples=2 seeds=[0]        # a smaller demo
+
+Not a timed test: the numbers depend on the machine and on what else runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_demo(overrides: list[str]) -> tuple[Path, float]:
+    work = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
+    cmd = [sys.executable, "-m", "dsr_tune.cli", "sweep", str(ROOT / "search_spaces" / "digits_demo.yaml"),
+           *overrides, "--output", str(work / "sweep")]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        sys.exit(f"the sweep failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    print(proc.stdout)
+    return work / "sweep", wall
+
+
+def trial_times(sweep: Path) -> list[dict]:
+    """One dict per trial from its tracking.json, metrics.jsonl and MLflow timestamps."""
+    from mlflow import MlflowClient
+
+    from dsr_tune.train.metrics import read_records
+
+    meta = json.loads((sweep / "sweep.json").read_text())
+    client = MlflowClient(meta["tracker"]["target"]["uri"])
+    out = []
+    for info_path in sorted((sweep / "runs").glob("**/tracking.json")):
+        info = json.loads(info_path.read_text())
+        if "started" not in info or not info.get("run_id"):
+            continue
+        epochs = [r for r in read_records(info_path.parent / "metrics.jsonl") if r.get("kind") == "epoch"]
+        run = client.get_run(info["run_id"])
+        ends = sorted(m.timestamp / 1000 for m in client.get_metric_history(info["run_id"], "test_acc"))
+        if not epochs or len(ends) != len(epochs) or not run.info.end_time:
+            continue
+        train = sum(r["epoch_time"] for r in epochs)
+        start_up = ends[0] - epochs[0]["epoch_time"] - info["started"]
+        between = (ends[-1] - ends[0]) - sum(r["epoch_time"] for r in epochs[1:])
+        total = run.info.end_time / 1000 - info["started"]
+        fresh = info.get("process_started") and info.get("process_trials") == 1
+        spawn = info["started"] - info["process_started"] if fresh else None
+        out.append({"key": info["key"], "epochs": len(epochs), "start_up": start_up, "train": train, "spawn": spawn,
+                    "per_epoch": between / max(1, len(epochs) - 1), "tail": run.info.end_time / 1000 - ends[-1],
+                    "total": total, "epoch_time": statistics.mean(r["epoch_time"] for r in epochs)})
+    return out
+
+
+def spawn_line(rows: list[dict]) -> list[str]:
+    """Trials that got a new process (not a reused one) also waited for it to start."""
+    fresh = [r["spawn"] for r in rows if r["spawn"] is not None]
+    if not fresh:
+        return []
+    return [f"{len(fresh)} trial(s) started a new trial process: +{statistics.median(fresh):.1f} s (median) before "
+            f"the trial function ran; the others reused a finished trial's process"]
+
+
+def summarize(rows: list[dict], wall: float | None) -> str:
+    lines = [f"{'trial':<28}{'epochs':>7}{'start-up s':>11}{'train s':>9}{'per-epoch overhead s':>22}"
+             f"{'tail s':>8}{'total s':>9}{'train share':>12}"]
+    for r in rows:
+        lines.append(f"{r['key']:<28}{r['epochs']:>7}{r['start_up']:>11.1f}{r['train']:>9.1f}{r['per_epoch']:>22.2f}"
+                     f"{r['tail']:>8.1f}{r['total']:>9.1f}{r['train'] / r['total']:>11.0%}")
+    med = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731
+    train, total = sum(r["train"] for r in rows), sum(r["total"] for r in rows)
+    lines += ["", f"{len(rows)} trials: start-up median {med('start_up'):.1f} s (max {max(r['start_up'] for r in rows):.1f} s), "
+              f"per-epoch overhead median {med('per_epoch'):.2f} s, tail median {med('tail'):.1f} s",
+              *spawn_line(rows),
+              f"time inside training (steps + evaluation): {train:.0f} s of {total:.0f} s of trial time = {train / total:.0%}"]
+    if wall:
+        lines.append(f"sweep wall time {wall:.0f} s (Ray start, MLflow store, both Tune phases, report)")
+    fixed = med("start_up") + med("tail")
+    for epoch_s in (med("epoch_time"), 10.0, 30.0):
+        n = max(1, round(120 / epoch_s))
+        over = fixed + n * med("per_epoch")
+        lines.append(f"a 2-minute trial of {n} epochs x {epoch_s:.1f} s: overhead {over:.1f} s = {over / (120 + over):.0%} "
+                     f"of its wall time (fixed {fixed:.1f} s + {n} x {med('per_epoch'):.2f} s)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sweep", help="analyse this finished sweep folder instead of running the demo")
+    p.add_argument("overrides", nargs="*", help="overrides for the demo sweep")
+    args = p.parse_args()
+    if args.sweep:
+        sweep, wall = Path(args.sweep), None
+    else:
+        sweep, wall = run_demo(args.overrides)
+    print(summarize(trial_times(sweep), wall))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The ``sweep``, ``report``, ``ui`` and ``sync`` subcommands of ``dsr-tune`` (issue 5).
+
+Registered by :func:`dsr_tune.cli.build_parser` through :func:`add_parsers`.
+The whole search space is validated before Ray starts: a bad key or range
+exits with status 2 and one line naming it.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from . import config as C
+
+EXIT_USAGE = 2
+UI_PORT = 5000
+
+
+def _fail(message: str) -> int:
+    print(f"dsr-tune: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _resume_command(args, out: Path) -> str:
+    parts = ["dsr-tune", "sweep", args.space, *args.overrides, "--output", str(out), "--resume"]
+    if args.address:
+        parts += ["--address", args.address]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import space as S
+
+    try:
+        space = S.load(args.space, args.overrides)
+    except C.ConfigError as exc:
+        return _fail(f"search space {exc}")
+    from .sweep import driver  # ray, optuna and mlflow load after validation
+
+    out = Path(args.output or driver.default_output(space))
+    try:
+        outcome = driver.run(space, out, resume=args.resume, overwrite=args.overwrite, address=args.address,
+                             verbose=args.verbose)
+    except C.ConfigError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished trials are kept. Continue with:\n  {_resume_command(args, out)}",
+              file=sys.stderr)
+        return 130
+    if outcome.status == "KILLED":
+        outcome.tracker.close_parent("KILLED")
+        print(f"\ninterrupted; finished trials are kept, cut-off ones continue from their checkpoints:\n"
+              f"  {_resume_command(args, out)}", file=sys.stderr)
+        return 130
+    code = _print_report(str(outcome.sweep_dir), outcome)
+    if outcome.unsynced:
+        print(f"\nWARNING: MLflow ({outcome.tracker.target.uri}) does not hold {len(outcome.unsynced)} run(s) "
+              f"fully; their records are in the run folders. When it is back: dsr-tune sync {outcome.sweep_dir}")
+    if outcome.tracker.target.embedded:
+        print(f"\nBrowse every run in MLflow: dsr-tune ui   (then open http://127.0.0.1:{UI_PORT})")
+    elif not outcome.unsynced:
+        print(f"\nEvery run is in MLflow at {outcome.tracker.target.uri} (experiment {outcome.tracker.experiment!r})")
+    return code if outcome.status == "FINISHED" else 1
+
+
+def _print_report(sweep: str, outcome=None, uri: str | None = None) -> int:
+    from .report import build
+
+    try:
+        report, files, source = build(sweep, uri)
+    except (LookupError, RuntimeError) as exc:
+        print(f"dsr-tune: no report: {exc}", file=sys.stderr)
+        return 1
+    print()
+    print(report.text(), end="")
+    print(f"\nreport: {files['md']} and {files['png']} (from {source})")
+    if outcome is not None and outcome.tracker.parent_id:  # else sync has closed it, or MLflow is down
+        err = outcome.tracker.close_parent(outcome.status)
+        if err:
+            print(f"WARNING: could not close the parent run: {err}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    return _print_report(args.sweep, uri=args.tracking_uri)
+
+
+def cmd_sync(args) -> int:
+    from .tracking.sync import SyncError, sync_sweep
+
+    try:
+        s = sync_sweep(args.sweep_dir, args.tracking_uri, everything=args.all)
+    except SyncError as exc:
+        return _fail(str(exc))
+    print(f"synced {s.runs} run folder(s): {s.created} MLflow run(s) created, {s.params} params, "
+          f"{s.metrics} metric values, {s.artifacts} artifacts logged")
+    if s.failed:
+        print(f"still failing: {', '.join(s.failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from .tracking import store
+
+    target = store.resolve(args.tracking_uri)
+    if not target.embedded:
+        return _fail(f"{target.uri} is a tracking server: open it in a browser (dsr-tune ui serves sqlite stores)")
+    db = Path(target.uri[len("sqlite:///"):])
+    if not db.exists():
+        return _fail(f"no MLflow store at {db}; run a sweep from this folder first (or pass --tracking-uri)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", target.uri,
+           "--default-artifact-root", target.artifact_root, "--host", "127.0.0.1", "--port", str(args.port)]
+    proc = subprocess.Popen(cmd)
+    print(f"MLflow UI for {db}: http://127.0.0.1:{args.port}  (starting; Ctrl-C stops it)", flush=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        return 0
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("sweep", help="search hyperparameters with Ray Tune + Optuna, baselines paired, MLflow",
+                       description=(
+        "Run the sweep of SPACE.yaml (see search_spaces/): Optuna proposes trials, each trained with Ray "
+        "Train; then every evaluated sparsity gets its baselines (2x epochs) and the dense reference. "
+        "Every run goes to MLflow (default: ./mlruns). Ends with the comparison table."))
+    s.add_argument("space", help="search-space YAML (see search_spaces/)")
+    s.add_argument("overrides", nargs="*", help="dotted overrides: config keys (train.epochs=3) or the space "
+                   "file's own (search.samples=4, seeds=[0], space.optim.lr={loguniform: [0.01, 0.1]})")
+    s.add_argument("--output", "-o", help="sweep folder (default: runs/sweeps/<name>)")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --output")
+    s.add_argument("--overwrite", action="store_true", help="start over in an --output that holds a sweep")
+    s.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    s.set_defaults(func=cmd_sweep)
+
+    r = sub.add_parser("report", help="table and figure of a sweep from MLflow", description=(
+        "Per sparsity: the best trial of each method, its baselines and dense, test accuracy mean and std "
+        "over seeds, non-zero params, epochs; plus accuracy vs parameters as PNG (logged to the parent run)."))
+    r.add_argument("sweep", help="a sweep folder, a sweep id, or an experiment name (its newest sweep)")
+    r.add_argument("--tracking-uri", help="MLflow store (default: the sweep's own, else $MLFLOW_TRACKING_URI "
+                   "or ./mlruns)")
+    r.set_defaults(func=cmd_report)
+
+    y = sub.add_parser("sync", help="log to MLflow what a sweep's run folders hold and MLflow missed")
+    y.add_argument("sweep_dir", help="a sweep folder")
+    y.add_argument("--tracking-uri", help="log into this store instead of the sweep's own")
+    y.add_argument("--all", action="store_true", help="check every run, not only those marked unsynced")
+    y.set_defaults(func=cmd_sync)
+
+    u = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the embedded store")
+    u.add_argument("--port", type=int, default=UI_PORT, help=f"port (default {UI_PORT})")
+    u.add_argument("--tracking-uri", help="a sqlite store (default: $MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
+    u.set_defaults(func=cmd_ui)

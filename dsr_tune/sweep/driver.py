@@ -1,0 +1,270 @@
+"""Run a sweep: two Tune phases on one Ray session, tracked in MLflow.
+
+1. search: Optuna proposes ``search.samples`` hyperparameter sets; each is
+   a Tune trial training through Ray Train (:func:`.trial.run_trial`);
+2. paired: once the search has ended, the baselines of every evaluated
+   sparsity, the best trials on the other seeds and the dense reference
+   (:mod:`.pairing`), a fixed list of trials.
+
+A second phase after the search (rather than baselines launched during it)
+keeps Optuna's study free of runs it did not propose and trains each
+baseline once per (sparsity, seed), derived from the best trial it is
+compared with. Both phases keep Tune's experiment state in the sweep
+folder: ``--resume`` restores the unfinished phase (finished trials are
+neither lost nor run again; cut-off ones continue from their checkpoints)
+and starts the paired phase if the search had ended.
+
+Trial processes are reused from one trial to the next (torch, Ray Train and
+mlflow stay imported), except with ASHA: a few seconds less start-up per trial.
+
+Concurrency: each trial holds ``search.trial_cpus`` plus its Ray Train
+workers' CPUs (and GPUs); ``max_concurrent_trials`` is what the cluster has
+room for (see :func:`.space.concurrency`), so trials start on a 2-CPU node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import config as C
+from ..tracking import SweepTracker, store
+from ..tracking.sync import SWEEP_FILE, SyncError, run_folders, sync_sweep
+from ..tracking.tracker import read_run_file
+from .jobs import PAIRED_FILE, SweepContext, write_paired
+from .space import Space, concurrency
+
+log = logging.getLogger("dsr_tune")
+
+# Ray and Tune settings for readable output and a resumable state on disk; read when ray is imported
+RAY_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",            # the legacy reporter: silent at verbose=0 (we print our own lines)
+    "TUNE_GLOBAL_CHECKPOINT_S": "5",      # save the experiment state at most every 5 s (a killed driver loses little)
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # Train V2 workers wait in ray.train.report until the controller polls (every 2 s by default):
+    # a stall of up to 2 s per epoch, most of a short epoch
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
+
+
+@dataclass
+class Outcome:
+    status: str              # FINISHED, KILLED (interrupted: resume it) or FAILED (no search trial finished)
+    sweep_dir: Path
+    sweep_id: str
+    tracker: SweepTracker
+    unsynced: list[str]      # run keys MLflow does not fully hold
+
+
+def default_output(space: Space) -> Path:
+    return Path("runs") / "sweeps" / space.name
+
+
+def _diff(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def prepare(space: Space, out_dir: Path, *, resume: bool, overwrite: bool) -> dict:
+    """The sweep's sweep.json: a new one, or the one to resume (same space).
+    Raises ConfigError for a folder that cannot be used as asked."""
+    meta_path = out_dir / SWEEP_FILE
+    raw = json.loads(json.dumps(space.raw, default=str))
+    if resume:
+        if not meta_path.exists():
+            raise C.ConfigError("--resume", f"{out_dir} holds no sweep to resume (no {SWEEP_FILE})")
+        meta = json.loads(meta_path.read_text())
+        changed = _diff(meta["space"], raw)
+        if changed:
+            raise C.ConfigError("--resume", f"the space differs from the sweep's own in {', '.join(changed)}; "
+                                "resume with the same file and overrides")
+        return meta
+    if meta_path.exists() or (out_dir.exists() and any(out_dir.iterdir())):
+        if not overwrite:
+            raise C.ConfigError("--output", f"{out_dir} already holds a sweep; pass --resume to continue it "
+                                "or --overwrite to start over")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    sweep_id = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tracker = SweepTracker(store.resolve(space.tracking_uri), space.experiment, sweep_id, store.git_revision())
+    meta = {"sweep_id": sweep_id, "space_file": str(space.path), "space": raw, "phase": "search",
+            "status": "RUNNING", "tracker": tracker.to_json()}
+    _save(out_dir, meta)
+    return meta
+
+
+def _save(out_dir: Path, meta: dict) -> None:
+    tmp = out_dir / f".{SWEEP_FILE}.tmp"
+    tmp.write_text(json.dumps(meta, indent=1) + "\n")
+    tmp.replace(out_dir / SWEEP_FILE)
+
+
+def parent_params(space: Space) -> dict:
+    """The sweep's settings as the parent run's params."""
+    out = {"space_file": str(space.path), "methods": ",".join(space.methods), "seeds": space.seeds,
+           "baselines": ",".join(space.baselines), "dense": space.dense}
+    out.update({f"search.{k}": v for k, v in vars(space.search).items()})
+    out.update({f"space.{p.key}": f"{p.kind} {list(p.endpoints())}" for p in space.params})
+    out.update({f"base.{k}": v for k, v in space.base.flat().items()})
+    return out
+
+
+def _tune_phase(phase: str, space: Space, ctx: SweepContext, *, n_concurrent: int, total: int) -> bool:
+    """Run (or restore) one Tune phase; True when every trial ended."""
+    from ray import tune
+
+    from . import search
+    from .callbacks import Finalizer, Progress
+    from .trial import run_trial
+
+    resources = {"cpu": space.search.trial_cpus}
+    if _nodes() > 1:  # trial processes on the head, beside the sweep folder they write to
+        resources["node:__internal_head__"] = 0.001
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+    path = Path(ctx.sweep_dir) / "tune" / phase
+    if tune.Tuner.can_restore(str(path)):
+        log.info(f"[{phase}] restoring Tune's state from {path}")
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        s = space.search
+        if phase == "search":
+            tc = tune.TuneConfig(search_alg=search.searcher(space, ctx.sweep_dir, ctx.tracker.sweep_id),
+                                 scheduler=search.scheduler(space), num_samples=s.samples,
+                                 max_concurrent_trials=n_concurrent, trial_dirname_creator=trial_dirname,
+                                 # not with ASHA: Tune cannot reuse the process of a trial it stopped
+                                 # mid-fit, and then fails the next trials
+                                 reuse_actors=s.asha is None,
+                                 **({"metric": s.metric, "mode": s.mode} if s.asha is not None else {}))
+            param_space = None
+        else:
+            tc = tune.TuneConfig(max_concurrent_trials=n_concurrent, trial_dirname_creator=trial_dirname,
+                                 reuse_actors=True)
+            param_space = {"job": tune.grid_search(list(ctx.paired_jobs()))}
+        rc = tune.RunConfig(name=phase, storage_path=str(Path(ctx.sweep_dir) / "tune"), verbose=0,
+                            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+                            sync_config=tune.SyncConfig(sync_period=5),
+                            callbacks=[Finalizer(ctx), Progress(phase, total, ctx, s.metric, s.mode)])
+        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tc, run_config=rc)
+    grid = tuner.fit()
+    return grid.num_terminated + grid.num_errors >= total
+
+
+def _nodes() -> int:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def trial_dirname(trial) -> str:
+    """Tune's per-trial folder: the trial id (the default repeats every parameter)."""
+    return trial.trial_id
+
+
+def _quiet_ray() -> None:
+    for k, v in RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    # Tune's own "resume with Tuner.restore(...)" advice: ours names the CLI command instead
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+    # Optuna's note that a restored trial reports a step again (Tune restarts training_iteration)
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step`")
+    # a notice that token auth is on for the local cluster (the default we keep), once per sweep
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
+def run(space: Space, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+        address: str | None = None, verbose: bool = False) -> Outcome:
+    """Run the sweep of ``space`` in ``out_dir`` (or finish it with ``resume``).
+    Progress goes to the ``dsr_tune`` logger, one line per event."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    meta = prepare(space, out_dir, resume=resume, overwrite=overwrite)
+    tracker = SweepTracker.from_json(meta["tracker"])
+    error = tracker.connect(parent_params(space))
+    where = "embedded store " + tracker.target.uri if tracker.target.embedded else tracker.target.uri
+    if error:
+        log.warning(f"WARNING: {error}\n  the sweep trains anyway and keeps every record in its run folders; "
+                    f"log them later with: dsr-tune sync {out_dir}")
+    else:
+        log.info(f"MLflow: experiment {tracker.experiment!r}, parent run {meta['sweep_id']} ({where})")
+        if resume:
+            _sync_leftovers(out_dir)
+    meta["tracker"] = tracker.to_json()
+    ctx = SweepContext(sweep_dir=str(out_dir), base=space.base.to_dict(), search_seed=space.seeds[0], tracker=tracker)
+
+    _quiet_ray()
+    from ..distributed import ray_session
+
+    t = space.base.train
+    need = space.search.trial_cpus + t.workers * t.cpus_per_worker  # one trial; a local Ray gets at least this
+    with ray_session(address, cpus=need, log_to_driver=verbose, runtime_env={"env_vars": dict(RAY_ENV)}):
+        import ray
+
+        have = ray.cluster_resources()
+        if have.get("CPU", 0) < need - 1e-9 or (t.use_gpu and have.get("GPU", 0) < t.workers):
+            gpus = f" and {t.workers} GPUs" if t.use_gpu else ""
+            log.warning(f"WARNING: a trial needs {need:g} CPUs{gpus}; the cluster has {have.get('CPU', 0):g} CPUs "
+                        f"and {have.get('GPU', 0):g} GPUs: trials wait until nodes join")
+        n = concurrency(space, have)
+        if _nodes() > 1 and tracker.target.embedded:
+            ctx.live_logging = False
+            log.info(f"note: {_nodes()} nodes and a sqlite store only the head reaches: each run is logged when it "
+                     "ends (set tracking.uri to an MLflow server for live metrics)")
+        log.info(f"sweep {meta['sweep_id']} in {out_dir}: {n} trial(s) at a time, each {space.search.trial_cpus:g} CPU "
+                 f"+ {t.workers} Ray Train worker(s) x {t.cpus_per_worker:g} CPU{' + 1 GPU' if t.use_gpu else ''}")
+        status = _phases(space, ctx, meta, out_dir, n)
+    meta["status"] = status
+    _save(out_dir, meta)
+    # what MLflow missed (also when the store came back after being down); an interrupted
+    # sweep leaves that to --resume, to exit at once
+    unsynced = _unsynced(out_dir) if status == "KILLED" else _sync_leftovers(out_dir)
+    return Outcome(status, out_dir, meta["sweep_id"], tracker, unsynced)
+
+
+def _phases(space: Space, ctx: SweepContext, meta: dict, out_dir: Path, n: int) -> str:
+    from .pairing import paired_jobs
+
+    if meta["phase"] == "search":
+        if not _tune_phase("search", space, ctx, n_concurrent=n, total=space.search.samples):
+            return "KILLED"
+        if not any((read_run_file(d) or {}).get("status") in ("FINISHED", "KILLED")
+                   for d in run_folders(out_dir)):
+            log.info("no search trial trained to the end, so there is nothing to pair")
+            return "FAILED"
+        write_paired(out_dir, paired_jobs(space, ctx))
+        meta["phase"] = "paired"
+        _save(out_dir, meta)
+    if meta["phase"] == "paired":
+        total = len(json.loads((out_dir / PAIRED_FILE).read_text()))
+        if total:
+            log.info(f"[paired] {total} runs: baselines per sparsity and seed, best trials on the other seeds, dense")
+            if not _tune_phase("paired", space, ctx, n_concurrent=n, total=total):
+                return "KILLED"
+        meta["phase"] = "done"
+        _save(out_dir, meta)
+    return "FINISHED"
+
+
+def _unsynced(out_dir: Path) -> list[str]:
+    return [info["key"] for d in run_folders(out_dir)
+            if (info := read_run_file(d)) and "key" in info and not info.get("synced")]
+
+
+def _sync_leftovers(out_dir: Path) -> list[str]:
+    """Log what MLflow missed (a server that was down for a while); returns
+    the keys of runs it still does not fully hold (unfinished ones included)."""
+    if not _unsynced(out_dir):
+        return []
+    try:
+        s = sync_sweep(out_dir)
+        if s.metrics or s.created:
+            log.info(f"MLflow: logged {s.metrics} metric values of {s.runs} run(s) it had missed "
+                     f"({s.created} run(s) created)")
+    except SyncError as exc:
+        log.warning(f"WARNING: MLflow sync failed: {exc}")
+    return _unsynced(out_dir)

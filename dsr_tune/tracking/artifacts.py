@@ -1,0 +1,89 @@
+"""A finished run's artifacts: its resolved config, its model, its density plot.
+
+Built from the run folder alone (config.yaml, metrics.jsonl, checkpoint.pt),
+so the trial that just finished and ``dsr-tune sync`` log the same files.
+The model is the compressed sparse export (values + positions, see
+:mod:`dsr_tune.export`), much smaller than the checkpoint with its optimizer
+state; the checkpoint itself is logged only if the export fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger("dsr_tune")
+
+DENSITY_PNG = "density.png"
+EXPORT = "model.sparse.pt"
+
+
+def density_plot(records: list[dict], out: str | Path, title: str = "") -> Path | None:
+    """Per-layer density (share of active weights) against epochs; None for a
+    run without masks (dense, thin dense)."""
+    epochs = [r for r in records if r.get("kind") == "epoch" and r.get("density")]
+    if not epochs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = list(epochs[-1]["density"])
+    x = [r["epoch"] + 1 for r in epochs]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    cmap = plt.get_cmap("viridis", max(2, len(layers)))
+    for i, layer in enumerate(layers):  # earlier layers dark, later ones light
+        ax.plot(x, [r["density"].get(layer, float("nan")) for r in epochs], color=cmap(i), lw=1.3,
+                label=layer if len(layers) <= 16 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("density (active / all weights)")
+    ax.set_title(title or "per-layer density over training")
+    ax.grid(alpha=0.3)
+    if len(layers) <= 16:
+        ax.legend(fontsize=6, ncol=2, loc="best")
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def files(run_dir: str | Path, title: str = "") -> dict[str, Path]:
+    """``{artifact path in the run: local file}`` for a finished run folder;
+    writes the plot and the export into the folder first."""
+    from ..train.metrics import read_records
+
+    run_dir = Path(run_dir)
+    out: dict[str, Path] = {}
+    if (run_dir / "config.yaml").exists():
+        out["config.yaml"] = run_dir / "config.yaml"
+    if (run_dir / "metrics.jsonl").exists():
+        out["metrics.jsonl"] = run_dir / "metrics.jsonl"
+        plot = density_plot(read_records(run_dir / "metrics.jsonl"), run_dir / DENSITY_PNG, title)
+        if plot is not None:
+            out[DENSITY_PNG] = plot
+    if (run_dir / "checkpoint.pt").exists():
+        try:
+            from ..export import export_run
+
+            export_run(run_dir, run_dir / EXPORT)
+            out[f"model/{EXPORT}"] = run_dir / EXPORT
+        except Exception as exc:  # noqa: BLE001 (a model the export does not know: keep the checkpoint)
+            log.warning("sparse export of %s failed (%s); logging the checkpoint instead", run_dir, exc)
+            out["model/checkpoint.pt"] = run_dir / "checkpoint.pt"
+    return out
+
+
+def log_files(client, run_id: str, run_dir: str | Path, title: str = "") -> int:
+    """Log the finished run's artifacts that ``run_id`` does not hold yet. Returns how many."""
+    have = {a.path for a in client.list_artifacts(run_id)}
+    have |= {a.path for a in client.list_artifacts(run_id, "model")}
+    n = 0
+    for name, path in files(run_dir, title).items():
+        if name in have:
+            continue
+        folder = str(Path(name).parent) if "/" in name else None
+        client.log_artifact(run_id, str(path), artifact_path=folder)
+        n += 1
+    return n

@@ -1,0 +1,115 @@
+"""MLflow runs of a sweep: a parent per sweep, a child per trial, found by tag.
+
+Every run carries the tag ``dsr_tune.run = <sweep id>/<key>`` (``parent`` for
+the sweep's own run, the trial's job key for a child). Runs are looked up by
+that tag before one is created, so a restarted trial, a resumed sweep or
+``dsr-tune sync`` never makes a second run for the same trial.
+
+Records (dicts from the trainer, see :mod:`dsr_tune.train.metrics`) become
+metrics by :func:`record_metrics`: epoch records at step = epochs done,
+reallocation records at step = the global training step. Both the live logger
+and ``sync`` use it, and both skip (key, step) pairs already logged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+TAG_RUN = "dsr_tune.run"          # <sweep id>/<key>: the identity of a run
+TAG_SWEEP = "sweep"               # the sweep id, on the parent and every child
+TAG_ROLE = "role"                 # parent | search | baseline | seed | dense
+TAG_GIT = "git_revision"
+TAG_GIT_MLFLOW = "mlflow.source.git.commit"
+TAG_PARENT = "mlflow.parentRunId"
+EPOCH_KEYS = ("test_acc", "test_acc5", "test_loss", "train_loss", "train_acc", "nonzero_params", "lr",
+              "samples_per_s", "epoch_time")
+REALLOC_KEYS = ("threshold", "pruned", "grown")
+MAX_PARAMS = 100   # MLflow's limits per log_batch call
+MAX_METRICS = 1000
+
+
+def run_key(sweep_id: str, key: str) -> str:
+    return f"{sweep_id}/{key}"
+
+
+def find(client, experiment_id: str, key: str):
+    """The run tagged ``dsr_tune.run = key`` (oldest first if several), or None."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_RUN}` = '{key}'",
+                              order_by=["attributes.start_time ASC"], max_results=5)
+    return runs[0] if runs else None
+
+
+def find_or_create(client, experiment_id: str, key: str, run_name: str, tags: dict[str, str],
+                   parent_id: str | None = None, reopen: bool = True) -> str:
+    """The run id for ``key``: the existing run (its tags refreshed; with
+    ``reopen``, set RUNNING again: a restarted trial) or a new one."""
+    tags = {k: str(v) for k, v in tags.items() if v is not None}
+    tags[TAG_RUN] = key
+    if parent_id:
+        tags[TAG_PARENT] = parent_id
+    run = find(client, experiment_id, key)
+    if run is None:
+        return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    from mlflow.entities import RunTag
+
+    stale = [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
+    if stale:
+        client.log_batch(run.info.run_id, tags=stale)
+    if reopen and run.info.status != "RUNNING":
+        client.update_run(run.info.run_id, status="RUNNING")
+    return run.info.run_id
+
+
+def log_params(client, run_id: str, params: dict, existing: dict[str, str] | None = None) -> int:
+    """Log the params ``run_id`` does not hold yet (MLflow refuses to change
+    one); values as strings, cut to MLflow's 6000 characters. Returns how many."""
+    from mlflow.entities import Param
+
+    if existing is None:
+        existing = client.get_run(run_id).data.params
+    todo = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+    for i in range(0, len(todo), MAX_PARAMS):
+        client.log_batch(run_id, params=todo[i:i + MAX_PARAMS])
+    return len(todo)
+
+
+def record_metrics(record: dict) -> list[tuple[str, float, int]]:
+    """(key, value, step) triples of one trainer record."""
+    out: list[tuple[str, float, int]] = []
+    if record.get("kind") == "epoch":
+        step = int(record["epoch"]) + 1
+        out += [(k, float(record[k]), step) for k in EPOCH_KEYS if isinstance(record.get(k), (int, float))]
+        out.append(("epoch", float(step), step))
+        for layer, d in (record.get("density") or {}).items():
+            out.append((f"density/{layer}", float(d), step))
+    elif record.get("kind") == "realloc":
+        step = int(record["step"])
+        if isinstance(record.get("threshold"), (int, float)):
+            out.append(("threshold", float(record["threshold"]), step))
+        layers = (record.get("layers") or {}).values()
+        for k in ("pruned", "grown"):
+            total = record.get(k)
+            if total is None:
+                total = sum(int(layer.get(k, 0)) for layer in layers)
+            out.append((k, float(total), step))
+    return out
+
+
+def log_metrics(client, run_id: str, triples: Iterable[tuple[str, float, int]],
+                skip: dict[str, set[int]] | None = None) -> int:
+    """Log ``(key, value, step)`` triples, leaving out steps in ``skip[key]``. Returns how many."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    skip = skip or {}
+    todo = [Metric(k, v, now, s) for k, v, s in triples if s not in skip.get(k, ())]
+    for i in range(0, len(todo), MAX_METRICS):
+        client.log_batch(run_id, metrics=todo[i:i + MAX_METRICS])
+    return len(todo)
+
+
+def logged_steps(client, run_id: str, keys: Iterable[str]) -> dict[str, set[int]]:
+    """``{key: steps already logged}`` for the keys the run has."""
+    have = client.get_run(run_id).data.metrics
+    return {k: {m.step for m in client.get_metric_history(run_id, k)} for k in set(keys) if k in have}

@@ -1,0 +1,144 @@
+"""Where runs are tracked: the embedded store, any MLflow URI, reachability.
+
+The embedded default needs no server: a sqlite database and an artifact
+folder under the working directory (``./mlruns/mlflow.db``,
+``./mlruns/artifacts``), always as absolute paths because Ray workers run in
+their own working directories. ``MLFLOW_TRACKING_URI`` or an explicit URI
+(``http://host:5000``, ``sqlite:////abs/db``, ...) replaces it.
+
+A tracking server must never stop training: HTTP calls fail fast (few
+retries, short timeouts; MLflow's defaults retry for about 4 minutes per
+call) and callers treat any MLflow error as "offline", keeping the records
+in the run folders for ``dsr-tune sync``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("dsr_tune")
+
+EMBEDDED_DIR = "mlruns"
+DB_NAME = "mlflow.db"
+# MLflow reads these per request: a refused connection then fails in ~2 s, not ~247 s
+FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+                 "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # no "View run at" lines per run
+
+
+@dataclass(frozen=True)
+class Target:
+    """A tracking store. ``artifact_root`` is set for the embedded store (new
+    experiments keep their artifacts there); None lets the server decide."""
+
+    uri: str
+    artifact_root: str | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.artifact_root is not None
+
+    @property
+    def remote(self) -> bool:
+        return self.uri.startswith(("http://", "https://"))
+
+
+def embedded(cwd: str | Path | None = None) -> Target:
+    root = Path(cwd or os.getcwd()).resolve() / EMBEDDED_DIR
+    return Target(uri=f"sqlite:///{root / DB_NAME}", artifact_root=(root / "artifacts").as_uri())
+
+
+def resolve(uri: str | None = None, cwd: str | Path | None = None) -> Target:
+    """``uri``, else $MLFLOW_TRACKING_URI, else the embedded store under ``cwd``.
+    A relative sqlite path is made absolute (its artifacts go beside it)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    if not uri:
+        return embedded(cwd)
+    if uri.startswith("sqlite:///"):  # relative (3 slashes) or absolute (4)
+        path = (Path(cwd or os.getcwd()) / uri[len("sqlite:///"):]).resolve()
+        return Target(uri=f"sqlite:///{path}", artifact_root=(path.parent / "artifacts").as_uri())
+    return Target(uri=uri)
+
+
+def fast_fail_env() -> None:
+    """Set MLflow's HTTP retry settings low, unless the user chose their own."""
+    for k, v in FAST_FAIL_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def probe(target: Target, timeout: float = 3.0) -> str | None:
+    """None when the store answers, else a one-line reason. Only HTTP stores
+    are probed (GET /health); a sqlite file is always there."""
+    if not target.remote:
+        return None
+    import urllib.error
+    import urllib.request
+
+    url = target.uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (the user's tracking URI)
+            return None if resp.status == 200 else f"{url} answered HTTP {resp.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"{url} is unreachable ({reason})"
+
+
+def describe(exc: BaseException, uri: str) -> str:
+    """One short line for an MLflow failure (its messages hold whole URLs and tracebacks)."""
+    text = str(exc).strip()
+    refused = re.search(r"\[Errno -?\d+\] [^'\")(]+", text)
+    if refused or "Max retries exceeded" in text:
+        return f"MLflow at {uri} is unreachable ({refused.group(0).strip() if refused else 'no answer'})"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return f"MLflow at {uri}: {first[:200]}"
+
+
+def _quiet_mlflow() -> None:
+    # the first open of a new sqlite store logs every schema migration at INFO
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.store",
+                 "urllib3.connectionpool"):  # a "Retrying ..." line per retry of a failed request
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def client(target: Target):
+    """An ``MlflowClient`` for ``target`` (imports mlflow: about 2 s)."""
+    fast_fail_env()
+    from mlflow import MlflowClient
+
+    _quiet_mlflow()
+    if target.embedded:
+        Path(target.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=target.uri)
+
+
+def experiment_id(mlflow_client, name: str, target: Target) -> str:
+    """The id of experiment ``name``, created (with the embedded artifact root) if missing."""
+    exp = mlflow_client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = f"{target.artifact_root}/{name}" if target.artifact_root else None
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=location)
+    except Exception:  # another process created it meanwhile
+        exp = mlflow_client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def git_revision() -> str | None:
+    """The commit of the code that runs (``<sha>`` or ``<sha>-dirty``), or None outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}-dirty" if dirty else sha

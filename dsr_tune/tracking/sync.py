@@ -1,0 +1,105 @@
+"""``dsr-tune sync``: log what MLflow lost, from a sweep's run folders.
+
+A sweep folder holds ``sweep.json`` (its tracker: store URI, experiment,
+sweep id) and one folder per trial under ``runs/`` with ``tracking.json``,
+``config.yaml``, ``metrics.jsonl`` and ``checkpoint.pt``. Syncing a run
+finds its MLflow run by tag (or creates it under the parent), then logs the
+params, metric steps and artifacts it does not hold yet, and its final
+status. Running it twice logs nothing the second time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import runs, store
+from .logger import OFFLINE_FILE
+from .tracker import TERMINAL, SweepTracker, read_run_file, update_run_file
+
+log = logging.getLogger("dsr_tune")
+
+SWEEP_FILE = "sweep.json"
+
+
+class SyncError(RuntimeError):
+    """The store cannot be reached or the folder is not a sweep."""
+
+
+@dataclass
+class SyncSummary:
+    runs: int = 0            # run folders looked at
+    created: int = 0         # MLflow runs that did not exist
+    metrics: int = 0         # metric values logged
+    params: int = 0
+    artifacts: int = 0
+    failed: list[str] = field(default_factory=list)  # run keys that still failed
+
+
+def load_tracker(sweep_dir: str | Path, uri: str | None = None) -> SweepTracker:
+    """The sweep's tracker from its sweep.json; ``uri`` moves it to another store."""
+    path = Path(sweep_dir) / SWEEP_FILE
+    if not path.is_file():
+        raise SyncError(f"{sweep_dir} is not a sweep folder (no {SWEEP_FILE})")
+    tracker = SweepTracker.from_json(json.loads(path.read_text())["tracker"])
+    if uri:
+        tracker.target = store.resolve(uri)
+    tracker.experiment_id = tracker.parent_id = None
+    return tracker
+
+
+def run_folders(sweep_dir: str | Path) -> list[Path]:
+    return sorted(p.parent for p in (Path(sweep_dir) / "runs").glob(f"**/{'tracking.json'}"))
+
+
+def sync_run(client, tracker: SweepTracker, run_dir: Path, summary: SyncSummary) -> None:
+    """Make MLflow hold everything ``run_dir`` has (idempotent)."""
+    from .. import config as C
+    from ..train.metrics import read_records
+    from .artifacts import log_files
+
+    info = read_run_file(run_dir) or {}
+    key = runs.run_key(tracker.sweep_id, info["key"])
+    existed = runs.find(client, tracker.experiment_id, key) is not None
+    run_id = runs.find_or_create(client, tracker.experiment_id, key, info["run_name"],
+                                 tracker.child_tags(info), parent_id=tracker.parent_id, reopen=False)
+    summary.created += not existed
+    if (run_dir / "config.yaml").exists():
+        summary.params += runs.log_params(client, run_id, C.load(run_dir / "config.yaml").flat())
+    triples = [t for r in read_records(run_dir / "metrics.jsonl") for t in runs.record_metrics(r)]
+    done = runs.logged_steps(client, run_id, {k for k, _, _ in triples})
+    summary.metrics += runs.log_metrics(client, run_id, triples, skip=done)
+    status = info.get("status")
+    if status == "FINISHED":
+        summary.artifacts += log_files(client, run_id, run_dir, title=info["run_name"])
+    if status in TERMINAL:
+        client.set_terminated(run_id, status=status)
+    (run_dir / OFFLINE_FILE).unlink(missing_ok=True)
+    update_run_file(run_dir, run_id=run_id, synced=status in TERMINAL, error=None)
+
+
+def sync_sweep(sweep_dir: str | Path, uri: str | None = None, everything: bool = False) -> SyncSummary:
+    """Sync every run folder not marked synced (all of them with
+    ``everything``, or when moving to another store with ``uri``)."""
+    tracker = load_tracker(sweep_dir, uri)
+    error = tracker.connect(reopen=False)
+    if error:
+        raise SyncError(error)
+    client = store.client(tracker.target)
+    status = json.loads((Path(sweep_dir) / SWEEP_FILE).read_text()).get("status")
+    if status in TERMINAL:  # a parent created here (the sweep ran offline) gets the sweep's outcome
+        client.set_terminated(tracker.parent_id, status=status)
+    summary = SyncSummary()
+    for run_dir in run_folders(sweep_dir):
+        info = read_run_file(run_dir) or {}
+        if "key" not in info or (info.get("synced") and not everything and not uri):
+            continue
+        summary.runs += 1
+        try:
+            sync_run(client, tracker, run_dir, summary)
+        except Exception as exc:  # noqa: BLE001 (report it, go on with the other runs)
+            log.warning("sync of %s failed: %s", run_dir, str(exc).splitlines()[0] if str(exc) else exc)
+            summary.failed.append(info["key"])
+    return summary

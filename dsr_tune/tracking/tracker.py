@@ -1,0 +1,160 @@
+"""A sweep's view of MLflow: its experiment, its parent run, a child per trial.
+
+:class:`SweepTracker` holds only strings, so it travels to Tune trials.
+The sweep driver calls :meth:`SweepTracker.connect` (experiment and parent
+run); each trial calls :meth:`child` before training and :meth:`finish`
+after. Every method returns instead of raising when MLflow fails: the
+failure is written to the run folder's ``tracking.json`` (``synced: false``)
+and ``dsr-tune sync`` logs the run later from that folder.
+
+``tracking.json`` (one per run folder) is the run's identity for MLflow:
+key, run name, tags, status, run id, synced, error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import runs, store
+
+log = logging.getLogger("dsr_tune")
+
+RUN_FILE = "tracking.json"
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+
+
+def read_run_file(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / RUN_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def update_run_file(run_dir: str | Path, **fields) -> dict:
+    """Merge ``fields`` into the run folder's tracking.json (atomic rename)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = read_run_file(run_dir) or {}
+    data.update(fields)
+    tmp = run_dir / f".{RUN_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(run_dir / RUN_FILE)
+    return data
+
+
+@dataclass
+class SweepTracker:
+    """MLflow bookkeeping for one sweep (picklable; connects lazily)."""
+
+    target: store.Target
+    experiment: str
+    sweep_id: str
+    git: str | None = None
+    experiment_id: str | None = None
+    parent_id: str | None = None
+    error: str | None = None  # why MLflow is unusable, set by connect()
+
+    def _client(self):
+        return store.client(self.target)
+
+    def connect(self, params: dict | None = None, reopen: bool = True) -> str | None:
+        """Driver side: the experiment and the sweep's parent run (found by tag
+        or created). Returns None, or the reason MLflow cannot be used now."""
+        self.error = store.probe(self.target)
+        if self.error:
+            return self.error
+        try:
+            client = self._client()
+            self.experiment_id = store.experiment_id(client, self.experiment, self.target)
+            self.parent_id = runs.find_or_create(
+                client, self.experiment_id, runs.run_key(self.sweep_id, "parent"), self.sweep_id,
+                tags={runs.TAG_SWEEP: self.sweep_id, runs.TAG_ROLE: "parent", runs.TAG_GIT: self.git,
+                      runs.TAG_GIT_MLFLOW: (self.git or "").removesuffix("-dirty") or None}, reopen=reopen)
+            if params:
+                runs.log_params(client, self.parent_id, params)
+        except Exception as exc:  # noqa: BLE001 (any MLflow or network failure)
+            self.error = store.describe(exc, self.target.uri)
+            self.experiment_id = self.parent_id = None
+        return self.error
+
+    def child_tags(self, identity: dict) -> dict:
+        tags = {runs.TAG_SWEEP: self.sweep_id, runs.TAG_GIT: self.git,
+                runs.TAG_GIT_MLFLOW: (self.git or "").removesuffix("-dirty") or None}
+        tags.update({k: v for k, v in identity.get("tags", {}).items() if v is not None})
+        return tags
+
+    def child(self, run_dir: str | Path, identity: dict) -> str | None:
+        """Trial side: the child run of ``identity`` (key, run_name, tags),
+        created once; its id is kept in the run folder. None when offline."""
+        update_run_file(run_dir, **identity, status="RUNNING", synced=False)
+        if self.parent_id is None:
+            update_run_file(run_dir, error=self.error or "MLflow was unreachable when the sweep started")
+            return None
+        try:
+            client = self._client()
+            run_id = runs.find_or_create(client, self.experiment_id, runs.run_key(self.sweep_id, identity["key"]),
+                                         identity["run_name"], self.child_tags(identity), parent_id=self.parent_id)
+        except Exception as exc:  # noqa: BLE001
+            msg = store.describe(exc, self.target.uri)
+            log.warning("%s; trial %s trains anyway (dsr-tune sync logs it later)", msg, identity["key"])
+            update_run_file(run_dir, error=msg)
+            return None
+        update_run_file(run_dir, run_id=run_id, error=None)
+        return run_id
+
+    def finish(self, run_dir: str | Path, run_id: str | None, status: str, replay: bool = False) -> bool:
+        """Trial side, after training: artifacts (when finished) and the run's
+        final status; with ``replay`` also the params and metrics, from the run
+        folder (no live logger ran). True when MLflow holds the whole run."""
+        from .logger import offline_reason
+
+        update_run_file(run_dir, status=status)
+        if run_id is None:
+            return False
+        try:
+            client = self._client()
+            if replay:
+                from .sync import SyncSummary, sync_run
+
+                sync_run(client, self, Path(run_dir), SyncSummary())
+                return True
+            if status == "FINISHED":
+                from .artifacts import log_files
+
+                log_files(client, run_id, run_dir, title=(read_run_file(run_dir) or {}).get("run_name", ""))
+            client.set_terminated(run_id, status=status)
+        except Exception as exc:  # noqa: BLE001
+            update_run_file(run_dir, error=store.describe(exc, self.target.uri))
+            return False
+        lost = offline_reason(run_dir)
+        update_run_file(run_dir, synced=lost is None, error=lost)
+        return lost is None
+
+    def close_parent(self, status: str, artifacts: dict[str, Path] | None = None) -> str | None:
+        """Driver side: the parent's status and report files. Returns an error or None."""
+        if self.parent_id is None:
+            return self.error
+        try:
+            client = self._client()
+            for name, path in (artifacts or {}).items():
+                client.log_artifact(self.parent_id, str(path))
+            client.set_terminated(self.parent_id, status=status)
+        except Exception as exc:  # noqa: BLE001
+            return store.describe(exc, self.target.uri)
+        return None
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["target"] = asdict(self.target)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> SweepTracker:
+        d = dict(d)
+        d["target"] = store.Target(**d["target"])
+        return cls(**d)
