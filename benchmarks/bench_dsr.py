@@ -59,10 +59,9 @@ def sort_based_reallocation(masking: Masking, fraction: float) -> int:
             free.view(-1)[drop] = False
             idx = sample_positions(free, k, int(free.count_nonzero()), masking.generator)
             mask.view(-1)[idx] = True
-            masking.zero_at(name, idx)
+            masking.zero_at(name, torch.cat([drop, idx]))  # the same targeted zeroing as DSR's
             moved += k
-    masking.apply()
-    return moved
+    return moved  # per-tensor counts unchanged: the masking's cached counts stay true
 
 
 def bench_model(name: str, model_kw: dict, input_shape, classes: int, batch: int, steps: int,

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import config as C
-from .baselines import baseline_config, dependencies, parse_label
+from . import methods_table
+from .baselines import ABLATIONS, baseline_config, dependencies, parse_label
 
 log = logging.getLogger("dsr_tune")
 
@@ -42,19 +43,16 @@ class CompareError(RuntimeError):
 
 def default_methods() -> list[str]:
     """Every method row (the ablations only on request: ``--methods ablations``)."""
-    from .sparse import METHODS
-
-    dynamic = [m for m in METHODS if m != "dsr"]
-    return ["dense", "thin_dense", "static", "gmp", "hashednet", "dsd", "dsr", *dynamic]
+    return list(methods_table.labels(default=True))
 
 
 def expand_methods(methods: Sequence[str], epochs: int) -> list[str]:
     """``ablations`` -> the workshop paper's set (DSR stopped at a quarter and
     at half of the epochs); labels are checked, duplicates dropped."""
+    stops = [f"dsr_stop:{max(1, epochs // 4)}", f"dsr_stop:{max(1, epochs // 2)}"]
     out: list[str] = []
     for m in methods:
-        items = ["final_reinit", "final_init", "random_control", f"dsr_stop:{max(1, epochs // 4)}",
-                 f"dsr_stop:{max(1, epochs // 2)}"] if m == "ablations" else [m]
+        items = [*ABLATIONS, *stops] if m == "ablations" else [m]
         for item in items:
             parse_label(item)
             if item not in out:

@@ -119,9 +119,10 @@ def _epoch_values_check(v):
 
 # ---------------------------------------------------------------- the sections
 
-# issue 3: baselines whose model or masking dsr_tune/baselines/setup.py builds
-BASELINE_METHODS = ("thin_dense", "gmp", "hashednet", "dsd")
-# issue 3: dynamic sparse methods of the sparse core besides DSR (dsr_tune/sparse/methods.py)
+# baselines whose model or masking dsr_tune/baselines/setup.py builds: from the one
+# method table (torch-free), which setup.py, derive.py and compare.py read too
+from .methods_table import BASELINE_METHODS  # noqa: E402
+# dynamic sparse methods of the sparse core besides DSR (dsr_tune/sparse/methods.py)
 SPARSE_METHODS = ("set", "deepr", "rigl", "snfs")
 
 
@@ -132,6 +133,9 @@ class ModelConfig:
     width: float = opt(2.0, "width: WRN widen factor k, ResNet-50 / small CNN width multiplier (any real > 0)", in_range(0, 64, lo_open=True))
     sparse_layers: list | None = opt(None, "override: fnmatch patterns of the weight names made sparse (default: the model's own rule)", _patterns)
     dense_layers: list | None = opt(None, "override: fnmatch patterns removed from the sparse set", _patterns)
+
+    def __post_init__(self):
+        _check_fields(self, "model")
 
 
 @dataclass
@@ -146,6 +150,9 @@ class DataConfig:
     test_fraction: float = opt(0.2, "digits only: share held out as the test set (fixed split)", in_range(0.05, 0.5))
     synthetic_size: int = opt(512, "synthetic only: number of random training samples", in_range(16, None))
 
+    def __post_init__(self):
+        _check_fields(self, "data")
+
 
 @dataclass
 class OptimConfig:
@@ -158,6 +165,10 @@ class OptimConfig:
     warmup_epochs: int = opt(0, "linear LR warm-up from lr/10 over this many epochs (large-batch runs)", in_range(0, None))
     base_batch_size: int = opt(0, "batch size lr refers to; 0: data.batch_size (no scaling)", in_range(0, None))
     lr_scaling: str = opt("linear", "rule when data.batch_size differs from base_batch_size", one_of("linear", "sqrt", "none"))
+    decay_norm_and_bias: bool = opt(True, "weight decay on batch-norm and bias parameters too (the paper's code decays every parameter)")
+
+    def __post_init__(self):
+        _check_fields(self, "optim")
 
 
 @dataclass
@@ -173,14 +184,14 @@ class SparsityConfig:
                                 "reallocation period: [start_epoch, iterations] pairs", _period_schedule_check)
     period_scale: float = opt(1.0, "multiplies every period of the schedule (sweeps search it)", in_range(0, None, lo_open=True))
     stop_epoch: int = opt(190, "no reallocation from this epoch on (dsr, set, rigl, snfs; deepr rewires to the end)", in_range(0, None))
-    # -- set, deepr, rigl, snfs (issue 3; dsr_tune/sparse/methods.py); period_schedule and stop_epoch apply too
+    # -- set, deepr, rigl, snfs (dsr_tune/sparse/methods.py); period_schedule and stop_epoch apply too
     set_fraction: float = opt(0.0, "set: share of each tensor's active weights replaced per reallocation; 0: derived from target_pruned (Np / budget)", in_range(0, 1))
     deepr_temperatures: list = opt([[0, 1.0e-5], [25, 1.0e-8], [80, 1.0e-12], [140, 1.0e-15]],
                                    "deepr: noise temperature T as [start_epoch, T] pairs (noise std sqrt(2 lr T))", _epoch_values_check)
     deepr_l1: float = opt(1e-5, "deepr: L1 penalty on the active weights (sparse tensors get no weight decay)", in_range(0, None))
     drop_fraction: float = opt(0.3, "rigl, snfs: share of each tensor's active weights dropped per update at the start (RigL paper 0.3, SNFS 0.5)", in_range(0, 1, lo_open=True))
     drop_decay: str = opt("cosine", "rigl, snfs: drop fraction decays to 0 at stop_epoch (cosine) or stays (constant)", one_of("cosine", "constant"))
-    # -- baselines and ablations (issue 3; dsr_tune/baselines/)
+    # -- baselines and ablations (dsr_tune/baselines/)
     epoch_factor: float = opt(2.0, "static baselines (static, thin_dense) derived by compare / sweeps train this many times the DSR run's epochs, LR milestones stretched alike", in_range(0, None, lo_open=True))
     thin_match: str = opt("nonzero", "thin_dense: match the sparse run's non-zero count, or 'storage' (+1 bit per sparse position: the count the paper's widen factors fit)", one_of("nonzero", "storage"))
     dense_from: str | None = opt(None, "gmp: run folder (its checkpoint.pt) or checkpoint file of the trained dense model to prune")
@@ -193,6 +204,9 @@ class SparsityConfig:
     mask_from: str | None = opt(None, "ablation: a finished run folder whose final masks (checkpoint.pt) replace the random ones")
     init_from: str | None = opt(None, "ablation: a run folder whose initial dense weights (init.pt) replace fresh ones")
 
+    def __post_init__(self):
+        _check_fields(self, "sparsity")
+
 
 @dataclass
 class TrainConfig:
@@ -203,13 +217,16 @@ class TrainConfig:
     channels_last: bool = opt(False, "use the channels_last memory format")
     checkpoint_every: int = opt(1, "write a checkpoint every N epochs (and always at the end)", in_range(1, None))
     threads: int = opt(0, "torch intra-op threads on CPU (0: torch default)", in_range(0, 1024))
-    # -- Ray Train (dsr_tune/distributed.py): used only when workers >= 1
+    # -- Ray Train (dsr_tune/distributed/): used only when workers >= 1
     workers: int = opt(0, "Ray Train DDP workers (0: train in this process, no Ray)", in_range(0, 4096))
     use_gpu: bool = opt(False, "Ray Train: one GPU per worker, NCCL backend (else CPU workers, gloo)")
     cpus_per_worker: float = opt(1.0, "Ray Train: logical CPUs reserved per worker (GPU nodes: loader processes + 1)", in_range(0, 1024, lo_open=True))
     max_failures: int = opt(0, "Ray Train: worker-group restarts from the last checkpoint after a failure (-1: no limit)", in_range(-1, None))
     storage_path: str | None = opt(None, "Ray Train: checkpoint storage, a local or shared folder or a URI (s3://, gs://); default <output>/ray, single node only")
     keep_checkpoints: int = opt(2, "Ray Train: checkpoints kept in storage, newest first (0: all)", in_range(0, None))
+
+    def __post_init__(self):
+        _check_fields(self, "train")
 
 
 SECTIONS = {
@@ -281,13 +298,21 @@ def _build_section(section: str, cls, values: Any):
             close = difflib.get_close_matches(str(key), names, n=1)
             tip = f" (did you mean {section}.{close[0]}?)" if close else ""
             raise ConfigError(dotted, f"unknown key{tip}; allowed: {', '.join(names)}")
-        value = _coerce(dotted, value, _hint(cls, key))
-        check = names[key].metadata.get("check")
+        kwargs[key] = value
+    return cls(**kwargs)  # types and checks: __post_init__
+
+
+def _check_fields(obj, section: str) -> None:
+    """Type-check (ints accepted for floats) and run every field's check, so a
+    section is valid however it is built (from YAML, directly, by replace())."""
+    for f in dataclasses.fields(obj):
+        dotted = f"{section}.{f.name}"
+        value = _coerce(dotted, getattr(obj, f.name), _hint(type(obj), f.name))
+        check = f.metadata.get("check")
         problem = check(value) if check else None
         if problem:
-            raise ConfigError(dotted, f"{value!r} {problem}" if not problem.startswith(("got", "each")) else problem)
-        kwargs[key] = value
-    return cls(**kwargs)
+            raise ConfigError(dotted, problem if problem.startswith(("got", "each")) else f"{value!r} {problem}")
+        setattr(obj, f.name, value)
 
 
 def from_dict(data: dict | None) -> Config:
@@ -332,7 +357,7 @@ def validate_cross(cfg: Config) -> None:
 
 
 def _normalize_sparse_methods(cfg: Config) -> None:
-    """issue 3 (set/deepr/rigl/snfs): YAML reads 1e-5 as a string; store DeepR's temperatures as floats."""
+    """YAML reads 1e-5 (no dot) as a string: store DeepR's temperatures as floats."""
     cfg.sparsity.deepr_temperatures = [[int(e), float(t)] for e, t in cfg.sparsity.deepr_temperatures]
 
 
@@ -343,7 +368,7 @@ def _run_holds(key: str, value: str, name: str) -> None:
 
 
 def _validate_baselines(cfg: Config) -> None:
-    """issue 3: the baselines' and ablations' keys (dsr_tune/baselines/)."""
+    """The baselines' and ablations' keys (dsr_tune/baselines/)."""
     s, epochs = cfg.sparsity, cfg.train.epochs
     if s.method == "gmp":
         if not s.dense_from:

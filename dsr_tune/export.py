@@ -92,9 +92,17 @@ def decompress(blob: dict) -> dict[str, torch.Tensor]:
     return state
 
 
-def _io_shape(state: dict[str, torch.Tensor]) -> tuple[int, int]:
+IO_KEYS = ("fc.bias", "conv1.weight")  # every registry model's classifier bias and first conv
+
+
+def _io_shape(state: dict[str, torch.Tensor], model: str = "the model") -> tuple[int, int]:
     """(num_classes, in_channels) of a registry model: its classifier bias and
-    its first conv (never sparse nor hashed under any model's rule)."""
+    its first conv (never sparse nor hashed under any model's rule).
+    Raises ValueError for a state dict without them."""
+    missing = [k for k in IO_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{model}: the state dict has no {', '.join(missing)}; export reads the number of "
+                         f"classes and input channels from {' and '.join(IO_KEYS)} (a registry model's names)")
     return int(state["fc.bias"].shape[0]), int(state["conv1.weight"].shape[1])
 
 
@@ -109,7 +117,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> dict:
     run_dir = Path(run_dir)
     state = ckpt.load(run_dir / ckpt.LATEST)
     masks = (state.get("masking") or {}).get("masks", {})
-    num_classes, in_channels = _io_shape(state["model"])
+    num_classes, in_channels = _io_shape(state["model"], f"the model of {run_dir}")
     blob = {"format": FORMAT, "config": state["config"], "num_classes": num_classes,
             "in_channels": in_channels, **compress(state["model"], masks)}
     out = Path(out) if out else run_dir / "model.sparse.pt"
@@ -128,22 +136,33 @@ def load_exported(path: str | Path) -> nn.Module:
     blob = torch.load(path, map_location="cpu", weights_only=False)
     if blob.get("format") != FORMAT:
         raise ValueError(f"{path} is not a dsr-tune export (format {blob.get('format')!r})")
-    cfg = C.from_dict(_without_run_links(blob["config"]))
-    torch.manual_seed(0)  # the fresh values are overwritten below; only the architecture matters
-    model = make_model(cfg, blob["num_classes"], blob["in_channels"])
+    cfg = C.from_dict(architecture_config(blob["config"]))
+    # the fresh values are overwritten below; a forked RNG keeps the caller's global state as it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = make_model(cfg, blob["num_classes"], blob["in_channels"])
     model.load_state_dict(decompress(blob))
     return model.eval()
 
 
-def _without_run_links(data: dict) -> dict:
-    """The config minus what points at folders (other runs, the data root):
-    they may be gone where the model is loaded, and the architecture does not
-    need them."""
-    data = {k: dict(v) for k, v in data.items()}
-    data["data"] = {"name": "synthetic"}  # no data set is read; its root may not exist here
-    s = data.get("sparsity", {})
+def architecture_config(data: dict) -> dict:
+    """The part of a run's config (nested dict) that builds its model, valid here.
+
+    Kept: the model section, the sparsity section (thin dense's width and
+    HashedNet's banks follow from it), train.seed (HashedNet's hash) and
+    train.epochs (the DSD phases are checked against it). Dropped: the data
+    set (its root may not exist here; none is read), the optimizer, and the
+    training and Ray settings (workers, GPUs, storage: checked against this
+    machine and the batch size, none of which matter to the architecture),
+    and the links to other runs (gone, perhaps; their values are overwritten).
+    """
+    train = data.get("train", {})
+    out = {"model": dict(data.get("model", {})), "sparsity": dict(data.get("sparsity", {})),
+           "data": {"name": "synthetic"},
+           "train": {k: train[k] for k in ("seed", "epochs") if k in train}}
+    s = out["sparsity"]
     for key in ("mask_from", "init_from", "dense_from"):
         s[key] = None
     if s.get("method") == "gmp":
         s["method"] = "static"  # same architecture; gmp alone insists on dense_from
-    return data
+    return out

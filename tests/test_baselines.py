@@ -1,8 +1,12 @@
-"""Baselines and ablations (issue 3): thin dense, HashedNet, GMP, DSD, the 2x
-epoch rule, the workshop paper's ablations, and ``dsr-tune compare``."""
+"""Baselines and ablations: thin dense, HashedNet, GMP, DSD, the 2x epoch
+rule, the workshop paper's ablations, the method table every list of labels
+comes from, and ``dsr-tune compare``."""
 
 import csv
+import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,12 +14,16 @@ import torch
 from torch import nn
 
 from dsr_tune import config as C
-from dsr_tune.baselines import baseline_config, hash_layers, solve_width, sparse_target
+from dsr_tune import methods_table as T
+from dsr_tune.baselines import baseline_config, hash_layers, known_labels, parse_label, solve_width, sparse_target
+from dsr_tune.baselines import setup
+from dsr_tune.baselines.derive import REINIT_SEED_OFFSET
 from dsr_tune.baselines.hashed import bank_names
 from dsr_tune.cli import main
+from dsr_tune.compare import default_methods
 from dsr_tune.models import build_model, count_params, sparse_names
-from dsr_tune.sparse import Masking, layer_counts
-from dsr_tune.sparse.gmp import DenseSparseDense, GradualMagnitudePruning, cubic_sparsity
+from dsr_tune.sparse import METHODS, Masking, layer_counts
+from dsr_tune.sparse.gmp import DenseSparseDense, GradualMagnitudePruning, cubic_sparsity, magnitude_prune_to
 from dsr_tune.train import train
 from dsr_tune.train.checkpoint import load as load_ckpt
 
@@ -191,6 +199,26 @@ def test_gmp_removes_the_smallest_magnitudes():
     assert kept.numel() == 50 and kept.min() >= dropped.max()
 
 
+def test_magnitude_prune_breaks_ties_by_position_and_keeps_counts_current():
+    # a channels_last conv weight: positions are logical (row-major), whatever the layout
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False)).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        conv[0].weight.fill_(0.5)
+        conv[0].weight[0, 0, 0, 0] = 0.9  # one clear winner, then 107 weights tied at 0.5
+    assert not conv[0].weight.is_contiguous()
+    m = Masking(conv, sparsity=0.0, names=["0.weight"])
+    assert m.active_counts() == {"0.weight": 108}
+    removed = magnitude_prune_to(m, {"0.weight": 10})
+    kept = m.masks["0.weight"].reshape(-1).nonzero().squeeze(1)
+    assert kept.tolist() == list(range(10)) and removed == {"0.weight": 98}  # the winner, then the lowest positions
+    assert m.budget == 10 and m.active_counts() == m.nonzero_counts() == {"0.weight": 10}  # no stale cache
+    dsd = DenseSparseDense(0.5, 1, 2)
+    dsd.phase = 1
+    assert dsd.reallocate(m)["grown"] == 98 and m.active_counts() == {"0.weight": 108} and m.budget == 108
+    with pytest.raises(ValueError, match="sparsity"):
+        DenseSparseDense(1.0, 1, 2)
+
+
 def test_dsd_goes_dense_sparse_dense_and_lr_drops(tmp_path):
     cfg = tiny(**{"sparsity.method": "dsd", "train.epochs": 3})
     train(cfg, tmp_path)
@@ -257,6 +285,33 @@ def test_ablation_runs_start_every_active_weight_from_its_initial_value(dsr_run,
         torch.testing.assert_close(weights[n], init[n] * mask, rtol=1e-6, atol=1e-9)
 
 
+def test_final_reinit_moves_to_a_valid_seed(dsr_run):
+    assert baseline_config(tiny(), "final_reinit", dsr_run=dsr_run).train.seed == REINIT_SEED_OFFSET
+    top = tiny(**{"train.seed": 2**31 - 1})  # the largest seed: the offset wraps round into the valid range
+    assert baseline_config(top, "final_reinit", dsr_run=dsr_run).train.seed == REINIT_SEED_OFFSET - 1
+
+
+def test_resuming_reads_no_other_run(dsr_run, monkeypatch):
+    # on resume the run's own checkpoint replaces weights and masks at once,
+    # so the dense run GMP prunes and the run the masks come from are not read
+    gmp = tiny(**{"sparsity.method": "gmp", "sparsity.dense_from": str(dsr_run), "sparsity.gmp_steps": 1})
+    ablation = baseline_config(tiny(), "final_reinit", dsr_run=dsr_run)
+    read = []
+    real_load = setup._load
+    monkeypatch.setattr(setup, "_load", lambda path: read.append(path) or real_load(path))
+    torch.manual_seed(0)
+    setup.build_run_model(gmp, 10, 1, resuming=True)
+    model = setup.build_run_model(ablation, 10, 1, resuming=True)
+    masking = Masking(model, sparsity=0.9, names=sparse_names("small_cnn", model))
+    before = {n: mk.clone() for n, mk in masking.masks.items()}
+    setup.load_masks_from(ablation, masking, model.state_dict(), resuming=True)
+    assert read == [] and all(torch.equal(before[n], masking.masks[n]) for n in before)
+    setup.load_masks_from(ablation, masking, model.state_dict())  # not resuming: the DSR run's masks
+    assert len(read) == 1 and any(not torch.equal(before[n], masking.masks[n]) for n in before)
+    setup.build_run_model(gmp, 10, 1)
+    assert len(read) == 2
+
+
 def test_ablation_and_gmp_keys_are_validated(tmp_path, dsr_run, capsys):
     with pytest.raises(C.ConfigError, match="sparsity.mask_from"):
         tiny(**{"sparsity.method": "static", "sparsity.mask_from": str(tmp_path)})
@@ -271,6 +326,23 @@ def test_ablation_and_gmp_keys_are_validated(tmp_path, dsr_run, capsys):
     assert main(["train", DIGITS, "sparsity.method=static", f"sparsity.mask_from={tmp_path}",
                  "--output", str(tmp_path / "x")]) == 2
     assert "sparsity.mask_from" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the method table
+
+
+def test_every_list_of_methods_comes_from_the_one_table():
+    assert C.BASELINE_METHODS == setup.OWN_METHODS == T.labels(kind="baseline")
+    assert set(T.labels(kind="dynamic")) == set(METHODS)  # the sparse registry has exactly the dynamic rows
+    assert set(C.SPARSE_METHODS) == set(METHODS) - {"dsr"}
+    check = {f.name: f for f in dataclasses.fields(C.SparsityConfig)}["method"].metadata["check"]
+    assert all(check(m) is None for m in T.CONFIG_METHODS) and check("final_reinit") is not None
+    assert default_methods() == [m.label for m in T.TABLE if m.default]
+    for label in known_labels():
+        parse_label(label.replace(":E", ":3"))
+    # config.py reads the table, and must still import without torch
+    code = "import sys, dsr_tune.config; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ------------------------------------------------------------------ compare

@@ -90,3 +90,21 @@ def test_digits_fixed_split_and_sharding():
     assert r0.train.batch_size == 5 and len(r0.test.dataset) + len(r1.test.dataset) == 359
     i0, i1 = set(iter(r0.train_sampler)), set(iter(r1.train_sampler))
     assert not (i0 & i1)  # disjoint shards
+    assert len(r0.train) == len(r1.train)  # same number of steps on every rank (DDP would hang otherwise)
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch():
+    cfg = C.load(None, ["data.batch_size=10"])
+    order = {}
+    for attempt in range(2):
+        bundle = build_data(cfg.data, seed=3)
+        for epoch in (0, 1):
+            bundle.set_epoch(epoch, seed=3)
+            order[attempt, epoch] = torch.cat([y for _, y in bundle.train])
+    assert torch.equal(order[0, 1], order[1, 1]) and torch.equal(order[0, 0], order[1, 0])
+    assert not torch.equal(order[0, 0], order[0, 1])
+    for rank in (0, 1):  # the same under DDP's sampler
+        a, b = build_data(cfg.data, seed=3, rank=rank, world_size=2), build_data(cfg.data, seed=3, rank=rank, world_size=2)
+        a.set_epoch(4, seed=3)
+        b.set_epoch(4, seed=3)
+        assert list(iter(a.train_sampler)) == list(iter(b.train_sampler))

@@ -1,4 +1,5 @@
-"""``dsr-tune export``: compressed sparse models that load back exactly (issue 3)."""
+"""``dsr-tune export``: compressed sparse models that load back exactly, from
+any run's config (Ray settings, a data root not present here, channels_last)."""
 
 import io
 
@@ -8,8 +9,11 @@ import torch
 from dsr_tune import config as C
 from dsr_tune.cli import main
 from dsr_tune.data import build_data
-from dsr_tune.export import compress, decompress, load_exported, pack_bits, unpack_bits
+from dsr_tune.export import compress, decompress, export_run, load_exported, pack_bits, unpack_bits
+from dsr_tune.models import sparse_names
+from dsr_tune.sparse import Masking
 from dsr_tune.train import train
+from dsr_tune.train.checkpoint import atomic_save
 from dsr_tune.train.checkpoint import load as load_ckpt
 from dsr_tune.baselines.setup import make_model
 
@@ -69,3 +73,56 @@ def test_export_of_a_hashednet_run_loads_back(tmp_path):
     with torch.no_grad():
         assert torch.equal(load_exported(tmp_path / "model.sparse.pt")(x), original_model(tmp_path, cfg)(x))
     assert main(["export", str(tmp_path / "nothing")]) == 2
+
+
+def _cluster_run(folder, drop=()):
+    """A checkpoint as a Ray run on a GPU cluster writes it (built here, not
+    trained): 3 workers, a global batch of 96, fp16, remote storage, and a
+    CIFAR-10 root that does not exist on this machine. None of it may stop
+    the model from loading. ``drop``: state-dict keys to leave out."""
+    cfg = C.from_dict(BASE)
+    torch.manual_seed(1)
+    model = make_model(cfg, 10, 1)
+    masking = Masking(model, sparsity=0.9, names=sparse_names("small_cnn", model))
+    data = cfg.to_dict()
+    data["data"].update(name="cifar10", root="/nonexistent/cifar", batch_size=96)
+    data["train"].update(workers=3, use_gpu=True, device="auto", precision="fp16", storage_path="s3://bucket/runs")
+    data["sparsity"]["mask_from"] = "/nonexistent/dsr_run"
+    state = {k: v for k, v in model.state_dict().items() if k not in drop}
+    atomic_save({"model": state, "masking": masking.state_dict(), "config": data}, folder / "checkpoint.pt")
+    return model.eval()
+
+
+def test_export_of_a_ray_run_loads_back_without_touching_the_callers_rng(tmp_path):
+    model = _cluster_run(tmp_path)
+    with pytest.raises(C.ConfigError):  # as saved, the run's config is not valid on this machine
+        C.from_dict(load_ckpt(tmp_path / "checkpoint.pt")["config"])
+    info = export_run(tmp_path)
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+    loaded = load_exported(info["path"])
+    assert torch.equal(torch.get_rng_state(), rng)  # the model was built on a forked RNG
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_export_names_the_missing_keys_of_a_foreign_state_dict(tmp_path):
+    _cluster_run(tmp_path, drop=("fc.bias",))
+    with pytest.raises(ValueError, match=r"no fc\.bias.*the number of classes"):
+        export_run(tmp_path)
+
+
+def test_export_of_a_channels_last_run_round_trips(tmp_path):
+    cfg = run(tmp_path, **{"train.channels_last": "true"})
+    state = load_ckpt(tmp_path / "checkpoint.pt")
+    stored = [t for t in state["model"].values() if t.dim() == 4]
+    assert stored and all(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+                          for t in stored if t.shape[1] > 1)  # the checkpoint really holds NHWC tensors
+    info = export_run(tmp_path)
+    back = decompress(torch.load(info["path"], weights_only=False))
+    assert back.keys() == state["model"].keys()
+    assert all(torch.equal(back[k], state["model"][k]) for k in back)  # logical values, whatever the layout
+    x = next(iter(build_data(cfg.data).test))[0]
+    with torch.no_grad():
+        assert torch.equal(load_exported(info["path"])(x), original_model(tmp_path, cfg)(x))

@@ -46,6 +46,13 @@ def test_real_width_scales_every_model(width):
         assert (thin < base) == (width < 1.0)
 
 
+def test_width_counts_are_exact():
+    # every channel count scales: round(16k), round(32k), ...; changes here change every thin baseline
+    assert count_params(build_model("small_cnn", width=0.5, num_classes=10, in_channels=1)) == 14_850
+    assert count_params(build_model("wrn", depth=28, width=0.75, num_classes=10)) == 209_130
+    assert count_params(build_model("resnet50", width=0.5, num_classes=1000)) == 6_917_640
+
+
 def test_forward_shapes():
     x = torch.randn(2, 3, 32, 32)
     assert build_model("wrn", depth=10, width=1.0, num_classes=7)(x).shape == (2, 7)

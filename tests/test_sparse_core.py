@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from dsr_tune.sparse import (Masking, PeriodSchedule, ProportionalToSurvivors, RandomGrowth, Reallocator,
-                             ThresholdPrune, dsr, keep_one, proportional_counts, sample_positions)
+                             SameTensor, ThresholdPrune, dsr, keep_one, proportional_counts, sample_positions)
 
 
 class TwoLayer(nn.Module):
@@ -123,20 +123,61 @@ def test_pruning_removes_exactly_the_small_active_weights_and_regrows_k():
 
 
 def test_grown_weights_start_at_zero_with_zero_momentum():
-    model, opt, m = make(0.8, method=one_shot(0.3))
+    """Growth back into just-pruned positions (RigL-style candidates) must zero
+    their old value and momentum: apply() alone would keep them, being active again."""
+    torch.manual_seed(0)
+    model = TwoLayer()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    method = Reallocator(PeriodSchedule([(0, 1)]), ThresholdPrune(0.5, 100), SameTensor(), RandomGrowth(),
+                         regrow_pruned=True)
+    m = Masking(model, opt, sparsity=0.3, method=method)  # little room: much regrowth lands on pruned slots
     loss = sum((p - 1).pow(2).sum() for p in model.parameters())
     loss.backward()
     opt.step()
     m.apply()
+    set_weights(m, {n: torch.full(p.shape, 0.1) for n, p in m.params.items()})  # all below H: pruned
     before = {n: mask.clone() for n, mask in m.masks.items()}
     m.reallocate()
-    grown_any = False
+    regrown = 0
     for n, p in m.params.items():
-        grown = m.masks[n] & ~before[n]
-        grown_any |= bool(grown.any())
-        assert torch.all(p[grown] == 0)
-        assert torch.all(opt.state[p]["momentum_buffer"][grown] == 0)
-    assert grown_any
+        kept = p != 0  # keep_one spared one weight per tensor; every other was pruned
+        assert int(kept.sum()) == 1
+        again = m.masks[n] & before[n] & ~kept  # pruned and grown back in the same reallocation
+        regrown += int(again.sum())
+        assert torch.all(p[m.masks[n] & ~before[n]] == 0)
+        assert torch.all(opt.state[p]["momentum_buffer"][again] == 0)
+    assert regrown > 0 and total_active(m) == m.budget
+
+
+def test_no_room_fills_free_positions_first_then_spills_into_just_pruned():
+    # density 0.7: 70% active, 30% free; prune almost everything, so K > room
+    _, _, m = make(0.3, method=one_shot(10.0, np_=5))
+    set_weights(m, {n: torch.rand(p.shape) for n, p in m.params.items()})
+    before = {n: mask.clone() for n, mask in m.masks.items()}
+    rec = m.reallocate()
+    assert total_active(m) == m.budget
+    for n, mask in m.masks.items():
+        assert bool(mask[~before[n]].all())  # every free position was taken first
+        back = int((mask & before[n]).sum()) - 1  # minus the one kept by keep_one
+        layer = rec["layers"][n]
+        assert layer["grown"] - back == int((~before[n]).sum())
+
+
+def test_steps_per_epoch_derives_the_epoch_of_the_step_taken():
+    _, _, m = make(0.8, method=dsr(periods=[(0, 3)], stop_epoch=1))
+    m.steps_per_epoch = 3
+    events = [m.step() is not None for _ in range(6)]
+    # steps 1-3 are epoch 0 (reallocation at step 3); steps 4-6 epoch 1 = stop epoch
+    assert events == [False, False, True, False, False, False] and m.epoch == 1
+
+
+def test_state_with_generator_on_another_device_loads():
+    _, _, a = make(0.8, method=dsr(periods=[(0, 1)]))
+    state = a.state_dict()
+    state["generator"] = state["generator"].to(torch.float32).to(torch.uint8)  # a copy, as map_location gives
+    _, _, b = make(0.8, method=dsr(periods=[(0, 1)]), seed=5)
+    b.load_state_dict(state)
+    assert torch.equal(b.generator.get_state(), a.generator.get_state())
 
 
 @pytest.mark.parametrize("pruned_count,expected", [(200, 0.5), (50, 2.0), (100, 1.0), (109, 1.0), (91, 1.0), (111, 0.5), (89, 2.0)])

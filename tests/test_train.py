@@ -70,6 +70,31 @@ def test_resume_is_exact(tmp_path):
     assert strip(ra) == strip(rb)
 
 
+def test_resume_is_exact_with_loader_processes_and_augmentation(tmp_path):
+    """Image files, random crops and flips, two loader processes: their random
+    state must not carry over between epochs, or a resumed run would differ."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 3)):
+        for c in range(3):
+            (tmp_path / "data" / split / f"c{c}").mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / split / f"c{c}" / f"{i}.png")
+    keys = ["data.name=imagenet", f"data.root={tmp_path / 'data'}", "data.image_size=8", "data.batch_size=6",
+            "data.loader_workers=2", "sparsity.period_schedule=[[0, 2]]", "sparsity.target_pruned=50",
+            "optim.milestones=[]"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(C.load(DIGITS, keys + ["train.epochs=3"]), straight)
+    train(C.load(DIGITS, keys + ["train.epochs=1"]), split)
+    train(C.load(DIGITS, keys + ["train.epochs=3"]), split, resume=True)
+    (ma, ka, _), (mb, kb, _) = _final(straight), _final(split)
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    assert all(torch.equal(ka["masks"][k], kb["masks"][k]) for k in ka["masks"])
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     ckpt.atomic_save({"epoch": 1}, path)
@@ -134,7 +159,7 @@ def test_library_snippet_from_readme():
 @pytest.mark.slow
 def test_readme_main_command_runs(tmp_path):
     """README's first command, minus the install that CI has just done: the demo
-    sweep (issue 5), run from a scratch folder so its embedded MLflow store
+    sweep, run from a scratch folder so its embedded MLflow store
     (./mlruns) lands there, not in the repository."""
     readme = (ROOT / "README.md").read_text()
     line = next(l.strip() for l in readme.splitlines() if "dsr-tune" in l and "pip install" in l)

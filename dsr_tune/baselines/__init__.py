@@ -1,4 +1,5 @@
-"""Baselines and ablations the paper compares DSR with (issue 3).
+"""The baselines and ablations the paper compares DSR with: everything a
+comparison row needs beyond the sparse core's reallocation methods.
 
 - :mod:`.thin`: thin dense width solver (bisection over the real width);
 - :mod:`.hashed`: HashedNet layers over any registry model's sparse layers;
@@ -7,6 +8,7 @@
   DSR config (static baselines at ``epoch_factor`` x the epochs).
 
 GMP and DSD themselves are magnitude-pruning schedules in ``dsr_tune.sparse.gmp``.
+Which labels exist, and what each one runs, is :data:`dsr_tune.methods_table.TABLE`.
 """
 
 from .derive import ABLATIONS, baseline_config, dependencies, known_labels, parse_label, stretched

@@ -18,10 +18,19 @@ gmp                prune a trained dense run (``dense_run``): gmp_steps every
 hashednet          hashed weight sharing, bank = budget, 1x
 dsd                dense, sparse, dense at a tenth of the LR, 1x
 dsr_stop:E         DSR with reallocation stopped at epoch E, 1x
-final_reinit       final masks of ``dsr_run``, fresh random init, static, 1x
+final_reinit       final masks of ``dsr_run``, static, 1x, fresh random init from
+                   another seed (so another data order too: see below)
 final_init         final masks of ``dsr_run`` from its own initial values, 1x
 random_control     random masks, random init, static, 1x (the control)
 =================  ==========================================================
+
+Which labels exist and what each one is (its method, epoch budget, the run it
+needs) comes from :data:`dsr_tune.methods_table.TABLE`; this module applies it.
+
+final_reinit's fresh init comes from another ``train.seed`` (see
+:data:`REINIT_SEED_OFFSET`): the seed also drives the data order and the
+augmentation, so final_reinit differs from final_init in those too, not only
+in the initial values. The config has no separate init seed.
 """
 
 from __future__ import annotations
@@ -29,11 +38,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import config as C
+from .. import methods_table as T
 
-STATIC = ("static", "thin_dense")  # trained epoch_factor x as long
-ABLATIONS = ("final_reinit", "final_init", "random_control")
-NEEDS_DSR = ("final_reinit", "final_init")
-REINIT_SEED_OFFSET = 100_000  # final_reinit: a seed no comparison run uses, for a fresh init
+ABLATIONS = tuple(a for a in T.labels(kind="ablation") if a not in T.PARAMETRIC)  # compare's "ablations"
+# final_reinit trains on train.seed + this (wrapped into train.seed's range
+# [0, 2**31 - 1]): a seed no comparison run of ordinary seeds uses, so its
+# weights are a fresh draw. It changes the data order and augmentation too.
+REINIT_SEED_OFFSET = 100_000
+SEED_LIMIT = 2**31  # train.seed must stay below this
 
 
 def _stretch(epochs: list[int], factor: float, below: int | None = None) -> list[int]:
@@ -63,22 +75,19 @@ def stretched(data: dict, factor: float) -> dict:
 
 
 def known_labels() -> list[str]:
-    from ..sparse import METHODS
-
-    return ["dense", "thin_dense", "static", *METHODS, "gmp", "hashednet", "dsd", *ABLATIONS, "dsr_stop:E"]
+    """Every label, as written (``dsr_stop:E`` with its argument)."""
+    return [f"{m}:E" if m in T.PARAMETRIC else m for m in T.labels()]
 
 
 def parse_label(label: str) -> tuple[str, int | None]:
     """``"dsr_stop:30"`` -> ("dsr_stop", 30); other labels -> (label, None).
     Raises ConfigError for a label no method has."""
-    from ..sparse import METHODS
-
     base, _, arg = label.partition(":")
-    if base == "dsr_stop":
+    if base in T.PARAMETRIC:
         if not arg.isdigit():
-            raise C.ConfigError("methods", f"{label!r}: write dsr_stop:E with E the stop epoch, e.g. dsr_stop:10")
+            raise C.ConfigError("methods", f"{label!r}: write {base}:E with E the stop epoch, e.g. {base}:10")
         return base, int(arg)
-    if arg or label not in ("dense", "thin_dense", "static", "gmp", "hashednet", "dsd", *ABLATIONS, *METHODS):
+    if arg or label not in T.BY_LABEL:
         raise C.ConfigError("methods", f"unknown method {label!r}; allowed: {', '.join(known_labels())}")
     return label, None
 
@@ -95,31 +104,28 @@ def baseline_config(cfg: C.Config, label: str, factor: float | None = None, *,
     needed run folder is missing or does not hold its files.
     """
     base, arg = parse_label(label)
+    row = T.BY_LABEL[base]
     data = cfg.to_dict()
     s, factor = data["sparsity"], cfg.sparsity.epoch_factor if factor is None else factor
     s["mask_from"] = s["init_from"] = s["dense_from"] = None
-    if base in STATIC:
-        s["method"] = base
+    s["method"] = row.runs
+    if row.stretched:
         stretched(data, factor)
-    elif base == "dsr_stop":
-        s["method"], s["stop_epoch"] = "dsr", arg
-    elif base in ABLATIONS:
-        s["method"] = "static"
-        if base in NEEDS_DSR:
-            if dsr_run is None:
-                raise C.ConfigError("sparsity.mask_from", f"None: {label} needs the finished DSR run to take masks from")
-            s["mask_from"] = str(dsr_run)
-        if base == "final_init":
-            s["init_from"] = str(dsr_run)
-        if base == "final_reinit":
-            data["train"]["seed"] += REINIT_SEED_OFFSET
+    if row.needs == "dsr":
+        if dsr_run is None:
+            raise C.ConfigError("sparsity.mask_from", f"None: {label} needs the finished DSR run to take masks from")
+        s["mask_from"] = str(dsr_run)
+    if base == "dsr_stop":
+        s["stop_epoch"] = arg
+    elif base == "final_init":
+        s["init_from"] = str(dsr_run)
+    elif base == "final_reinit":  # a fresh init; the data order changes with it (no separate init seed)
+        data["train"]["seed"] = (data["train"]["seed"] + REINIT_SEED_OFFSET) % SEED_LIMIT
     elif base == "gmp":
-        s["method"], s["dense_from"] = "gmp", None if dense_run is None else str(dense_run)
+        s["dense_from"] = None if dense_run is None else str(dense_run)
         _gmp_schedule(data)
-    else:  # dense, hashednet, dsd, dsr and the sparse registry's methods: as configured
-        s["method"] = base
-        if base == "dsd":
-            s["dsd_phases"] = []
+    elif base == "dsd":
+        s["dsd_phases"] = []  # thirds of this run's epochs
     return C.from_dict(data)
 
 
@@ -139,4 +145,4 @@ def _gmp_schedule(data: dict) -> None:
 def dependencies(label: str) -> str | None:
     """Which run a row needs first: "dsr" (same sparsity and seed), "dense" (same seed) or None."""
     base, _ = parse_label(label)
-    return "dsr" if base in NEEDS_DSR else "dense" if base == "gmp" else None
+    return T.BY_LABEL[base].needs

@@ -1,4 +1,5 @@
-"""The trainer's hooks for the baselines and ablations (issue 3).
+"""The trainer's hooks for the baselines and ablations (thin dense, HashedNet,
+GMP, DSD, and the ablations' masks and initial values from other runs).
 
 The trainer calls these at four points and knows nothing else about them:
 
@@ -11,6 +12,9 @@ The trainer calls these at four points and knows nothing else about them:
 - :func:`load_masks_from`: ``sparsity.mask_from``: the final masks of a
   finished run replace the random ones;
 - :func:`phase_lr_factor`: DSD's last, dense phase runs at a tenth of the LR.
+
+On resume (``resuming=True``) the run's own checkpoint overwrites the weights
+and masks right after, so the other runs' files are not read at all.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from torch import nn
 
 from .. import config as C
+from .. import methods_table
 from ..models import build_model, sparse_names
 from ..sparse import Masking, layer_counts
 from ..sparse.gmp import DenseSparseDense, GradualMagnitudePruning
@@ -31,8 +36,8 @@ from .thin import thin_width
 log = logging.getLogger("dsr_tune")
 
 # methods whose masking (or lack of it) is built here, not by the sparse registry
-OWN_METHODS = ("thin_dense", "hashednet", "gmp", "dsd")
-NO_MASKS = ("dense", "thin_dense", "hashednet")
+OWN_METHODS = methods_table.BASELINE_METHODS
+NO_MASKS = methods_table.NO_MASKS
 
 
 def _load(path: Path) -> dict:
@@ -67,10 +72,16 @@ def _load_weights(model: nn.Module, state: dict, key: str, source: Path) -> None
                                  "the model section must match the run it comes from") from None
 
 
-def build_run_model(cfg: C.Config, num_classes: int, in_channels: int) -> nn.Module:
-    """:func:`make_model`, then the starting values asked for by the config."""
+def build_run_model(cfg: C.Config, num_classes: int, in_channels: int, *, resuming: bool = False) -> nn.Module:
+    """:func:`make_model`, then the starting values asked for by the config.
+
+    resuming: the caller loads the run's own checkpoint next, which replaces
+    every value: ``init_from`` / ``dense_from`` are then not read (the model
+    keeps its fresh values until that load)."""
     model = make_model(cfg, num_classes, in_channels)
     s = cfg.sparsity
+    if resuming:
+        return model
     if s.init_from:
         path = run_file(s.init_from, "init.pt")
         _load_weights(model, _load(path)["model"], "sparsity.init_from", path)
@@ -116,19 +127,24 @@ def phase_lr_factor(cfg: C.Config, epoch: int) -> float:
 
 
 @torch.no_grad()
-def load_masks_from(cfg: C.Config, masking: Masking | None, init_state: dict[str, torch.Tensor]) -> None:
+def load_masks_from(cfg: C.Config, masking: Masking | None, init_state: dict[str, torch.Tensor], *,
+                    resuming: bool = False) -> None:
     """``sparsity.mask_from``: the masks of that run's final checkpoint replace
     the random ones (the budget becomes theirs).
 
     ``init_state`` holds the dense starting values (before any masking): the
     masking has already zeroed everything outside its own random masks, so the
     sparse tensors are first restored from it, then the new masks applied.
-    Every active weight then starts from its initial value, none from zero."""
+    Every active weight then starts from its initial value, none from zero.
+    resuming: the run's checkpoint restores masks, weights and budget next;
+    nothing is read here (the config's check that the method takes masks still runs)."""
     src = cfg.sparsity.mask_from
     if not src:
         return
     if masking is None:
         raise C.ConfigError("sparsity.mask_from", f"method {cfg.sparsity.method!r} has no masks to take")
+    if resuming:
+        return
     path = run_file(src, "checkpoint.pt")
     state = _load(path).get("masking")
     if not state:

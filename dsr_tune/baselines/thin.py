@@ -77,9 +77,9 @@ def solve_width(name: str, target: int, *, depth: int = 28, num_classes: int = 1
         return count_params(_meta_model(name, w, depth, num_classes, in_channels))
 
     lo = 1e-3
-    if count(lo) > target:
-        raise ValueError(f"{name}: even the narrowest model has {count(lo)} > {target} parameters")
     best = ThinSolution(lo, count(lo), target)
+    if best.params > target:
+        raise ValueError(f"{name}: even the narrowest model has {best.params} > {target} parameters")
     while count(hi) < target and hi < 4096:
         hi *= 2
     for _ in range(iters):

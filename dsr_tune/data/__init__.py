@@ -40,7 +40,7 @@ class DataBundle:
             self.train.generator.manual_seed(seed * 100_003 + epoch)
 
 
-def datasets(cfg: DataConfig, seed: int = 0) -> tuple[Dataset, Dataset, int, int]:
+def datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, int, int]:
     """(train set, test set, classes, input channels)."""
     if cfg.name == "digits":
         return digits(cfg.test_fraction)
@@ -67,12 +67,15 @@ def build_data(cfg: DataConfig, seed: int = 0, rank: int = 0, world_size: int = 
                pin_memory: bool = False) -> DataBundle:
     """Loaders for one training process. With ``world_size > 1`` each rank
     gets its shard and ``batch_size / world_size`` samples a step."""
-    train_set, test_set, num_classes, in_channels = datasets(cfg, seed)
+    train_set, test_set, num_classes, in_channels = datasets(cfg)
     if cfg.batch_size % world_size:
         raise ValueError(f"data.batch_size={cfg.batch_size} must divide by the {world_size} workers")
     per_rank = cfg.batch_size // world_size
     workers = auto_workers(cfg)
-    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+    # not persistent: loader processes are seeded when an epoch starts, from the
+    # generator set_epoch() reseeds, so a resumed run augments exactly as an
+    # uninterrupted one (persistent ones would carry their random state over)
+    common = dict(num_workers=workers, pin_memory=pin_memory)
     sampler = None
     if world_size > 1:
         sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=seed, drop_last=True)

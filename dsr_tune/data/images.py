@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torchvision import datasets, transforms as T
+# torchvision is imported inside the functions: it costs ~1 s, and the
+# in-memory data sets (digits, synthetic) never need it
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -12,6 +13,8 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def cifar10(root: str, download: bool = False):
     """The paper's augmentation: 4-pixel reflect pad, random 32x32 crop, flip."""
+    from torchvision import datasets, transforms as T
+
     root = str(Path(root).expanduser())
     train_tf = T.Compose([
         T.RandomCrop(32, padding=4, padding_mode="reflect"),
@@ -32,6 +35,8 @@ def image_folder(root: str, image_size: int, imagenet: bool = True):
     size*8/7 and center crop for validation (224 -> 256 -> 224).
     imagenet=False (any tree): resize to a square ``image_size`` and flip.
     """
+    from torchvision import datasets, transforms as T
+
     root = Path(root).expanduser()
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     if imagenet:

@@ -8,8 +8,12 @@ planes, hence outputs), which is what a thin dense baseline needs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
-from torchvision.models.resnet import Bottleneck, ResNet
+
+if TYPE_CHECKING:
+    from torchvision.models.resnet import ResNet
 
 
 def _scaled(c: int, width: float) -> int:
@@ -17,6 +21,9 @@ def _scaled(c: int, width: float) -> int:
 
 
 def resnet50(width: float = 1.0, num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+    # torchvision costs ~1 s to import: only when a ResNet is built, not in every trial process
+    from torchvision.models.resnet import Bottleneck, ResNet
+
     model = ResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes)
     if width == 1.0 and in_channels == 3:
         return model

@@ -15,11 +15,11 @@ from .grow import (GradientGrowth, ProportionalToScore, ProportionalToSurvivors,
 from .masking import Masking, default_sparse_names, select_names, unwrap
 from .methods import METHODS, Reallocator, build_method, deepr, dsr, rigl, set_, snfs
 from .prune import MagnitudeFractionPrune, SignFlipPrune, ThresholdPrune, drop_count, keep_one, set_fraction
-from .schedule import CosineDecay, EpochTable, EveryStep, PeriodSchedule
+from .schedule import CosineDecay, EpochTable, PeriodSchedule, every_step
 
 __all__ = [
     "DEEPR_TEMPERATURES", "DISTRIBUTIONS", "CosineDecay", "DeepRDynamics", "DenseMomentum", "EpochTable",
-    "EveryStep", "GradientGrowth", "METHODS", "MagnitudeFractionPrune", "Masking", "PeriodSchedule",
+    "every_step", "GradientGrowth", "METHODS", "MagnitudeFractionPrune", "Masking", "PeriodSchedule",
     "ProportionalToScore", "ProportionalToSurvivors", "RandomGrowth", "Reallocator", "SameTensor", "ScoreGrowth",
     "SignFlipPrune", "ThresholdPrune", "build_method", "deepr", "default_sparse_names", "drop_count", "dsr",
     "keep_one", "layer_counts", "proportional_counts", "rigl", "sample_positions", "select_names", "set_",

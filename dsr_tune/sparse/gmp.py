@@ -30,23 +30,40 @@ from .distribution import layer_counts
 def magnitude_prune_to(masking, counts: dict[str, int]) -> dict[str, int]:
     """Keep the ``counts[name]`` largest-magnitude active weights of each tensor.
 
-    Only active positions compete (a tensor never grows here); ties are broken
-    by position, deterministically. Sets ``masking.budget``; the caller (the
-    masking) zeroes the removed weights and their optimizer state. Returns the
-    number removed per tensor.
+    Only active positions compete (a tensor never grows here). Of weights tied
+    at the cut, the lowest positions (row-major) stay, so the result is the
+    same on every device and run. Sets ``masking.budget`` and invalidates its
+    cached counts; the caller (the masking) zeroes the removed weights and
+    their optimizer state. Returns the number removed per tensor.
     """
     removed = {}
+    active = masking.active_counts()  # cached: no recount of every mask
     for name, p in masking.params.items():
         mask = masking.masks[name]
-        active = int(mask.sum())
-        keep = min(counts[name], active)
-        score = p.detach().abs().masked_fill(~mask, -1.0).view(-1)
-        new = torch.zeros_like(mask).view(-1)
-        new[torch.topk(score, keep, sorted=False).indices] = True
-        mask.copy_(new.view_as(mask))
-        removed[name] = active - keep
-    masking.budget = sum(int(m.sum()) for m in masking.masks.values())
+        keep = min(counts[name], active[name])
+        # reshape, not view: the weight may be stored channels_last; positions are logical
+        score = p.detach().abs().masked_fill(~mask, -1.0).reshape(-1)
+        mask.copy_(_top_positions(score, keep).view_as(mask))
+        removed[name] = active[name] - keep
+    masking.invalidate_counts()
+    masking.budget = sum(active.values()) - sum(removed.values())
     return removed
+
+
+def _top_positions(score: torch.Tensor, keep: int) -> torch.Tensor:
+    """Bool mask of the ``keep`` largest scores; ties at the cut go to the lowest positions.
+
+    topk alone picks among tied scores in an order that depends on the device
+    and the kernel. Here everything strictly above the k-th largest score is
+    kept, and the tied ones are taken in position order (nonzero() returns
+    them sorted) until ``keep`` is reached."""
+    if keep <= 0:
+        return torch.zeros_like(score, dtype=torch.bool)
+    cut = torch.topk(score, keep, sorted=False).values.min()
+    out = score > cut
+    missing = keep - int(out.count_nonzero())
+    out[(score == cut).nonzero().squeeze(1)[:missing]] = True
+    return out
 
 
 def _shapes(masking) -> dict[str, torch.Size]:
@@ -111,6 +128,8 @@ class DenseSparseDense:
     name = "DSD"
 
     def __init__(self, sparsity: float, sparse_from: int, dense_from: int):
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
         if not 0 < sparse_from < dense_from:
             raise ValueError(f"need 0 < sparse_from < dense_from, got {sparse_from}, {dense_from}")
         self.sparsity, self.sparse_from, self.dense_from = float(sparsity), int(sparse_from), int(dense_from)
@@ -126,10 +145,10 @@ class DenseSparseDense:
             counts = layer_counts(_shapes(masking), 1.0 - self.sparsity, "uniform")
             pruned = sum(magnitude_prune_to(masking, counts).values())
             return {"method": "dsd", "phase": "sparse", "pruned": pruned, "grown": 0, "budget": masking.budget}
-        grown = 0
+        grown = masking.sparse_numel - sum(masking.active_counts().values())
         for mask in masking.masks.values():
-            grown += int((~mask).sum())
             mask.fill_(True)  # re-enabled weights are zero already, and so is their momentum
+        masking.invalidate_counts()
         masking.budget = masking.sparse_numel
         return {"method": "dsd", "phase": "dense", "pruned": 0, "grown": grown, "budget": masking.budget}
 

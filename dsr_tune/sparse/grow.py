@@ -69,6 +69,8 @@ class SameTensor:
     (the reallocator lets it reuse the just-pruned ones when it has no other room).
     """
 
+    keeps_tensor_counts = True  # the reallocator must not spread a shortfall over other tensors
+
     def __call__(self, pruned, survivors, capacity, masking) -> dict[str, int]:
         return dict(pruned)
 

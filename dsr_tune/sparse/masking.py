@@ -88,14 +88,14 @@ class Masking:
         names = list(names) if names is not None else default_sparse_names(model)
         missing = [n for n in names if n not in named]
         if missing:
-            raise KeyError(f"no such parameters: {missing}; the model has e.g. {list(named)[:5]}")
+            raise ValueError(f"no such parameters: {missing}; the model has e.g. {list(named)[:5]}")
+        if hook and optimizer is None:
+            raise ValueError("hook=True needs the optimizer whose step() it hooks; got optimizer=None")
         if not names:
             raise ValueError("no sparse tensors: the name list is empty")
         self.params: dict[str, nn.Parameter] = {n: named[n] for n in names}
         self.optimizer = optimizer
         self.method = method
-        self.sparsity = sparsity
-        self.distribution = distribution
         self.steps_per_epoch = steps_per_epoch
         self.generator = torch.Generator().manual_seed(seed)
         self.global_step = 0
@@ -143,8 +143,8 @@ class Masking:
         if self.method is not None and hasattr(self.method, "after_step"):
             self.method.after_step(self)  # DeepR's L1 + noise, SNFS's dense momentum
         self.global_step += 1
-        if self.steps_per_epoch:
-            self.epoch = self.global_step // self.steps_per_epoch
+        if self.steps_per_epoch:  # the epoch of the step just taken: steps 1..N are epoch 0
+            self.epoch = (self.global_step - 1) // self.steps_per_epoch
         if self.method is None or not self.method.due(self.global_step, self.epoch):
             return None
         event = self.reallocate()
@@ -173,7 +173,8 @@ class Masking:
         record = self.method.reallocate(self)
         layers = record.get("layers")  # budget-changing schedules (GMP, DSD) report no per-layer counts
         self._active = {n: layer["nonzero"] for n, layer in layers.items()} if layers else None
-        self.apply()
+        if not getattr(self.method, "zeroes_pruned", False):
+            self.apply()
         record.update(step=self.global_step, epoch=self.epoch)
         return record
 
@@ -247,7 +248,7 @@ class Masking:
                 raise ValueError(f"mask {name}: shape {tuple(mask.shape)} != {tuple(self.masks[name].shape)}")
             self.masks[name].copy_(mask)
         self.invalidate_counts()
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # a checkpoint loaded onto a GPU moves it
         self.global_step = state["global_step"]
         self.epoch = state["epoch"]
         self.budget = state["budget"]

@@ -21,9 +21,10 @@ from __future__ import annotations
 import torch
 
 from .dynamics import DEEPR_TEMPERATURES, DeepRDynamics, DenseMomentum
-from .grow import GradientGrowth, ProportionalToScore, ProportionalToSurvivors, RandomGrowth, SameTensor, ScoreGrowth
+from .grow import (GradientGrowth, ProportionalToScore, ProportionalToSurvivors, RandomGrowth, SameTensor,
+                   ScoreGrowth, proportional_counts, sample_positions)
 from .prune import MagnitudeFractionPrune, SignFlipPrune, ThresholdPrune, keep_one
-from .schedule import CosineDecay, EveryStep, PeriodSchedule
+from .schedule import CosineDecay, PeriodSchedule, every_step
 
 
 class Reallocator:
@@ -57,6 +58,8 @@ class Reallocator:
         self.report_every = int(report_every)
         self._pending: dict | None = None  # records summed since the last report
         self.name = name
+
+    zeroes_pruned = True  # reallocate() zeroes what it removes: the masking need not re-apply every mask
 
     def due(self, step: int, epoch: int) -> bool:
         return self.schedule.due(step, epoch)
@@ -99,22 +102,23 @@ class Reallocator:
         numel = {n: masking.masks[n].numel() for n in names}
         room = {n: numel[n] - survivors[n] - k[n] for n in names}
         total = sum(k.values())
-        # a tensor may go back into positions it just pruned only if the
-        # others have no room at all (possible only above density 0.5)
-        reuse_all = self.regrow_pruned or sum(room.values()) < total
-        capacity = {n: numel[n] - survivors[n] for n in names} if reuse_all else room
-        grow = self.allocator(k, survivors, capacity, masking)
+        grow, spill = self._grow_counts(k, survivors, room, masking)
         layers = {}
         for n in names:
             mask = masking.masks[n]
-            reuse = reuse_all or grow[n] > room[n]  # a same-tensor regrowth with no other room
-            if not reuse:
+            if self.regrow_pruned:  # every position inactive after the prune is a candidate
+                mask.logical_and_(pruned[n].logical_not())
+                idx = self.grower(n, mask.logical_not(), grow[n], room[n] + k[n], masking)
+            else:
                 free = mask.logical_not()  # inactive before this prune: the just-pruned excluded
-            mask.logical_and_(pruned[n].logical_not_())  # pruned is a subset of mask; consumed here
-            if reuse:
-                free = mask.logical_not()
-            idx = self.grower(n, free, grow[n], numel[n] - survivors[n] if reuse else room[n], masking)
-            masking.zero_at(n, idx)
+                mask.logical_and_(pruned[n].logical_not())  # pruned is a subset of mask
+                idx = self.grower(n, free, grow[n] - spill[n], room[n], masking)
+                if spill[n]:  # no other room: back into positions just pruned, at random
+                    back = sample_positions(pruned[n], spill[n], k[n], masking.generator)
+                    idx = torch.cat([idx, back])
+            # zero what was pruned and what grows (weights and optimizer state) at
+            # those positions only: cheaper than a pass over every weight
+            masking.zero_at(n, torch.cat([pruned[n].view(-1).nonzero().squeeze(1), idx]))
             mask.view(-1)[idx] = True
             layers[n] = {"pruned": k[n], "grown": grow[n], "nonzero": survivors[n] + grow[n]}
         record = {"pruned": total, "grown": sum(grow.values()), **before, "layers": layers}
@@ -122,6 +126,30 @@ class Reallocator:
             self.pruner.adjust(total)
             record.update({f"next_{key}": v for key, v in self.pruner.record().items()})
         return record
+
+    def _grow_counts(self, k, survivors, room, masking) -> tuple[dict[str, int], dict[str, int]]:
+        """How many each tensor grows, and how many of those go back into
+        positions it just pruned (``spill``).
+
+        The just-pruned positions are used only for what does not fit
+        elsewhere: a same-tensor method whose tensor has no other room, or
+        (above density 0.5) a budget larger than all the room there is, in
+        which case every tensor first fills its room and only the shortfall
+        is spread, in proportion to survivors, over the just-pruned slots.
+        """
+        names = list(k)
+        if self.regrow_pruned:
+            grow = self.allocator(k, survivors, {n: room[n] + k[n] for n in names}, masking)
+            return grow, dict.fromkeys(names, 0)
+        total = sum(k.values())
+        if sum(room.values()) >= total:
+            grow = self.allocator(k, survivors, room, masking)
+        elif getattr(self.allocator, "keeps_tensor_counts", False):
+            grow = dict(k)
+        else:
+            extra = proportional_counts(total - sum(room.values()), survivors, k, masking.generator)
+            grow = {n: room[n] + extra[n] for n in names}
+        return grow, {n: max(0, grow[n] - room[n]) for n in names}
 
     def summarize(self, record: dict, step: int) -> dict | None:
         """The record to report for this reallocation, or None while summing.
@@ -207,7 +235,7 @@ def deepr(temperatures=DEEPR_TEMPERATURES, l1: float = 1e-5, lr: float | None = 
     step, so no weight is spared against the sign rule. ``report_every``: one
     summed record per that many steps (the trainer uses one per epoch).
     """
-    return Reallocator(EveryStep(), SignFlipPrune(), SameTensor(), RandomGrowth(), name="DeepR",
+    return Reallocator(every_step(), SignFlipPrune(), SameTensor(), RandomGrowth(), name="DeepR",
                        dynamics=DeepRDynamics(temperatures, l1, lr), never_empty=False, report_every=report_every)
 
 

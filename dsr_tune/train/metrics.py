@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -64,5 +65,8 @@ def truncate_records(path: str | Path, epoch: int, step: int) -> None:
             if (r.get("kind") == "epoch" and r["epoch"] < epoch)
             or (r.get("kind") == "realloc" and r["step"] <= step)]
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    with open(tmp, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in keep))
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)

@@ -23,157 +23,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import config as C
+from ..baselines import setup as baselines
 from ..data import DataBundle, build_data
-from ..models import count_params, sparse_names  # issue 3: models are built by baselines.build_run_model
-from ..sparse import Masking, build_method, layer_counts, set_fraction, unwrap
-from ..baselines import setup as baselines  # issue 3: thin dense, HashedNet, GMP, DSD, ablations
+from ..models import count_params
+from ..sparse import unwrap
 from . import checkpoint as ckpt
 from .metrics import JsonlLogger, MetricLogger, truncate_records
+from .setup import (DistInfo, build_masking, build_optimizer, effective_lr, lr_factor, mask_fingerprint,
+                    nonzero_params, pick_device)
 
 log = logging.getLogger("dsr_tune")
-
-
-# ---------------------------------------------------------------- setup pieces
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: the local CUDA device of this process if any, else MPS, else CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but CUDA is not available here; use train.device=auto")
-    return device
-
-
-def effective_lr(cfg: C.OptimConfig, batch_size: int) -> float:
-    """The base LR scaled to the global batch (linear or square-root rule)."""
-    if not cfg.base_batch_size or cfg.lr_scaling == "none":
-        return cfg.lr
-    ratio = batch_size / cfg.base_batch_size
-    return cfg.lr * (ratio if cfg.lr_scaling == "linear" else math.sqrt(ratio))
-
-
-def lr_factor(cfg: C.OptimConfig, epoch: int) -> float:
-    """Epoch-milestone decay with an optional linear warm-up from lr/10."""
-    factor = cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
-    if epoch < cfg.warmup_epochs:
-        factor *= 0.1 + 0.9 * epoch / cfg.warmup_epochs
-    return factor
-
-
-def build_optimizer(model: nn.Module, cfg: C.OptimConfig, lr: float) -> torch.optim.Optimizer:
-    # no weight decay on BN and biases (1-d tensors), as usual for ResNets
-    decay = [p for p in model.parameters() if p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.dim() <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-
-
-def sparse_method(cfg: C.Config, shapes: dict, steps_per_epoch: int):
-    """The reallocation method of ``sparsity.method`` (None for static), from the config.
-
-    issue 3: set / deepr / rigl / snfs besides dsr. RigL's and SNFS's cosine
-    drop fraction reaches 0 at stop_epoch, when reallocation ends (not tied
-    to train.epochs, so a run extended on resume continues exactly).
-    """
-    s = cfg.sparsity
-    timing = dict(periods=s.period_schedule, stop_epoch=s.stop_epoch, period_scale=s.period_scale)
-    if s.method == "static":
-        return None
-    if s.method == "dsr":
-        return build_method("dsr", **timing, init_threshold=s.init_threshold, target_pruned=s.target_pruned,
-                            delta=s.delta, factor=s.threshold_factor)
-    if s.method == "set":
-        fraction = s.set_fraction
-        if not fraction:  # f = Np / budget: as many weights moved per reallocation as DSR's target
-            budget = sum(layer_counts(shapes, 1.0 - s.sparsity, s.distribution).values())
-            if s.target_pruned > budget:
-                raise C.ConfigError("sparsity.target_pruned", f"{s.target_pruned} exceeds the budget of {budget} sparse "
-                                    "weights, so set's fraction Np / budget would exceed 1; lower it or set "
-                                    "sparsity.set_fraction")
-            fraction = set_fraction(s.target_pruned, budget)
-            log.info("set: fraction %.4f = target_pruned %d / budget %d", fraction, s.target_pruned, budget)
-        return build_method("set", **timing, fraction=fraction)
-    if s.method == "deepr":
-        # rewires every step: one summed reallocation record per epoch
-        return build_method("deepr", temperatures=s.deepr_temperatures, l1=s.deepr_l1, report_every=steps_per_epoch)
-    end_step = s.stop_epoch * steps_per_epoch
-    drop = dict(drop_fraction=s.drop_fraction, end_step=end_step, decay=s.drop_decay)
-    if s.method == "snfs":
-        return build_method("snfs", **timing, **drop, momentum=cfg.optim.momentum)
-    return build_method(s.method, **timing, **drop)
-
-
-def build_masking(cfg: C.Config, model: nn.Module, optimizer, steps_per_epoch: int) -> Masking | None:
-    s = cfg.sparsity
-    if s.method in baselines.OWN_METHODS:  # issue 3: thin_dense / hashednet (no masks), gmp, dsd
-        return baselines.baseline_masking(cfg, model, optimizer)
-    if s.method == "dense":
-        return None
-    names = sparse_names(cfg.model.name, model, cfg.model.sparse_layers, cfg.model.dense_layers)
-    if not names:
-        raise C.ConfigError("model.sparse_layers", f"{cfg.model.sparse_layers!r} matches no parameter of {cfg.model.name}")
-    shapes = {n: p.shape for n, p in unwrap(model).named_parameters() if n in names}
-    method = sparse_method(cfg, shapes, steps_per_epoch)
-    return Masking(model, optimizer, sparsity=s.sparsity, method=method, names=names,
-                   distribution=s.distribution, seed=cfg.train.seed)
-
-
-def nonzero_params(model: nn.Module, masking: Masking | None) -> int:
-    """Parameters the model really has: dense ones plus the active sparse ones."""
-    total = count_params(model)
-    if masking is None:
-        return total
-    return total - masking.sparse_numel + sum(masking.nonzero_counts().values())
-
-
-def _feed(h, obj) -> None:
-    """Hash a nested state (dicts, lists, tensors, numbers) in a fixed order."""
-    if isinstance(obj, dict):
-        for k in sorted(obj, key=str):
-            h.update(repr(k).encode())
-            _feed(h, obj[k])
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _feed(h, v)
-    elif torch.is_tensor(obj):
-        h.update(obj.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    else:
-        h.update(repr(obj).encode())
-
-
-def mask_fingerprint(masking: Masking) -> str:
-    """A short digest of the masks, the generator and the method's state
-    (threshold, counters). Equal on every DDP rank when all ranks took the same
-    reallocation decisions; logged per epoch so that can be checked."""
-    import hashlib
-
-    h = hashlib.sha256()
-    state = masking.state_dict()
-    _feed(h, {"masks": state["masks"], "generator": state["generator"], "method": state["method"]})
-    return h.hexdigest()[:16]
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-
-    @classmethod
-    def current(cls) -> DistInfo:
-        if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size())
-        return cls()
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
 
 # ---------------------------------------------------------------- the loop
@@ -190,7 +49,8 @@ def _autocast(device: torch.device, precision: str):
 def evaluate(model: nn.Module, loader, device, precision: str, channels_last: bool, num_classes: int) -> dict:
     """Loss, top-1 and (with more than 5 classes) top-5, summed over ranks."""
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top1, top5
+    n = 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if channels_last:
@@ -199,8 +59,9 @@ def evaluate(model: nn.Module, loader, device, precision: str, channels_last: bo
             out = model(x)
         loss = F.cross_entropy(out.float(), y, reduction="sum")
         top = out.topk(min(5, num_classes), dim=1).indices
-        sums += torch.stack([loss.double(), (top[:, 0] == y).sum().double(),
-                             (top == y[:, None]).any(1).sum().double(), torch.tensor(len(y), device=device).double()])
+        sums += torch.stack([loss.double(), (top[:, 0] == y).sum().double(), (top == y[:, None]).any(1).sum().double()])
+        n += len(y)
+    sums = torch.cat([sums, torch.tensor([float(n)], dtype=torch.float64, device=device)])
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sums)
     loss, top1, top5, n = sums.tolist()
@@ -216,6 +77,20 @@ def _progress(loader, epoch: int, epochs: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def _optimizer_step(optimizer, scaler, loss) -> bool:
+    """Backward and step; False when fp16's grad scaler skipped the step
+    (inf/NaN gradients), so nothing else should act on this iteration."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if not scaler.is_enabled():
+        optimizer.step()
+        return True
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() >= scale  # the scale drops exactly when the step was skipped
 
 
 EpochCallback = Callable[[dict, "Path | None"], None]
@@ -244,21 +119,21 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
     torch.manual_seed(cfg.train.seed)
     data: DataBundle = build_data(cfg.data, cfg.train.seed, info.rank, info.world_size,
                                   pin_memory=device.type == "cuda")
-    # issue 3: the plain registry model, or thin dense / HashedNet, from init_from / dense_from values
-    model = baselines.build_run_model(cfg, data.num_classes, data.in_channels)
+    # the registry model, or a thin dense / HashedNet one; initial values from init_from / dense_from
+    model = baselines.build_run_model(cfg, data.num_classes, data.in_channels, resuming=bool(resume))
     init_state = {k: v.clone() for k, v in model.state_dict().items()}  # dense values before masking
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     lr = effective_lr(cfg.optim, cfg.data.batch_size)
     optimizer = build_optimizer(model, cfg.optim, lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: lr_factor(cfg.optim, e) * baselines.phase_lr_factor(cfg, e))  # issue 3: DSD
+    scheduler = torch.optim.lr_scheduler.LambdaLR(  # DSD's last phase runs at a fraction of the LR
+        optimizer, lambda e: lr_factor(cfg.optim, e) * baselines.phase_lr_factor(cfg, e))
     steps_per_epoch = len(data.train)
     if steps_per_epoch == 0:
         raise C.ConfigError("data.batch_size", f"{cfg.data.batch_size} is larger than the training set")
     masking = build_masking(cfg, model, optimizer, steps_per_epoch)
-    baselines.load_masks_from(cfg, masking, init_state)  # issue 3: sparsity.mask_from (ablations)
+    baselines.load_masks_from(cfg, masking, init_state, resuming=bool(resume))  # mask_from: another run's masks
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
     ddp_model = model
     if info.world_size > 1:
@@ -266,7 +141,7 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     # -- run folder, resume
-    start_epoch, metrics_path = 0, out_dir / "metrics.jsonl"
+    start_epoch, step, metrics_path = 0, 0, out_dir / "metrics.jsonl"
     if info.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(C.dump(cfg))
@@ -279,7 +154,7 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
         scaler.load_state_dict(state["scaler"])
         if masking is not None:
             masking.load_state_dict(state["masking"])
-        start_epoch = state["epoch"]
+        start_epoch, step = state["epoch"], state["step"]
         if info.main and metrics_path.exists():
             truncate_records(metrics_path, start_epoch, state["step"])
         log.info("resumed from %s at epoch %d (step %d)", resume_path, start_epoch, state["step"])
@@ -300,12 +175,12 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
 
     show_bar = info.main and (sys.stderr.isatty() if progress is None else progress)
     record: dict = {}
-    step = masking.global_step if masking else start_epoch * steps_per_epoch
     status = "FAILED"
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
             data.set_epoch(epoch, cfg.train.seed)
-            torch.manual_seed(cfg.train.seed * 1_000_003 + epoch)  # augmentation in the main process
+            # augmentation and loader-process seeds: a function of (seed, epoch, rank) alone
+            torch.manual_seed((cfg.train.seed * 1_000_003 + epoch) * 1_009 + info.rank)
             if masking is not None:
                 masking.set_epoch(epoch)
             ddp_model.train()
@@ -320,14 +195,11 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
                 with _autocast(device, cfg.train.precision):
                     out = ddp_model(x)
                     loss = F.cross_entropy(out.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                stepped = _optimizer_step(optimizer, scaler, loss)
                 step += 1
-                if masking is not None:
-                    event = masking.step()
-                    if event is not None and info.main:
+                if masking is not None and stepped:
+                    masking.step()
+                    for event in masking.pop_events():
                         for lg in loggers:
                             lg.log_record({"kind": "realloc", **event})
                 loss_sum += loss.detach().double() * len(y)
@@ -342,13 +214,15 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
             record = {
                 "kind": "epoch", "epoch": epoch, "step": step,
                 "train_loss": loss_tot / n, "train_acc": correct_tot / n,
-                **evaluate(ddp_model, data.test, device, cfg.train.precision, cfg.train.channels_last, data.num_classes),
+                # the unwrapped model: DDP's forward would add a collective per batch; sums are reduced anyway
+                **evaluate(model, data.test, device, cfg.train.precision, cfg.train.channels_last, data.num_classes),
                 "nonzero_params": nonzero_params(model, masking), "total_params": total_params,
                 "lr": epoch_lr,
                 "samples_per_s": n / train_time, "epoch_time": time.perf_counter() - t0,
             }
             if masking is not None:
-                record["density"] = {k: round(v, 6) for k, v in masking.densities().items()}
+                active = masking.active_counts()
+                record["density"] = {k: round(c / masking.masks[k].numel(), 6) for k, c in active.items()}
                 record["mask_hash"] = mask_fingerprint(masking)  # equal on all ranks (Ray Train checks)
             path = None
             last = epoch + 1 == cfg.train.epochs
