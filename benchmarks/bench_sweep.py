@@ -7,6 +7,8 @@ trial:
 - start-up: from the trial function's first line to the first training step
   (imports, MLflow run, Ray Train controller and worker group, gloo, data,
   model), i.e. first epoch's end (its MLflow timestamp) minus its epoch time;
+  the start of a new trial process (when Tune does not reuse one) comes
+  before that line and is not counted;
 - training: the sum of the epoch times (training steps plus evaluation);
 - per-epoch overhead: the rest of the time between the first and the last
   epoch end, per epoch (checkpoint, hand-over to Ray, Tune report, MLflow);
@@ -74,21 +76,10 @@ def trial_times(sweep: Path) -> list[dict]:
         start_up = ends[0] - epochs[0]["epoch_time"] - info["started"]
         between = (ends[-1] - ends[0]) - sum(r["epoch_time"] for r in epochs[1:])
         total = run.info.end_time / 1000 - info["started"]
-        fresh = info.get("process_started") and info.get("process_trials") == 1
-        spawn = info["started"] - info["process_started"] if fresh else None
-        out.append({"key": info["key"], "epochs": len(epochs), "start_up": start_up, "train": train, "spawn": spawn,
+        out.append({"key": info["key"], "epochs": len(epochs), "start_up": start_up, "train": train,
                     "per_epoch": between / max(1, len(epochs) - 1), "tail": run.info.end_time / 1000 - ends[-1],
                     "total": total, "epoch_time": statistics.mean(r["epoch_time"] for r in epochs)})
     return out
-
-
-def spawn_line(rows: list[dict]) -> list[str]:
-    """Trials that got a new process (not a reused one) also waited for it to start."""
-    fresh = [r["spawn"] for r in rows if r["spawn"] is not None]
-    if not fresh:
-        return []
-    return [f"{len(fresh)} trial(s) started a new trial process: +{statistics.median(fresh):.1f} s (median) before "
-            f"the trial function ran; the others reused a finished trial's process"]
 
 
 def summarize(rows: list[dict], wall: float | None) -> str:
@@ -101,7 +92,6 @@ def summarize(rows: list[dict], wall: float | None) -> str:
     train, total = sum(r["train"] for r in rows), sum(r["total"] for r in rows)
     lines += ["", f"{len(rows)} trials: start-up median {med('start_up'):.1f} s (max {max(r['start_up'] for r in rows):.1f} s), "
               f"per-epoch overhead median {med('per_epoch'):.2f} s, tail median {med('tail'):.1f} s",
-              *spawn_line(rows),
               f"time inside training (steps + evaluation): {train:.0f} s of {total:.0f} s of trial time = {train / total:.0%}"]
     if wall:
         lines.append(f"sweep wall time {wall:.0f} s (Ray start, MLflow store, both Tune phases, report)")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+import socket
 import types
 import typing
 from dataclasses import dataclass, field
@@ -330,19 +332,33 @@ def from_dict(data: dict | None) -> Config:
     return cfg
 
 
+SKIP_PATH_CHECKS = "DSR_TUNE_SKIP_PATH_CHECKS"  # "1" on a node that launches onto a cluster: data lives on the workers
+
+
+def validate_paths(cfg: Config) -> None:
+    """The data set is where the config says. Part of validation, except on a
+    node that only launches onto a cluster (the CLI sets $DSR_TUNE_SKIP_PATH_CHECKS
+    there); the trainer calls it again where it runs."""
+    d = cfg.data
+    if d.name not in ("cifar10", "imagenet", "folder") or not d.root:
+        return
+    root = Path(d.root).expanduser()
+    where = f" on {socket.gethostname()}" if os.environ.get(SKIP_PATH_CHECKS) == "1" else ""
+    if d.name == "cifar10" and not d.download and not (root / "cifar-10-batches-py").is_dir():
+        raise ConfigError("data.root", f"{d.root!r} holds no cifar-10-batches-py/{where}; set data.download=true or point at an existing copy")
+    if d.name in ("imagenet", "folder"):
+        for split in ("train", "val"):
+            if not (root / split).is_dir():
+                raise ConfigError("data.root", f"{d.root!r} has no {split}/ folder{where}; expected {d.root}/train/<class>/*.jpg and {d.root}/val/<class>/*.jpg")
+
+
 def validate_cross(cfg: Config) -> None:
     """Checks that involve more than one field."""
     d = cfg.data
-    if d.name in ("cifar10", "imagenet", "folder"):
-        if not d.root:
-            raise ConfigError("data.root", f"None: data set {d.name!r} needs a root directory")
-        root = Path(d.root).expanduser()
-        if d.name == "cifar10" and not d.download and not (root / "cifar-10-batches-py").is_dir():
-            raise ConfigError("data.root", f"{d.root!r} holds no cifar-10-batches-py/; set data.download=true or point at an existing copy")
-        if d.name in ("imagenet", "folder"):
-            for split in ("train", "val"):
-                if not (root / split).is_dir():
-                    raise ConfigError("data.root", f"{d.root!r} has no {split}/ folder; expected {d.root}/train/<class>/*.jpg and {d.root}/val/<class>/*.jpg")
+    if d.name in ("cifar10", "imagenet", "folder") and not d.root:
+        raise ConfigError("data.root", f"None: data set {d.name!r} needs a root directory")
+    if os.environ.get(SKIP_PATH_CHECKS) != "1":
+        validate_paths(cfg)
     if d.name == "folder" and d.image_size == 0:
         raise ConfigError("data.image_size", "0: data set 'folder' needs an image size (e.g. 64)")
     if cfg.data.download and d.name != "cifar10":

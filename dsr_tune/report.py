@@ -241,18 +241,17 @@ def load_local(sweep_dir: str | Path) -> list[RunRow]:
     """The same rows from a sweep folder's run folders (no MLflow)."""
     import yaml
 
-    from .train.metrics import read_records
+    from .tracking.runs import last_epoch
+    from .tracking.sync import run_folders
+    from .tracking.tracker import read_run_file
 
     rows = []
-    for info_path in sorted((Path(sweep_dir) / "runs").glob("**/tracking.json")):
-        info = json.loads(info_path.read_text())
-        epochs = [r for r in read_records(info_path.parent / "metrics.jsonl") if r.get("kind") == "epoch"]
-        if not epochs or "key" not in info:
+    for run_dir in run_folders(sweep_dir):
+        info, last = read_run_file(run_dir) or {}, last_epoch(run_dir)
+        if last is None or "key" not in info:
             continue
-        last = {k: v for k, v in epochs[-1].items() if isinstance(v, (int, float))}
-        last["epochs_done"] = epochs[-1]["epoch"] + 1
         tags = info.get("tags", {})
-        cfg = yaml.safe_load((info_path.parent / "config.yaml").read_text())
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
         rows.append(RunRow(key=info["key"], role=tags.get("role", ""), method=tags.get("method", "?"),
                            sparsity=_float(tags.get("sparsity")), seed=int(tags.get("seed", 0)),
                            status=info.get("status", ""), metrics=last, epochs=cfg["train"]["epochs"],
@@ -279,13 +278,13 @@ def build(sweep: str, uri: str | None = None, out_dir: str | Path | None = None)
     metric, mode, pareto = "test_acc", "max", False
     meta = json.loads((folder / "sweep.json").read_text()) if folder else None
     if meta:
-        tgt = store.resolve(uri) if uri else store.Target(**meta["tracker"]["target"])
+        tgt = store.resolve(uri) if uri else store.with_credentials(store.Target(**meta["tracker"]["target"]))
         sweep_id = meta["sweep_id"]
         s = meta["space"].get("search") or {}
         metric, mode, pareto = s.get("metric", "test_acc"), s.get("mode", "max"), bool(s.get("pareto", False))
     else:
         tgt, sweep_id = store.resolve(uri), sweep
-    rows, parent, source = [], None, tgt.uri
+    rows, parent, source = [], None, store.redact(tgt.uri)
     error = store.probe(tgt)
     try:
         if error:
@@ -301,7 +300,11 @@ def build(sweep: str, uri: str | None = None, out_dir: str | Path | None = None)
     except Exception as exc:  # noqa: BLE001 (MLflow out of reach: the run folders hold the same records)
         if folder is None:
             raise
-        rows, source = load_local(folder), f"the run folders in {folder} (MLflow: {str(exc).splitlines()[0]})"
+        rows, why = [], f"MLflow: {store.redact(str(exc).splitlines()[0])}"
+    else:  # MLflow answers; it may still hold nothing of this sweep (another store, or it ran offline)
+        why = f"{source} holds no run of {sweep_id}"
+    if not rows and folder is not None:
+        rows, source = load_local(folder), f"the run folders in {folder} ({why})"
     if not rows:
         raise LookupError(f"no runs of sweep {sweep!r} in {source}")
     report = summarize(sweep_id, rows, metric, mode, pareto)

@@ -85,6 +85,35 @@ def test_config_commands_are_valid_bash(name):
             assert result.returncode == 0, f"{name} {key}: {command!r}: {result.stderr}"
 
 
+def test_local_config_keeps_every_listed_machine():
+    config = prepared("cluster-local.yaml")
+    ips = config["provider"]["worker_ips"]
+    (node,) = config["available_node_types"].values()  # the local provider's single node type
+    assert config["max_workers"] == len(ips) == node["min_workers"] == node["max_workers"]  # set by Ray itself
+
+
+def _commands(path: Path) -> list[str]:
+    """Shell commands written in a file, comment marks removed and backslash lines joined."""
+    out, cur = [], ""
+    for line in path.read_text().splitlines():
+        text = line.strip().lstrip("#").strip()
+        cur += " " + text.removesuffix("\\").strip()
+        if not text.endswith("\\"):
+            out.append(cur.strip())
+            cur = ""
+    return out
+
+
+def test_every_cluster_sweep_command_has_a_shared_output():
+    # a sweep that joins a cluster without --output is refused: every documented one gives it
+    files = [ROOT / "cluster.yaml", ROOT / "cluster-local.yaml", ROOT / "docs" / "cluster.md",
+             *sorted((ROOT / "launch" / "k8s").glob("*.yaml"))]
+    sweeps = [(f.name, c) for f in files for c in _commands(f) if "dsr-tune sweep " in c and "search_spaces/" in c]
+    assert len(sweeps) >= 6, sweeps
+    for name, command in sweeps:
+        assert "--output /mnt/shared/" in command, (name, command)
+
+
 def test_ray_validator_refuses_broken_configs():
     from click.exceptions import ClickException
 
@@ -174,6 +203,7 @@ def test_kubernetes_manifests():
     (cluster,), (job,), (service,) = docs["RayCluster"], docs["RayJob"], docs["Service"]
     assert cluster["apiVersion"] == job["apiVersion"] == "ray.io/v1"
     assert job["spec"]["entrypoint"].startswith("dsr-tune ") and job["spec"]["shutdownAfterJobFinishes"] is True
+    assert "--output /mnt/shared/" in job["spec"]["entrypoint"]  # the claim every pod mounts
     mlflow_uri = f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
     for spec in (cluster["spec"], job["spec"]["rayClusterSpec"]):
         assert spec["rayVersion"] == ray.__version__  # the image installs requirements.lock's Ray

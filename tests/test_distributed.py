@@ -52,8 +52,12 @@ def test_worker_settings_are_validated():
 
 
 def test_storage_takes_the_newest_complete_checkpoint(tmp_path):
+    from dsr_tune.train import checkpoint as ckpt
+
+    assert storage.CHECKPOINT == ckpt.LATEST  # a copy, so that storage does not import torch
     run = tmp_path / "run"
     run.mkdir()
+    (run / "init.pt").write_bytes(b"i" * 1000)
     exp = tmp_path / "store" / "exp"
     for epoch in (1, 2, 3):
         (run / "checkpoint.pt").write_bytes(b"x" * (100 + epoch))
@@ -63,6 +67,11 @@ def test_storage_takes_the_newest_complete_checkpoint(tmp_path):
         for f in staged.iterdir():
             (exp / staged.name.removeprefix(".ray_stage_") / f.name).write_bytes(f.read_bytes())
     assert storage.newest_complete(str(tmp_path / "store"), "exp") == (str(exp / "epoch_00003"), 3)
+    assert not list(exp.glob("epoch_*/init.pt"))  # not re-uploaded with every checkpoint...
+    assert storage.put_init(str(tmp_path / "store"), "exp", run) and (exp / "init.pt").read_bytes() == b"i" * 1000
+    assert not storage.put_init(str(tmp_path / "store"), "exp", run)  # ...but once, beside them
+    elsewhere = tmp_path / "other_node_run"
+    assert storage.get_init(str(tmp_path / "store"), "exp", elsewhere) and (elsewhere / "init.pt").exists()
     # an upload cut short: epoch 3's checkpoint.pt is truncated, so epoch 2 is the newest complete one
     (exp / "epoch_00003" / "checkpoint.pt").write_bytes(b"x" * 10)
     assert storage.newest_complete(str(tmp_path / "store"), "exp") == (str(exp / "epoch_00002"), 2)
@@ -79,12 +88,41 @@ def test_run_record_comes_home_from_storage(tmp_path):
     for name, text in [("checkpoint.pt", "ckpt"), ("metrics.jsonl", '{"kind": "epoch", "epoch": 3}\n'),
                        ("config.yaml", "train: {}\n")]:
         (folder / name).write_text(text)
+    (folder.parent / "init.pt").write_text("init")  # stored once beside the checkpoints
     checkpoint = ray.train.Checkpoint(str(folder))
     home = tmp_path / "home"
     assert storage.sync_run_record(checkpoint, home)
     assert (home / "metrics.jsonl").read_text() == (folder / "metrics.jsonl").read_text()
-    assert (home / "checkpoint.pt").read_text() == "ckpt"
+    assert (home / "checkpoint.pt").read_text() == "ckpt" and (home / "init.pt").read_text() == "init"
     assert not storage.sync_run_record(checkpoint, home)  # already there: nothing copied
+
+
+def test_cluster_runs_need_shared_storage_and_overwrite_deletes_only_checkpoints(tmp_path, monkeypatch):
+    import dsr_tune.distributed.driver as D
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray started")
+    monkeypatch.setattr(D, "ray_session", no_ray)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cfg = C.load(DIGITS, ["train.workers=2"])
+    # joining a cluster (even one with a single node up: an autoscaler adds the rest) needs shared storage
+    assert D.joins_cluster("auto") and not D.joins_cluster(None)
+    with pytest.raises(C.ConfigError, match="train.storage_path"):
+        D.launch(cfg, tmp_path / "run", address="10.0.0.1:6379")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # as in a Ray job
+    assert D.joins_cluster(None)
+    with pytest.raises(C.ConfigError, match="train.storage_path"):
+        D.launch(cfg, tmp_path / "run")
+    # a fresh run over an old one deletes <output>/ray only if it holds nothing but old runs' checkpoints
+    ray_dir = tmp_path / "run" / "ray"
+    (ray_dir / "run-20260101-000000" / "epoch_00001").mkdir(parents=True)
+    D._remove_old_checkpoints(ray_dir, "run")
+    assert not ray_dir.exists()
+    (ray_dir / "run-20260101-000000").mkdir(parents=True)
+    (ray_dir / "mine.txt").write_text("not a checkpoint")
+    with pytest.raises(C.ConfigError, match="mine.txt"):
+        D._remove_old_checkpoints(ray_dir, "run")
+    assert (ray_dir / "mine.txt").exists()
 
 
 @pytest.mark.parametrize("env, arg, expected", [
@@ -183,10 +221,21 @@ def test_every_method_takes_the_same_decision_on_every_rank(tmp_path):
 # ------------------------------------------------------------------ Ray Train
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def _cli(*args: str, cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess:
+    """The CLI in a session of its own; afterwards (a timeout included) its whole process
+    group is killed, the local Ray it started with it, so nothing leaks into later tests."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
-    return subprocess.run([sys.executable, "-m", "dsr_tune.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=400)
+    proc = subprocess.Popen([sys.executable, "-m", "dsr_tune.cli", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +260,9 @@ def test_cli_two_workers_match_one_process(cli_run, tmp_path):
     run = json.loads((cli_run / "ray_run.json").read_text())
     assert storage.newest_complete(run["storage_path"], run["name"])[1] == EPOCHS
     assert (cli_run / "checkpoint.pt").exists() and (cli_run / "init.pt").exists()
+    stored = Path(run["storage_path"]) / run["name"]  # init.pt once beside the checkpoints, not in each
+    assert (stored / "init.pt").read_bytes() == (cli_run / "init.pt").read_bytes()
+    assert not list(stored.glob("epoch_*/init.pt"))
 
     one = train(C.load(DIGITS, [f"train.epochs={EPOCHS}"]), tmp_path / "one", progress=False)
     # the same global batch and budget: the same number of steps and of non-zero weights

@@ -97,3 +97,27 @@ def test_best_trial_prefers_finished_runs_and_is_order_free():
     for order in (rows, rows[::-1]):
         assert report.best_per_cell(order, "test_acc", "max")[("dsr", 0.9)].key == "search/y"
     assert report.best_per_cell(rows, "test_acc", "min")[("dsr", 0.9)].key == "search/y"
+
+
+def test_report_falls_back_to_the_run_folders_when_mlflow_has_none(store, tmp_path):
+    """A sweep folder whose store answers but holds none of its runs (it ran offline,
+    or the store was replaced): the numbers come from the run folders."""
+    import json
+
+    uri, _, _ = store
+    sweep = tmp_path / "sweep"
+    for key, acc in (("search/a", 0.91), ("search/b", 0.94)):
+        run = sweep / "runs" / key
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text("train: {epochs: 3}\n")
+        (run / "metrics.jsonl").write_text(json.dumps({"kind": "epoch", "epoch": 2, "test_acc": acc,
+                                                       "nonzero_params": 700, "mask_hash": "abc"}) + "\n")
+        (run / "tracking.json").write_text(json.dumps({"key": key, "status": "FINISHED", "synced": False, "tags": {
+            "method": "dsr", "role": "search", "seed": 0, "sparsity": "0.9"}}))
+    (sweep / "sweep.json").write_text(json.dumps({"sweep_id": "offline-1", "space": {}, "tracker": {
+        "target": {"uri": uri, "artifact_root": None}}}))
+    rep, files, source = report.build(str(sweep))
+    assert "run folders" in source and "holds no run of offline-1" in source
+    dsr = _lines(rep, 0.9)["dsr"]
+    assert dsr.acc == [0.94] and dsr.epochs == 3 and rep.searched == 2
+    assert files["md"] == sweep / "report.md" and files["md"].exists()

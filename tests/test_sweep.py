@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dsr_tune import cli, config as C
 from dsr_tune.sweep import space as S
@@ -56,11 +55,14 @@ def test_every_space_file_validates_and_opens_with_its_command(tmp_path):
         keys = {p.key for p in sp.params}
         assert {"sparsity.delta", "sparsity.sparsity"} <= keys and keys & {"sparsity.period_scale", "sparsity.period_schedule"}
         assert sp.base.train.workers >= 1 and sp.search.samples >= 1
+        if sp.base.train.use_gpu:  # a GPU worker reserves its loader processes + itself
+            assert sp.base.train.cpus_per_worker >= sp.base.data.loader_workers + 1, f
 
 
 @pytest.mark.parametrize("override, key", [
     ("space.sparsity.delta={uniform: [0.05, 1.5]}", "space.sparsity.delta"),       # out of [0, 1)
     ("space.sparsity.sparsity={choice: [0.8, 1.0]}", "space.sparsity.sparsity"),
+    ("space.sparsity.sparsity={uniform: [0.8, 0.9]}", "space.sparsity.sparsity"),  # grouped on: choice only
     ("space.optim.lr={loguniform: [0.0, 0.1]}", "space.optim.lr"),                 # log range from 0
     ("space.sparsity.deltaa={uniform: [0.1, 0.2]}", "space.sparsity.deltaa"),      # no such key
     ("space.train.epochs={uniform: [2, 5]}", "space.train.epochs"),                # a real range for an int
@@ -111,6 +113,21 @@ def test_concurrency_follows_the_cluster():
     assert S.concurrency(S.load(DEMO, ["train.cpus_per_worker=1"]), {"CPU": 2.0}) == 1
     assert S.concurrency(S.load(DEMO, ["search.max_concurrent=3"]), {"CPU": 16.0}) == 3
     assert S.concurrency(S.load(DEMO, ["train.cpus_per_worker=4"]), {"CPU": 2.0}) == 1  # never 0
+    # an autoscaling cluster starts without its GPU nodes: max_concurrent wins over what fits now
+    gpu = S.load(DEMO, ["search.max_concurrent=4", "train.cpus_per_worker=4"])
+    assert S.concurrency(gpu, {"CPU": 2.0}) == 4
+
+
+def test_sweep_on_a_cluster_needs_a_shared_output(capsys, monkeypatch):
+    import dsr_tune.distributed as distributed
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray started without --output on a cluster")
+    monkeypatch.setattr(distributed, "ray_session", no_ray)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # as in a Ray job
+    assert cli.main(["sweep", str(DEMO)]) == 2
+    err = capsys.readouterr().err
+    assert "--output" in err and "/mnt/shared/sweeps/digits_demo" in err
 
 
 def test_output_folder_and_resume_rules(tmp_path):
@@ -127,6 +144,50 @@ def test_output_folder_and_resume_rules(tmp_path):
     with pytest.raises(C.ConfigError, match="no sweep to resume"):
         driver.prepare(sp, tmp_path / "other", resume=True, overwrite=False)
     assert driver.prepare(sp, out, resume=False, overwrite=True)["sweep_id"]  # --overwrite starts over
+    # --resume marks the sweep RUNNING again before anything syncs (a KILLED sweep.json closes the parent)
+    meta = json.loads((out / "sweep.json").read_text())
+    (out / "sweep.json").write_text(json.dumps({**meta, "status": "KILLED"}))
+    assert driver.prepare(sp, out, resume=True, overwrite=False)["status"] == "RUNNING"
+    assert json.loads((out / "sweep.json").read_text())["status"] == "RUNNING"
+    # a moved sweep folder: Tune's state points to the old place
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    with pytest.raises(C.ConfigError, match="has moved"):
+        driver.prepare(sp, moved, resume=True, overwrite=False)
+    # --overwrite deletes only a sweep folder
+    other = tmp_path / "thesis"
+    other.mkdir()
+    (other / "chapter1.tex").write_text("precious")
+    with pytest.raises(C.ConfigError, match="--output"):
+        driver.prepare(sp, other, resume=False, overwrite=False)
+    with pytest.raises(C.ConfigError, match="not a sweep folder.*chapter1.tex"):
+        driver.prepare(sp, other, resume=False, overwrite=True)
+    assert (other / "chapter1.tex").read_text() == "precious"
+    (moved / "notes.txt").write_text("mine")  # a sweep folder with something else in it
+    with pytest.raises(C.ConfigError, match="notes.txt"):
+        driver.prepare(sp, moved, resume=False, overwrite=True)
+    assert (moved / "notes.txt").exists()
+
+
+def test_pareto_asha_search_builds_without_ray(tmp_path):
+    """What Tune gets for a multi-objective space with ASHA (no Ray started)."""
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from dsr_tune.sweep import driver
+
+    sp = S.load(DEMO, ["search.pareto=true", "search.asha={grace_period: 2, reduction_factor: 2}"])
+    ctx = SweepContext(str(tmp_path), sp.base.to_dict(), 0, SweepTracker(store.resolve("sqlite:///x.db"), "e", "s-1"))
+    tc, param_space = driver.tune_config("search", sp, ctx, n_concurrent=2)
+    assert param_space is None and tc.num_samples == sp.search.samples and tc.max_concurrent_trials == 2
+    assert isinstance(tc.search_alg, OptunaSearch) and isinstance(tc.scheduler, ASHAScheduler)
+    assert tc.search_alg.metric == ["test_acc", "nonzero_params"] and tc.search_alg.mode == ["max", "min"]
+    # ASHA takes one metric (from TuneConfig) and counts the 1-based epochs_done, up to the epochs
+    assert (tc.metric, tc.mode) == ("test_acc", "max") and not tc.reuse_actors
+    assert tc.scheduler._time_attr == "epochs_done" and tc.scheduler._max_t == sp.base.train.epochs
+    assert tc.scheduler.set_search_properties(tc.metric, tc.mode)  # what Tune calls: accepted
+    assert (tmp_path / "optuna.db").exists()  # the study is kept in the sweep folder
+    pickle.loads(pickle.dumps(tc.search_alg))  # Tune checkpoints the searcher
 
 
 def _fake_search_run(sweep: Path, key: str, cfg: C.Config, acc: float) -> None:
@@ -164,7 +225,89 @@ def test_pairing_trains_each_baseline_once_per_sparsity_and_seed(tmp_path):
     assert dense.sparsity is None and dense.config["sparsity"]["method"] == "dense" and dense.config["train"]["seed"] == 1
 
 
+def _epoch(e: int, acc: float) -> dict:
+    return {"kind": "epoch", "epoch": e, "step": 10 * (e + 1), "test_acc": acc, "train_loss": 1.0 - acc,
+            "nonzero_params": 100, "lr": 0.1, "density": {"fc1.weight": 0.1, "fc2.weight": 0.2}}
+
+
+def test_stopped_trial_is_replayed_and_resume_keeps_the_parent_running(tmp_path):
+    """Without Ray: the Finalizer closes a trial ASHA stopped (its logger had sent
+    one epoch of two) and --resume's sync of what MLflow missed leaves the
+    parent RUNNING and a cut-off (still RUNNING) run alone."""
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+
+    from dsr_tune.sweep import driver
+    from dsr_tune.sweep.callbacks import Finalizer
+    from dsr_tune.tracking import runs
+    from dsr_tune.tracking.tracker import read_run_file, update_run_file
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sp, out = S.load(DEMO, [f"tracking.uri={uri}"]), tmp_path / "sweep"
+    meta = driver.prepare(sp, out, resume=False, overwrite=False)
+    tracker = driver.open_tracker(sp, out, meta, resume=False)
+    ctx = SweepContext(str(out), sp.base.to_dict(), 0, tracker)
+    client = MlflowClient(uri)
+
+    def trial_folder(name: str, records: list[dict]) -> tuple[Path, str]:
+        run_dir = ctx.run_dir(f"search/{name}")
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.yaml").write_text(C.dump(sp.base))
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        identity = {"key": f"search/{name}", "run_name": f"dsr s0.9 seed0 {name}",
+                    "tags": {"method": "dsr", "role": "search", "seed": 0, "sparsity": "0.9"}}
+        return run_dir, tracker.child(run_dir, identity)
+
+    stopped, rid = trial_folder("t1", [_epoch(0, 0.5), _epoch(1, 0.6)])
+    runs.log_metrics(client, rid, runs.record_metrics(_epoch(0, 0.5)))  # the live logger got epoch 1 only
+    Finalizer(ctx)._close(SimpleNamespace(config={"method": "dsr"}, trial_id="t1"), "KILLED")
+    run = client.get_run(rid)
+    assert run.info.status == "KILLED"
+    assert sorted(m.step for m in client.get_metric_history(rid, "test_acc")) == [1, 2]  # epoch 2 replayed
+    assert {"config.yaml", "density.png"} <= {a.path for a in client.list_artifacts(rid)}
+    assert not client.list_artifacts(rid, "model")  # a stopped trial's model is not a result
+    assert read_run_file(stopped)["synced"] is True and read_run_file(stopped)["status"] == "KILLED"
+
+    # the sweep is interrupted: t2 ended but MLflow missed it, t3 was cut off mid-training
+    ended, rid2 = trial_folder("t2", [_epoch(0, 0.7), _epoch(1, 0.8)])
+    update_run_file(ended, status="FINISHED")
+    cut, rid3 = trial_folder("t3", [_epoch(0, 0.4)])
+    tracker.close_parent("KILLED")
+    driver._save(out, {**meta, "status": "KILLED"})
+
+    meta = driver.prepare(sp, out, resume=True, overwrite=False)
+    resumed = driver.open_tracker(sp, out, meta, resume=True)
+    assert resumed.parent_id == tracker.parent_id
+    assert client.get_run(tracker.parent_id).info.status == "RUNNING"  # the resumed sweep runs
+    assert client.get_run(rid2).info.status == "FINISHED" and read_run_file(ended)["synced"] is True
+    assert sorted(m.step for m in client.get_metric_history(rid2, "test_acc")) == [1, 2]
+    assert client.get_run(rid3).info.status == "RUNNING" and not client.get_metric_history(rid3, "test_acc")
+    assert read_run_file(cut)["synced"] is False  # left to its trial, which --resume continues
+
+
 # ------------------------------------------------------------------ real sweeps on a local Ray
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of ``proc`` (started with start_new_session=True)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def run_in_group(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
+    """subprocess.run in a session of its own; the whole group is killed afterwards
+    (on a timeout too, which subprocess.run would leave to the driver alone)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            **kw)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        kill_group(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def dsr_tune_cmd(*args: str) -> list[str]:
@@ -203,24 +346,27 @@ def e2e(tmp_path_factory):
     args = [*TINY, "train.epochs=3", "optim.milestones=[2]", "search.samples=3", "seeds=[0]",
             "space.sparsity.sparsity=0.9", "--output", str(sweep)]
     log = open(cwd / "first.log", "w")
+    # each sweep in a session of its own: whatever happens, its whole process group (the
+    # driver and the Ray it started) is killed before the next test runs
     proc = subprocess.Popen(dsr_tune_cmd(*args), cwd=cwd, env=_env(), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    first, deadline = None, time.time() + 600
-    while first is None and time.time() < deadline and proc.poll() is None:
-        for f in (sweep / "runs" / "search").glob("*/tracking.json"):
-            if json.loads(f.read_text()).get("status") == "FINISHED":
-                first = f.parent
-        time.sleep(0.3)
-    interrupted = {"first": first, "log": cwd / "first.log"}
-    if first is not None:
-        os.killpg(proc.pid, signal.SIGINT)
-        interrupted["rc"] = proc.wait(timeout=120)
-        interrupted["metrics"] = (first / "metrics.jsonl").read_bytes()
-        interrupted["checkpoints"] = sorted(p.name for p in (sweep / "ray_train").glob(f"*{first.name}/epoch_*"))
-    else:
-        proc.kill()
-    resumed = subprocess.run(dsr_tune_cmd(*args, "--resume"), cwd=cwd, env=_env(), capture_output=True, text=True,
-                             timeout=900)
+    interrupted = {"first": None, "log": cwd / "first.log"}
+    try:
+        first, deadline = None, time.time() + 600
+        while first is None and time.time() < deadline and proc.poll() is None:
+            for f in (sweep / "runs" / "search").glob("*/tracking.json"):
+                if json.loads(f.read_text()).get("status") == "FINISHED":
+                    first = f.parent
+            time.sleep(0.3)
+        interrupted["first"] = first
+        if first is not None:
+            os.killpg(proc.pid, signal.SIGINT)
+            interrupted["rc"] = proc.wait(timeout=120)
+            interrupted["metrics"] = (first / "metrics.jsonl").read_bytes()
+            interrupted["checkpoints"] = sorted(p.name for p in (sweep / "ray_train").glob(f"*{first.name}/epoch_*"))
+    finally:
+        kill_group(proc)
+    resumed = run_in_group(dsr_tune_cmd(*args, "--resume"), cwd=cwd, env=_env(), timeout=900)
     meta = json.loads((sweep / "sweep.json").read_text()) if (sweep / "sweep.json").exists() else {}
     return dict(cwd=cwd, sweep=sweep, interrupted=interrupted, proc=resumed, meta=meta)
 

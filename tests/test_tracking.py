@@ -34,6 +34,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class TimedLogger:
+    """Passes every call on to a logger and records how long it kept the trainer waiting."""
+
+    def __init__(self, inner):
+        self.inner, self.waits, self.close_s = inner, [], None
+
+    def log_params(self, params: dict) -> None:
+        t0 = time.perf_counter()
+        self.inner.log_params(params)
+        self.waits.append(time.perf_counter() - t0)
+
+    def log_record(self, record: dict) -> None:
+        t0 = time.perf_counter()
+        self.inner.log_record(record)
+        self.waits.append(time.perf_counter() - t0)
+
+    def close(self, status: str = "FINISHED") -> None:
+        t0 = time.perf_counter()
+        self.inner.close(status)
+        self.close_s = time.perf_counter() - t0
+
+
 @pytest.fixture(scope="module")
 def offline_sweep(tmp_path_factory):
     """A sweep folder whose one run trained while MLflow was unreachable."""
@@ -48,22 +70,26 @@ def offline_sweep(tmp_path_factory):
                 "tags": {"method": "dsr", "role": "search", "seed": 0, "sparsity": "0.9"}}
     run_id = tracker.child(run_dir, identity)
     # the worker's logger, as if the trial had got a run id before the server went away
-    t0 = time.perf_counter()
     logger = MlflowLoggerSpec(dead, str(run_dir), run_id="0123456789abcdef").make()
-    make_s = time.perf_counter() - t0
-    record = train(C.load(ROOT / "configs" / "digits.yaml", FAST), run_dir, loggers=[logger], progress=False)
+    timed = TimedLogger(logger)
+    record = train(C.load(ROOT / "configs" / "digits.yaml", FAST), run_dir, loggers=[timed], progress=False)
     ok = tracker.finish(run_dir, run_id, "FINISHED")
     (root / SWEEP_FILE).write_text(json.dumps({"sweep_id": "offline-1", "status": "FINISHED",
                                                "tracker": tracker.to_json()}))
     return dict(root=root, run_dir=run_dir, error=error, connect_s=connect_s, run_id=run_id, logger=logger,
-                make_s=make_s, record=record, ok=ok, dead=dead)
+                timed=timed, record=record, ok=ok, dead=dead)
 
 
 def test_unreachable_server_does_not_stop_training(offline_sweep):
     o = offline_sweep
     assert o["error"] and "unreachable" in o["error"] and o["connect_s"] < 10
     assert o["run_id"] is None and not o["ok"] and not o["logger"].online
-    assert o["make_s"] < 15  # fails fast, not MLflow's default ~4 minutes of retries
+    # training never waited for MLflow: a logger that called the dead server in line would hold
+    # the trainer >= 2 s on its first call (a refused connection, 2 fast retries), here every call
+    # only queues; close() waits for the background thread, which gave up long before
+    t = o["timed"]
+    assert len(t.waits) >= 3 and max(t.waits) < 0.5, t.waits
+    assert t.close_s is not None and t.close_s < 10
     assert o["record"]["epoch"] == 1 and (o["run_dir"] / "checkpoint.pt").exists()
     assert (o["run_dir"] / OFFLINE_FILE).exists()
     info = read_run_file(o["run_dir"])
@@ -138,6 +164,44 @@ def test_live_logger_skips_what_a_restart_logs_again(tmp_path):
     assert first.online and second.online
 
 
+def test_a_server_that_died_mid_sweep_costs_a_trial_one_quick_probe(tmp_path):
+    # connected when the sweep started (ids set); now nothing listens there: each trial-side call
+    # gives up after one /health probe instead of importing mlflow and retrying every request
+    tracker = SweepTracker(store.resolve(f"http://127.0.0.1:{free_port()}"), "e", "s-1", experiment_id="1",
+                           parent_id="0123")
+    run_dir = tmp_path / "runs" / "search" / "t1"
+    identity = {"key": "search/t1", "run_name": "t1", "tags": {"role": "search"}}
+    t0 = time.perf_counter()
+    assert tracker.child(run_dir, identity) is None
+    assert tracker.finish(run_dir, "4567", "KILLED", replay=True) is False
+    assert time.perf_counter() - t0 < 2.0  # two refused probes; MLflow's own calls would take ~3 s each
+    info = read_run_file(run_dir)
+    assert info["status"] == "KILLED" and info["synced"] is False and "unreachable" in info["error"]
+
+
+def test_credentials_in_a_tracking_uri_are_never_written_down(tmp_path, monkeypatch):
+    from dsr_tune.sweep import driver, space
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    secret_uri = f"http://alice:s3cret@127.0.0.1:{free_port()}"  # nothing listens there
+    plain = secret_uri.replace("alice:s3cret@", "")
+    tracker = SweepTracker(store.resolve(secret_uri), "e", "s-1")
+    assert tracker.to_json()["target"]["uri"] == plain
+    back = SweepTracker.from_json(tracker.to_json())
+    assert store.with_credentials(back.target, secret_uri).uri == secret_uri  # put back from the user's URI
+    assert store.with_credentials(back.target, "http://bob:x@elsewhere:5000").uri == plain
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", secret_uri)
+    assert store.with_credentials(back.target).uri == secret_uri  # ... or from the environment
+    error = tracker.connect()  # the probe and the messages name the server without the password
+    assert error and "unreachable" in error and "s3cret" not in error
+    assert "s3cret" not in store.describe(RuntimeError(f"API request to {secret_uri}/api failed"), secret_uri)
+    sp = space.load(ROOT / "search_spaces" / "digits_demo.yaml", [f"tracking.uri={secret_uri}"])
+    driver.prepare(sp, tmp_path / "sweep", resume=False, overwrite=False)
+    written = (tmp_path / "sweep" / SWEEP_FILE).read_text()
+    assert "s3cret" not in written and plain in written
+    assert driver.prepare(sp, tmp_path / "sweep", resume=True, overwrite=False)  # the same space on resume
+
+
 def test_embedded_store_paths_are_absolute(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     t = store.resolve(None, cwd=tmp_path)
@@ -171,7 +235,11 @@ def test_ui_serves_the_embedded_store(tmp_path):
         import signal
 
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # it did not stop: leave nothing behind for the next tests
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def test_ui_refuses_a_missing_store(tmp_path, monkeypatch, capsys):

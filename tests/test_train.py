@@ -1,6 +1,5 @@
 """The trainer end to end on digits: records, checkpoints, exact resume."""
 
-import json
 import os
 import signal
 import subprocess
@@ -59,7 +58,7 @@ def test_resume_is_exact(tmp_path):
     train(C.load(DIGITS, FAST), straight)
     train(C.load(DIGITS, FAST + ["train.epochs=2"]), split)
     train(C.load(DIGITS, FAST), split, resume=True)
-    (ma, ka, oa), (mb, kb, ob) = _final(straight), _final(split)
+    (ma, ka, _), (mb, kb, _) = _final(straight), _final(split)
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
     assert all(torch.equal(ka["masks"][k], kb["masks"][k]) for k in ka["masks"])
     assert ka["method"] == kb["method"] and ka["global_step"] == kb["global_step"]

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -32,6 +33,15 @@ from . import storage
 log = logging.getLogger("dsr_tune")
 
 RUN_FILE = "ray_run.json"  # in the run folder: where the run's checkpoints live
+_joined = False  # set by ray_session while this process is connected to an existing cluster
+
+
+def joins_cluster(address: str | None = None) -> bool:
+    """True when :func:`ray_session` with ``address`` joins an existing cluster
+    (an address given, or $RAY_ADDRESS, as in a Ray job) rather than starting a
+    local Ray. On an autoscaling cluster that is the question to ask, not how
+    many nodes are up now: nodes join later."""
+    return bool(address or os.environ.get("RAY_ADDRESS"))
 
 
 class LoggerSpec(Protocol):
@@ -82,9 +92,11 @@ def _check_cluster(cfg: C.Config, storage_path: str | None) -> None:
     import ray
 
     alive = [n for n in ray.nodes() if n.get("Alive")]
-    if len(alive) > 1 and not storage_path:
-        raise C.ConfigError("train.storage_path", f"None: this cluster has {len(alive)} nodes, so checkpoints "
-                            "need storage every node reaches (a shared folder, s3://..., gs://...)")
+    if (_joined or len(alive) > 1) and not storage_path:
+        # on a cluster, workers may run on nodes that join later (autoscaler): even
+        # one node now is no reason to keep checkpoints on this node's disk
+        raise C.ConfigError("train.storage_path", "None: on a Ray cluster checkpoints need storage every node "
+                            "reaches (a shared folder, s3://..., gs://...)")
     total = ray.cluster_resources()
     for key, per in worker_resources(cfg).items():
         need = per * cfg.train.workers
@@ -98,7 +110,7 @@ def _trainer(cfg: C.Config, run_dir: Path, name: str, storage_uri: str, resume_f
              logger_specs):
     """The ``TorchTrainer`` of one run; see :func:`fit` for the arguments."""
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     from .worker import train_loop_per_worker
 
@@ -109,7 +121,6 @@ def _trainer(cfg: C.Config, run_dir: Path, name: str, storage_uri: str, resume_f
             "cfg": cfg.to_dict(), "run_dir": str(run_dir), "storage_path": storage_uri, "name": name,
             "resume_from": str(resume_from) if resume_from else None, "logger_specs": list(logger_specs),
         },
-        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
                                                resources_per_worker=worker_resources(cfg)),
         run_config=ray.train.RunConfig(
@@ -135,7 +146,7 @@ def fit(cfg: C.Config, *, run_dir: str | Path, name: str | None = None, storage_
         ran elsewhere, the record is copied from storage at the end).
     name, storage_path: checkpoints go to ``<storage_path>/<name>/epoch_NNNNN``
         (default name: the run folder's name; default storage: the config's
-        train.storage_path, else ``<run_dir>/ray``, single node only). The pair
+        train.storage_path, else ``<run_dir>/ray``, refused on a cluster). The pair
         identifies the run: fit() on a pair that already holds checkpoints
         continues from the newest (how a restarted Tune trial resumes).
     workers, use_gpu, max_failures: override train.* (None: from ``cfg``).
@@ -182,8 +193,9 @@ def ray_session(address: str | None = None, *, cpus: float = 0.0, **init_kwargs)
     """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local Ray
     that stops on exit. A local Ray gets at least ``cpus`` logical CPUs, so a
     run larger than this machine still starts (its workers share the cores).
-    ``init_kwargs`` go to ``ray.init`` (issue 5: the sweep's quiet settings).
+    ``init_kwargs`` go to ``ray.init`` (the sweep's quieter logging, its env vars).
     Yields True when Ray was started here. Inside an initialised Ray: no-op."""
+    global _joined
     import ray
 
     if ray.is_initialized():
@@ -192,6 +204,7 @@ def ray_session(address: str | None = None, *, cpus: float = 0.0, **init_kwargs)
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ray.init(address=address, **init_kwargs)
+        _joined = True
     else:
         cores = os.cpu_count() or 1
         if cpus > cores:
@@ -201,7 +214,24 @@ def ray_session(address: str | None = None, *, cpus: float = 0.0, **init_kwargs)
     try:
         yield not address
     finally:
+        _joined = False
         ray.shutdown()
+
+
+_RUN_NAME = r"-\d{8}-\d{6}"  # launch() names runs <folder>-<date>-<time>
+
+
+def _remove_old_checkpoints(folder: Path, prefix: str) -> None:
+    """Delete ``<run_dir>/ray``, an overwritten run's checkpoints, but only if it
+    holds nothing else than Ray Train runs launch() named; else refuse."""
+    if not folder.is_dir():
+        return
+    ours = re.compile(re.escape(prefix) + _RUN_NAME + "$")
+    foreign = sorted(p.name for p in folder.iterdir() if not (p.is_dir() and ours.match(p.name)))
+    if foreign:
+        raise C.ConfigError("--overwrite", f"{folder} holds {', '.join(foreign[:5])}, not only this run's old "
+                            "checkpoints; refusing to delete it (move it away, or pick another --output)")
+    shutil.rmtree(folder)
 
 
 def launch(cfg: C.Config, run_dir: str | Path, *, resume: bool = False, address: str | None = None) -> FitSummary:
@@ -210,6 +240,9 @@ def launch(cfg: C.Config, run_dir: str | Path, *, resume: bool = False, address:
     reads it back and continues from the newest checkpoint in storage, or from
     ``<run_dir>/checkpoint.pt`` (e.g. a run started without Ray)."""
     run_dir = Path(run_dir).expanduser().resolve()
+    if joins_cluster(address) and not cfg.train.storage_path:
+        raise C.ConfigError("train.storage_path", "None: on a Ray cluster checkpoints need storage every node "
+                            "reaches: train.storage_path=s3://..., gs://... or a shared folder")
     run_file = run_dir / RUN_FILE
     previous = json.loads(run_file.read_text()) if resume and run_file.exists() else None
     if previous and cfg.train.storage_path and storage.resolve(cfg.train.storage_path, run_dir) != previous["storage_path"]:
@@ -221,11 +254,11 @@ def launch(cfg: C.Config, run_dir: str | Path, *, resume: bool = False, address:
         name = f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         storage_uri = storage.resolve(cfg.train.storage_path, run_dir)
         if not cfg.train.storage_path and not resume:
-            shutil.rmtree(Path(storage_uri), ignore_errors=True)  # our own folder: an overwritten run's checkpoints
+            _remove_old_checkpoints(Path(storage_uri), run_dir.name)
         run_dir.mkdir(parents=True, exist_ok=True)
         run_file.write_text(json.dumps({"name": name, "storage_path": storage_uri}) + "\n")
     resume_from = run_dir / "checkpoint.pt" if resume and (run_dir / "checkpoint.pt").exists() else None
-    default_storage = storage.resolve(None, run_dir)  # passed on as None: fit() refuses it multi-node
+    default_storage = storage.resolve(None, run_dir)  # passed on as None: fit() refuses it on a cluster
     need = cfg.train.workers * cfg.train.cpus_per_worker
     with ray_session(address, cpus=need) as local:
         if local and cfg.train.use_gpu:

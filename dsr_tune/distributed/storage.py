@@ -3,12 +3,17 @@
 Layout under ``<storage_path>/<name>/`` (local folder, shared file system or
 object store; Ray Train copies each reported checkpoint there)::
 
+    init.pt                 the initial weights and masks (ablations), stored once
+                            by rank 0 beside the checkpoints (Ray's num_to_keep
+                            never deletes it; not re-uploaded every epoch)
     epoch_00003/            one per checkpointed epoch (epochs done, 5 digits)
         checkpoint.pt       everything the single-process checkpoint holds
         metrics.jsonl       the run record up to and including that epoch
         config.yaml         the resolved config
-        init.pt             the initial weights and masks (ablations)
         manifest.json       {"epoch": 3, "files": {name: size in bytes}}
+
+(Checkpoints written before init.pt moved out hold it inside; it is restored
+from there too.)
 
 The manifest makes a checkpoint checkable without Ray: one whose files do not
 all have their listed sizes was cut off mid-upload and is skipped. That lets a
@@ -26,11 +31,13 @@ import re
 import shutil
 from pathlib import Path
 
-from ..train import checkpoint as ckpt
-
 PREFIX = "epoch_"
 MANIFEST = "manifest.json"
-RUN_RECORD = ("metrics.jsonl", "config.yaml", "init.pt")  # files that follow the checkpoint around
+# = dsr_tune.train.checkpoint.LATEST (tests check it): not imported, so that this module
+# (which the sweep driver loads) does not pull in torch
+CHECKPOINT = "checkpoint.pt"
+INIT = "init.pt"
+RUN_RECORD = ("metrics.jsonl", "config.yaml")  # files that follow the checkpoint around
 _NAME = re.compile(rf"^{PREFIX}(\d+)$")
 
 
@@ -76,7 +83,7 @@ def stage(run_dir: Path, epochs_done: int) -> Path:
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     sizes = {}
-    for name in (ckpt.LATEST, *RUN_RECORD):
+    for name in (CHECKPOINT, *RUN_RECORD):
         src = run_dir / name
         if not src.exists():
             continue
@@ -107,7 +114,7 @@ def _complete(fs, folder: str) -> bool:
         files = manifest["files"]
     except Exception:  # missing or cut-off manifest: not a finished upload
         return False
-    if ckpt.LATEST not in files:
+    if CHECKPOINT not in files:
         return False
     infos = fs.get_file_info([f"{folder}/{name}" for name in files])
     return all(info.size == size for info, size in zip(infos, files.values()))
@@ -146,7 +153,7 @@ def restore_run_record(checkpoint_dir: Path, run_dir: Path) -> None:
     if Path(checkpoint_dir).resolve() == Path(run_dir).resolve():
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name in RUN_RECORD:
+    for name in (*RUN_RECORD, INIT):  # INIT: checkpoints that still held it
         src = Path(checkpoint_dir) / name
         if src.exists():
             tmp = run_dir / f".{name}.restore"
@@ -171,5 +178,51 @@ def sync_run_record(checkpoint, run_dir: Path) -> bool:
         return False
     with checkpoint.as_directory() as folder:
         restore_run_record(Path(folder), run_dir)
-        shutil.copyfile(Path(folder) / ckpt.LATEST, run_dir / ckpt.LATEST)
+        shutil.copyfile(Path(folder) / CHECKPOINT, run_dir / CHECKPOINT)
+    if not (run_dir / INIT).exists():
+        _download(checkpoint.filesystem, f"{checkpoint.path.rstrip('/').rsplit('/', 1)[0]}/{INIT}", run_dir / INIT)
+    return True
+
+
+# ---------------------------------------------------------------- init.pt, once per run
+
+
+def put_init(storage_path: str, name: str, run_dir: Path) -> bool:
+    """Rank 0: store ``run_dir``/init.pt at ``<storage_path>/<name>/init.pt``
+    unless a file of the same size is there. Returns True when it uploaded."""
+    import pyarrow.fs
+
+    src = Path(run_dir) / INIT
+    if not src.exists():
+        return False
+    fs, base = _fs(storage_path)
+    dst = f"{base.rstrip('/')}/{name}/{INIT}"
+    info = fs.get_file_info(dst)
+    if info.type == pyarrow.fs.FileType.File and info.size == src.stat().st_size:
+        return False
+    fs.create_dir(f"{base.rstrip('/')}/{name}", recursive=True)
+    tmp = f"{dst}.tmp"  # a cut-off upload never has init.pt's name
+    pyarrow.fs.copy_files(str(src), tmp, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
+    fs.move(tmp, dst)
+    return True
+
+
+def get_init(storage_path: str, name: str, run_dir: Path) -> bool:
+    """Rank 0 after a restart: ``run_dir``/init.pt from storage when the run
+    folder lacks it (rank 0 now runs on another node). True when copied."""
+    if (Path(run_dir) / INIT).exists():
+        return False
+    fs, base = _fs(storage_path)
+    return _download(fs, f"{base.rstrip('/')}/{name}/{INIT}", Path(run_dir) / INIT)
+
+
+def _download(fs, path: str, dst: Path) -> bool:
+    import pyarrow.fs
+
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return False
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.download")
+    pyarrow.fs.copy_files(path, str(tmp), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+    tmp.replace(dst)
     return True

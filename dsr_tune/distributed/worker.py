@@ -7,9 +7,11 @@ wraps the model in DDP and shards the data by itself. What this adds:
 
 - at start: the newest complete checkpoint (Ray's, or a newer one in storage
   that Ray had not registered yet), chosen on rank 0 and broadcast, so every
-  rank resumes from the same one; rank 0 restores the run record from it;
+  rank resumes from the same one; rank 0 restores the run record from it
+  (and init.pt, stored once beside the checkpoints);
 - after every epoch: ``ray.train.report`` on every rank (a barrier), rank 0
-  attaching the checkpoint folder (see :mod:`.storage`);
+  attaching the checkpoint folder (see :mod:`.storage`), and storing init.pt
+  with the first one;
 - rank 0's extra metric loggers, built from picklable specs on this worker.
 """
 
@@ -87,7 +89,9 @@ def _agree(choice):
 @contextlib.contextmanager
 def _local_checkpoint(choice):
     """A local folder (or file) for the chosen checkpoint; downloads from object
-    storage into a temporary folder removed on exit."""
+    storage into a temporary folder removed on exit. Every rank needs its
+    checkpoint.pt, and the folder holds little else (init.pt lives beside it);
+    Ray downloads it once per node for all the ranks there."""
     import ray.train
 
     if choice is None:
@@ -101,14 +105,13 @@ def _local_checkpoint(choice):
 
 
 def _metrics(record: dict, world_size: int) -> dict:
-    """What goes to Ray (and from rank 0 to Tune): the epoch record's scalars.
-    Per-layer densities stay in metrics.jsonl and the loggers."""
-    out = {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool)) and k != "kind"}
-    # 1-based and stable across restarts: a scheduler's time attribute (Tune's
-    # training_iteration starts again when a trial is restarted)
-    out["epochs_done"] = record["epoch"] + 1
-    out["workers"] = world_size
-    return out
+    """What goes to Ray (and from rank 0 to Tune): the epoch record's scalars
+    with ``epochs_done``, ASHA's time attribute (Tune's training_iteration
+    starts again when a trial is restarted). Per-layer densities stay in
+    metrics.jsonl and the loggers."""
+    from ..tracking.runs import epoch_scalars
+
+    return {**epoch_scalars(record), "workers": world_size}
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -134,9 +137,11 @@ def train_loop_per_worker(config: dict) -> None:
             if local.is_dir():
                 if rank == 0 and (local / "metrics.jsonl").exists():
                     storage.restore_run_record(local, run_dir)
-                local = local / "checkpoint.pt"
+                    storage.get_init(config["storage_path"], config["name"], run_dir)
+                local = local / storage.CHECKPOINT
             resume = local
         loggers = [spec.make() for spec in config.get("logger_specs", ())] if rank == 0 else []
+        init_stored: list[bool] = []  # rank 0 stores init.pt with its first checkpoint (once per group start)
 
         def on_epoch_end(record: dict, path: Path | None) -> None:
             metrics = _metrics(record, world)
@@ -147,6 +152,9 @@ def train_loop_per_worker(config: dict) -> None:
             if rank != 0:
                 ray.train.report(metrics, checkpoint_dir_name=name)
                 return
+            if not init_stored:
+                storage.put_init(config["storage_path"], config["name"], run_dir)
+                init_stored.append(True)
             folder = storage.stage(run_dir, record["epoch"] + 1)
             try:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),

@@ -1,9 +1,10 @@
-"""Ray callbacks of a sweep (this module imports ray: import it lazily).
+"""Tune callbacks of a sweep, run in the driver (this module imports ray:
+import it lazily). Rank 0's epoch reports reach Tune through Ray's own
+``TuneReportCallback`` (the reports already carry ``epochs_done``).
 
-- :class:`EpochReport` (Train side): rank 0's epoch reports to Tune, plus
-  ``epochs_done``;
-- :class:`Finalizer` (Tune side, in the driver): the MLflow status of
-  trials that never returned (stopped early by ASHA, or their process died);
+- :class:`Finalizer`: the MLflow run of a trial that never returned
+  (stopped early by ASHA, or its process died): what the run folder holds
+  and MLflow lacks, its artifacts and its final status;
 - :class:`Progress` (Tune side): one readable line (to the ``dsr_tune``
   logger) when a trial starts and ends, and at most one every ``every_s``
   seconds per running trial.
@@ -15,34 +16,50 @@ import logging
 import time
 
 from ray.tune import Callback
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from ..tracking.tracker import read_run_file
 from .jobs import SweepContext
 
 log = logging.getLogger("dsr_tune")
 
+# The running sweep's context. Tune pickles its callbacks into the experiment state
+# (tuner.pkl) and brings those copies back on --resume; they leave the context out (absolute
+# paths, the tracking URI with any credentials) and use this one, set by the driver.
+_current: SweepContext | None = None
 
-class EpochReport(TuneReportCallback):
-    """TuneReportCallback plus ``epochs_done`` = epoch + 1 (ASHA's time attribute)."""
 
-    def after_report(self, run_context, metrics, checkpoint):
-        if metrics and "epoch" in metrics[0]:
-            metrics = [dict(metrics[0], epochs_done=int(metrics[0]["epoch"]) + 1), *metrics[1:]]
-        super().after_report(run_context, metrics, checkpoint)
+def use_context(ctx: SweepContext) -> None:
+    global _current
+    _current = ctx
+
+
+def _without_ctx(obj) -> dict:
+    return {**obj.__dict__, "_ctx": None}
 
 
 class Finalizer(Callback):
-    """Close the MLflow runs of trials that ended without closing them."""
+    """Close the MLflow runs of trials that ended without closing them.
+
+    A trial ASHA stopped was cut off wherever it was: its live logger may not
+    have sent the last epoch, so the run is replayed from its folder (only
+    what MLflow lacks). This runs in Tune's event loop: a dead tracking server
+    is found by one 2 s probe, not a round of retries per call."""
 
     def __init__(self, ctx: SweepContext):
-        self.ctx = ctx
+        self._ctx = ctx
+
+    @property
+    def ctx(self) -> SweepContext:
+        return self._ctx or _current
+
+    def __getstate__(self):
+        return _without_ctx(self)
 
     def _close(self, trial, status: str) -> None:
         run_dir = self.ctx.run_dir_of(trial.config, trial.trial_id)
         info = read_run_file(run_dir)
         if info and info.get("status") == "RUNNING":
-            self.ctx.tracker.finish(run_dir, info.get("run_id"), status)
+            self.ctx.tracker.finish(run_dir, info.get("run_id"), status, replay=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._close(trial, "KILLED")  # still RUNNING here: stopped early by the scheduler
@@ -60,12 +77,19 @@ class Progress(Callback):
     prints the ``dsr_tune`` logger to stderr."""
 
     def __init__(self, phase: str, total: int, ctx: SweepContext, metric: str, mode: str, every_s: float = 30.0):
-        self.phase, self.total, self.ctx = phase, total, ctx
+        self.phase, self.total, self._ctx = phase, total, ctx
         self.metric, self.mode, self.every_s = metric, mode, every_s
         self.started: dict[str, float] = {}
         self.last_line: dict[str, float] = {}
         self.best: tuple[float, str] | None = None
         self.done = 0
+
+    @property
+    def ctx(self) -> SweepContext:
+        return self._ctx or _current
+
+    def __getstate__(self):
+        return _without_ctx(self)
 
     def _count(self, trials, trial=None) -> None:
         """Trials ended so far (restored ones included); ``trial`` is ending now."""
@@ -87,14 +111,14 @@ class Progress(Callback):
         self._count(trials)
         self.started[trial.trial_id] = self.last_line[trial.trial_id] = time.monotonic()
         what = trial.config.get("job") or f"{trial.config.get('method')} {trial.trial_id}"
-        log.info(f"[{self.phase} {self.done}/{self.total} done] start {what}{self._params(trial)}")
+        log.info("[%s %d/%d done] start %s%s", self.phase, self.done, self.total, what, self._params(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         now = time.monotonic()
         if now - self.last_line.get(trial.trial_id, now) >= self.every_s:
             self.last_line[trial.trial_id] = now
-            log.info(f"[{self.phase} {self.done}/{self.total} done]   {self._name(trial)}: epoch "
-                     f"{result.get('epochs_done', '?')}  test {_pct(result.get('test_acc'))}")
+            log.info("[%s %d/%d done]   %s: epoch %s  test %s", self.phase, self.done, self.total,
+                     self._name(trial), result.get("epochs_done", "?"), _pct(result.get("test_acc")))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._count(trials, trial)
@@ -109,11 +133,11 @@ class Progress(Callback):
         if self.best and self.phase == "search":
             shown = _pct(self.best[0]) if "acc" in self.metric else f"{self.best[0]:.4g}"
             best = f"; best so far {shown} ({self.best[1]})"
-        log.info(f"[{self.phase} {self.done}/{self.total} done] end   {self._name(trial)}: test "
-                 f"{_pct(r.get('test_acc'))} after {r.get('epochs_done', '?')} epochs, "
-                 f"{r.get('nonzero_params', 0):,} non-zero, {took:.0f} s{best}")
+        log.info("[%s %d/%d done] end   %s: test %s after %s epochs, %s non-zero, %.0f s%s", self.phase,
+                 self.done, self.total, self._name(trial), _pct(r.get("test_acc")), r.get("epochs_done", "?"),
+                 f"{r.get('nonzero_params', 0):,}", took, best)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._count(trials, trial)
-        log.info(f"[{self.phase} {self.done}/{self.total} done] FAILED {self._name(trial)}: see "
-                 f"{self.ctx.run_dir_of(trial.config, trial.trial_id)} and Tune's error file")
+        log.info("[%s %d/%d done] FAILED %s: see %s and Tune's error file", self.phase, self.done, self.total,
+                 self._name(trial), self.ctx.run_dir_of(trial.config, trial.trial_id))

@@ -18,8 +18,15 @@ Trial processes are reused from one trial to the next (torch, Ray Train and
 mlflow stay imported), except with ASHA: a few seconds less start-up per trial.
 
 Concurrency: each trial holds ``search.trial_cpus`` plus its Ray Train
-workers' CPUs (and GPUs); ``max_concurrent_trials`` is what the cluster has
-room for (see :func:`.space.concurrency`), so trials start on a 2-CPU node.
+workers' CPUs (and GPUs); ``max_concurrent_trials`` is ``search.max_concurrent``,
+else what the cluster has room for when the sweep starts (see
+:func:`.space.concurrency`), so trials start on a 2-CPU node.
+
+Local Ray or a cluster: what counts is whether the sweep joined an existing
+cluster (``--address`` or $RAY_ADDRESS, as in a Ray job), not how many nodes
+are up when it starts (an autoscaler adds them later). On a cluster, trial
+processes stay on the head, beside the sweep folder, and a sqlite store is
+written once per run, from the head, when the run ends.
 """
 
 from __future__ import annotations
@@ -46,11 +53,16 @@ log = logging.getLogger("dsr_tune")
 RAY_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",            # the legacy reporter: silent at verbose=0 (we print our own lines)
     "TUNE_GLOBAL_CHECKPOINT_S": "5",      # save the experiment state at most every 5 s (a killed driver loses little)
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     # Train V2 workers wait in ray.train.report until the controller polls (every 2 s by default):
     # a stall of up to 2 s per epoch, most of a short epoch
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
+# Only on a Ray started here: a local machine is never preempted, and the watcher logs an error
+# line per run there. A real cluster keeps it (spot nodes announce their preemption through it).
+LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# What a sweep folder holds (see .jobs): --overwrite deletes a folder only if it holds nothing else
+SWEEP_LAYOUT = {SWEEP_FILE, "optuna.db", "optuna.db-journal", "optuna.db-wal", "optuna.db-shm", PAIRED_FILE,
+                "paired.tmp", "runs", "ray_train", "tune", "report.md", "report.png", f".{SWEEP_FILE}.tmp"}
 
 
 @dataclass
@@ -73,10 +85,13 @@ def _diff(a, b, prefix: str = "") -> list[str]:
 
 
 def prepare(space: Space, out_dir: Path, *, resume: bool, overwrite: bool) -> dict:
-    """The sweep's sweep.json: a new one, or the one to resume (same space).
-    Raises ConfigError for a folder that cannot be used as asked."""
+    """The sweep's sweep.json: a new one, or the one to resume (same space, same
+    place), marked RUNNING again. Raises ConfigError for a folder that cannot
+    be used as asked."""
     meta_path = out_dir / SWEEP_FILE
     raw = json.loads(json.dumps(space.raw, default=str))
+    if isinstance((raw.get("tracking") or {}).get("uri"), str):  # written down without credentials
+        raw["tracking"]["uri"] = store.redact(raw["tracking"]["uri"])
     if resume:
         if not meta_path.exists():
             raise C.ConfigError("--resume", f"{out_dir} holds no sweep to resume (no {SWEEP_FILE})")
@@ -85,19 +100,41 @@ def prepare(space: Space, out_dir: Path, *, resume: bool, overwrite: bool) -> di
         if changed:
             raise C.ConfigError("--resume", f"the space differs from the sweep's own in {', '.join(changed)}; "
                                 "resume with the same file and overrides")
+        if meta.get("path", str(out_dir)) != str(out_dir):
+            # Tune's experiment state (trial folders) and the pickled searcher (its Optuna storage)
+            # hold absolute paths: a restored sweep would read and write the old place
+            raise C.ConfigError("--resume", f"the sweep was started in {meta['path']} and has moved to {out_dir}; "
+                                "Tune's saved state points to the old place: move it back (or link it there) "
+                                "to resume")
+        # before anything syncs: a sweep.json still saying KILLED would close the parent run
+        meta["status"] = "RUNNING"
+        _save(out_dir, meta)
         return meta
-    if meta_path.exists() or (out_dir.exists() and any(out_dir.iterdir())):
-        if not overwrite:
-            raise C.ConfigError("--output", f"{out_dir} already holds a sweep; pass --resume to continue it "
-                                "or --overwrite to start over")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    _clear(out_dir, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
     sweep_id = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     tracker = SweepTracker(store.resolve(space.tracking_uri), space.experiment, sweep_id, store.git_revision())
-    meta = {"sweep_id": sweep_id, "space_file": str(space.path), "space": raw, "phase": "search",
-            "status": "RUNNING", "tracker": tracker.to_json()}
+    meta = {"sweep_id": sweep_id, "space_file": str(space.path), "path": str(out_dir), "space": raw,
+            "phase": "search", "status": "RUNNING", "tracker": tracker.to_json()}
     _save(out_dir, meta)
     return meta
+
+
+def _clear(out_dir: Path, overwrite: bool) -> None:
+    """Make room for a new sweep: an empty or missing folder is fine; with
+    ``overwrite`` a sweep folder (and nothing else) is deleted."""
+    if not (out_dir.exists() and any(out_dir.iterdir())):
+        return
+    is_sweep = (out_dir / SWEEP_FILE).exists()
+    if not overwrite:
+        raise C.ConfigError("--output", f"{out_dir} already holds {'a sweep' if is_sweep else 'files'}; pass "
+                            "--resume to continue a sweep or --overwrite to start over in a sweep folder")
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in SWEEP_LAYOUT)
+    if foreign or not is_sweep:
+        shown = ", ".join(foreign[:5]) or f"no {SWEEP_FILE}"
+        raise C.ConfigError("--overwrite", f"{out_dir} is not a sweep folder ({shown}); refusing to delete it: "
+                            "pick another --output")
+    shutil.rmtree(out_dir)
 
 
 def _save(out_dir: Path, meta: dict) -> None:
@@ -116,37 +153,46 @@ def parent_params(space: Space) -> dict:
     return out
 
 
-def _tune_phase(phase: str, space: Space, ctx: SweepContext, *, n_concurrent: int, total: int) -> bool:
-    """Run (or restore) one Tune phase; True when every trial ended."""
+def tune_config(phase: str, space: Space, ctx: SweepContext, n_concurrent: int):
+    """The ``TuneConfig`` and param space of a phase (builds the searcher, but starts no Ray)."""
     from ray import tune
 
     from . import search
-    from .callbacks import Finalizer, Progress
+
+    s = space.search
+    if phase == "search":
+        tc = tune.TuneConfig(search_alg=search.searcher(space, ctx.sweep_dir, ctx.tracker.sweep_id),
+                             scheduler=search.scheduler(space), num_samples=s.samples,
+                             max_concurrent_trials=n_concurrent, trial_dirname_creator=trial_dirname,
+                             # not with ASHA: Tune cannot reuse the process of a trial it stopped
+                             # mid-fit, and then fails the next trials
+                             reuse_actors=s.asha is None,
+                             **({"metric": s.metric, "mode": s.mode} if s.asha is not None else {}))
+        return tc, None
+    tc = tune.TuneConfig(max_concurrent_trials=n_concurrent, trial_dirname_creator=trial_dirname, reuse_actors=True)
+    return tc, {"job": tune.grid_search(list(ctx.paired_jobs()))}
+
+
+def _tune_phase(phase: str, space: Space, ctx: SweepContext, *, n_concurrent: int, total: int,
+                on_cluster: bool) -> bool:
+    """Run (or restore) one Tune phase; True when every trial ended."""
+    from ray import tune
+
+    from .callbacks import Finalizer, Progress, use_context
     from .trial import run_trial
 
+    use_context(ctx)  # for the callbacks a restored Tuner brings back
     resources = {"cpu": space.search.trial_cpus}
-    if _nodes() > 1:  # trial processes on the head, beside the sweep folder they write to
+    if on_cluster:  # trial processes on the head, beside the sweep folder they write to
         resources["node:__internal_head__"] = 0.001
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
     path = Path(ctx.sweep_dir) / "tune" / phase
     if tune.Tuner.can_restore(str(path)):
-        log.info(f"[{phase}] restoring Tune's state from {path}")
+        log.info("[%s] restoring Tune's state from %s", phase, path)
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         s = space.search
-        if phase == "search":
-            tc = tune.TuneConfig(search_alg=search.searcher(space, ctx.sweep_dir, ctx.tracker.sweep_id),
-                                 scheduler=search.scheduler(space), num_samples=s.samples,
-                                 max_concurrent_trials=n_concurrent, trial_dirname_creator=trial_dirname,
-                                 # not with ASHA: Tune cannot reuse the process of a trial it stopped
-                                 # mid-fit, and then fails the next trials
-                                 reuse_actors=s.asha is None,
-                                 **({"metric": s.metric, "mode": s.mode} if s.asha is not None else {}))
-            param_space = None
-        else:
-            tc = tune.TuneConfig(max_concurrent_trials=n_concurrent, trial_dirname_creator=trial_dirname,
-                                 reuse_actors=True)
-            param_space = {"job": tune.grid_search(list(ctx.paired_jobs()))}
+        tc, param_space = tune_config(phase, space, ctx, n_concurrent)
         rc = tune.RunConfig(name=phase, storage_path=str(Path(ctx.sweep_dir) / "tune"), verbose=0,
                             failure_config=tune.FailureConfig(max_failures=s.max_failures),
                             sync_config=tune.SyncConfig(sync_period=5),
@@ -156,19 +202,17 @@ def _tune_phase(phase: str, space: Space, ctx: SweepContext, *, n_concurrent: in
     return grid.num_terminated + grid.num_errors >= total
 
 
-def _nodes() -> int:
-    import ray
-
-    return sum(1 for n in ray.nodes() if n.get("Alive"))
-
-
 def trial_dirname(trial) -> str:
     """Tune's per-trial folder: the trial id (the default repeats every parameter)."""
     return trial.trial_id
 
 
-def _quiet_ray() -> None:
-    for k, v in RAY_ENV.items():
+def _ray_env(on_cluster: bool) -> dict[str, str]:
+    return dict(RAY_ENV) if on_cluster else {**RAY_ENV, **LOCAL_RAY_ENV}
+
+
+def _quiet_ray(env: dict[str, str]) -> None:
+    for k, v in env.items():
         os.environ.setdefault(k, v)
     # Tune's own "resume with Tuner.restore(...)" advice: ours names the CLI command instead
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
@@ -178,46 +222,58 @@ def _quiet_ray() -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
+def open_tracker(space: Space, out_dir: Path, meta: dict, *, resume: bool) -> SweepTracker:
+    """The sweep's tracker, connected (experiment, parent run) if MLflow answers;
+    on ``resume`` also logs what MLflow missed of the trials that ended."""
+    tracker = SweepTracker.from_json(meta["tracker"])
+    tracker.target = store.with_credentials(tracker.target, space.tracking_uri)  # sweep.json keeps none
+    error = tracker.connect(parent_params(space))
+    if error:
+        log.warning("%s\n  the sweep trains anyway and keeps every record in its run folders; "
+                    "log them later with: dsr-tune sync %s", error, out_dir)
+        return tracker
+    where = ("embedded store " if tracker.target.embedded else "") + store.redact(tracker.target.uri)
+    log.info("MLflow: experiment %r, parent run %s (%s)", tracker.experiment, meta["sweep_id"], where)
+    if resume:
+        _sync_leftovers(out_dir)
+    return tracker
+
+
 def run(space: Space, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
         address: str | None = None, verbose: bool = False) -> Outcome:
     """Run the sweep of ``space`` in ``out_dir`` (or finish it with ``resume``).
     Progress goes to the ``dsr_tune`` logger, one line per event."""
+    from ..distributed import joins_cluster, ray_session
+
     out_dir = Path(out_dir).expanduser().resolve()
     meta = prepare(space, out_dir, resume=resume, overwrite=overwrite)
-    tracker = SweepTracker.from_json(meta["tracker"])
-    error = tracker.connect(parent_params(space))
-    where = "embedded store " + tracker.target.uri if tracker.target.embedded else tracker.target.uri
-    if error:
-        log.warning(f"WARNING: {error}\n  the sweep trains anyway and keeps every record in its run folders; "
-                    f"log them later with: dsr-tune sync {out_dir}")
-    else:
-        log.info(f"MLflow: experiment {tracker.experiment!r}, parent run {meta['sweep_id']} ({where})")
-        if resume:
-            _sync_leftovers(out_dir)
+    tracker = open_tracker(space, out_dir, meta, resume=resume)
     meta["tracker"] = tracker.to_json()
-    ctx = SweepContext(sweep_dir=str(out_dir), base=space.base.to_dict(), search_seed=space.seeds[0], tracker=tracker)
-
-    _quiet_ray()
-    from ..distributed import ray_session
+    on_cluster = joins_cluster(address)
+    ctx = SweepContext(sweep_dir=str(out_dir), base=space.base.to_dict(), search_seed=space.seeds[0], tracker=tracker,
+                       # workers on other nodes cannot reach the head's sqlite file: log each run when it ends
+                       live_logging=not (on_cluster and tracker.target.embedded))
+    env = _ray_env(on_cluster)
+    _quiet_ray(env)
 
     t = space.base.train
     need = space.search.trial_cpus + t.workers * t.cpus_per_worker  # one trial; a local Ray gets at least this
-    with ray_session(address, cpus=need, log_to_driver=verbose, runtime_env={"env_vars": dict(RAY_ENV)}):
+    with ray_session(address, cpus=need, log_to_driver=verbose, runtime_env={"env_vars": env}):
         import ray
 
         have = ray.cluster_resources()
         if have.get("CPU", 0) < need - 1e-9 or (t.use_gpu and have.get("GPU", 0) < t.workers):
             gpus = f" and {t.workers} GPUs" if t.use_gpu else ""
-            log.warning(f"WARNING: a trial needs {need:g} CPUs{gpus}; the cluster has {have.get('CPU', 0):g} CPUs "
-                        f"and {have.get('GPU', 0):g} GPUs: trials wait until nodes join")
+            log.warning("a trial needs %g CPUs%s; the cluster has %g CPUs and %g GPUs: trials wait until nodes "
+                        "join", need, gpus, have.get("CPU", 0), have.get("GPU", 0))
         n = concurrency(space, have)
-        if _nodes() > 1 and tracker.target.embedded:
-            ctx.live_logging = False
-            log.info(f"note: {_nodes()} nodes and a sqlite store only the head reaches: each run is logged when it "
+        if not ctx.live_logging:
+            log.info("note: a Ray cluster and a sqlite store only this node reaches: each run is logged when it "
                      "ends (set tracking.uri to an MLflow server for live metrics)")
-        log.info(f"sweep {meta['sweep_id']} in {out_dir}: {n} trial(s) at a time, each {space.search.trial_cpus:g} CPU "
-                 f"+ {t.workers} Ray Train worker(s) x {t.cpus_per_worker:g} CPU{' + 1 GPU' if t.use_gpu else ''}")
-        status = _phases(space, ctx, meta, out_dir, n)
+        log.info("sweep %s in %s: %d trial(s) at a time, each %g CPU + %d Ray Train worker(s) x %g CPU%s",
+                 meta["sweep_id"], out_dir, n, space.search.trial_cpus, t.workers, t.cpus_per_worker,
+                 " + 1 GPU" if t.use_gpu else "")
+        status = _phases(space, ctx, meta, out_dir, n, on_cluster)
     meta["status"] = status
     _save(out_dir, meta)
     # what MLflow missed (also when the store came back after being down); an interrupted
@@ -226,11 +282,11 @@ def run(space: Space, out_dir: str | Path, *, resume: bool = False, overwrite: b
     return Outcome(status, out_dir, meta["sweep_id"], tracker, unsynced)
 
 
-def _phases(space: Space, ctx: SweepContext, meta: dict, out_dir: Path, n: int) -> str:
+def _phases(space: Space, ctx: SweepContext, meta: dict, out_dir: Path, n: int, on_cluster: bool) -> str:
     from .pairing import paired_jobs
 
     if meta["phase"] == "search":
-        if not _tune_phase("search", space, ctx, n_concurrent=n, total=space.search.samples):
+        if not _tune_phase("search", space, ctx, n_concurrent=n, total=space.search.samples, on_cluster=on_cluster):
             return "KILLED"
         if not any((read_run_file(d) or {}).get("status") in ("FINISHED", "KILLED")
                    for d in run_folders(out_dir)):
@@ -242,8 +298,8 @@ def _phases(space: Space, ctx: SweepContext, meta: dict, out_dir: Path, n: int) 
     if meta["phase"] == "paired":
         total = len(json.loads((out_dir / PAIRED_FILE).read_text()))
         if total:
-            log.info(f"[paired] {total} runs: baselines per sparsity and seed, best trials on the other seeds, dense")
-            if not _tune_phase("paired", space, ctx, n_concurrent=n, total=total):
+            log.info("[paired] %d runs: baselines per sparsity and seed, best trials on the other seeds, dense", total)
+            if not _tune_phase("paired", space, ctx, n_concurrent=n, total=total, on_cluster=on_cluster):
                 return "KILLED"
         meta["phase"] = "done"
         _save(out_dir, meta)
@@ -263,8 +319,8 @@ def _sync_leftovers(out_dir: Path) -> list[str]:
     try:
         s = sync_sweep(out_dir)
         if s.metrics or s.created:
-            log.info(f"MLflow: logged {s.metrics} metric values of {s.runs} run(s) it had missed "
-                     f"({s.created} run(s) created)")
+            log.info("MLflow: logged %d metric values of %d run(s) it had missed (%d run(s) created)",
+                     s.metrics, s.runs, s.created)
     except SyncError as exc:
-        log.warning(f"WARNING: MLflow sync failed: {exc}")
+        log.warning("MLflow sync failed: %s", exc)
     return _unsynced(out_dir)

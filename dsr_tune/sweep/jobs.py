@@ -31,6 +31,11 @@ from ..tracking import SweepTracker
 PAIRED_FILE = "paired.json"
 
 
+def key_of(config: dict, trial_id: str) -> str:
+    """The job key of a Tune trial: ``{"job": key}`` in the paired phase, else ``search/<trial id>``."""
+    return config["job"] if "job" in config else f"search/{trial_id}"
+
+
 @dataclass
 class Job:
     key: str
@@ -77,12 +82,12 @@ class SweepContext:
     base: dict          # the space's resolved base config
     search_seed: int
     tracker: SweepTracker
-    live_logging: bool = True  # False: workers cannot reach the store (sqlite, several nodes); log at trial end
+    live_logging: bool = True  # False: workers may not reach the store (sqlite on a cluster); log at trial end
 
     @property
     def train_storage(self) -> str:
         """Where every run's Ray Train checkpoints go: ``train.storage_path``/<sweep id>
-        (shared storage, several nodes), else the sweep folder."""
+        (an object store, say), else the sweep folder (shared on a cluster: --output)."""
         root = self.base["train"].get("storage_path")
         if not root:
             return str(Path(self.sweep_dir) / "ray_train")
@@ -98,7 +103,7 @@ class SweepContext:
         (``method`` plus dotted config keys)."""
         values = {k: v for k, v in params.items() if k != "method" and "." in k}
         cfg = with_values(self.base, values, method=params["method"], seed=self.search_seed)
-        return Job(key=f"search/{trial_id}", role="search", method=params["method"],
+        return Job(key=key_of({}, trial_id), role="search", method=params["method"],
                    sparsity=cfg["sparsity"]["sparsity"], seed=self.search_seed, config=cfg)
 
     def paired_jobs(self) -> dict[str, Job]:
@@ -112,8 +117,7 @@ class SweepContext:
         return self.search_job(config, trial_id)
 
     def run_dir_of(self, config: dict, trial_id: str) -> Path:
-        key = config["job"] if "job" in config else f"search/{trial_id}"
-        return self.run_dir(key)
+        return self.run_dir(key_of(config, trial_id))
 
 
 def write_paired(sweep_dir: str | Path, jobs: list[Job]) -> None:

@@ -85,7 +85,8 @@ class Search:
     seed: int = 0               # TPE sampler seed
     pareto: bool = False        # also minimise nonzero_params: Optuna's multi-objective TPE, a Pareto front
     asha: dict | None = None    # {grace_period, reduction_factor}: stop poor trials early (epochs)
-    max_concurrent: int = 0     # 0: as many trials at once as the cluster holds
+    max_concurrent: int = 0     # trials at once; 0: as many as the cluster holds when the sweep starts
+                                # (set it on an autoscaling cluster: nodes that are not up yet do not count)
     trial_cpus: float = 0.1     # CPUs of each trial's own process (its Ray Train workers come on top)
     max_failures: int = 1       # Tune restarts of a failed trial (it resumes from its checkpoint)
 
@@ -108,24 +109,16 @@ class Space:
     experiment: str
     raw: dict = field(default_factory=dict)
 
-    @property
-    def searched_sparsity(self) -> bool:
-        return any(p.key == "sparsity.sparsity" for p in self.params)
-
-
-def _err(key: str, msg: str) -> C.ConfigError:
-    return C.ConfigError(key, msg)
-
 
 def _unknown(key: str, allowed) -> C.ConfigError:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], allowed, n=1)
     tip = f" (did you mean {close[0]}?)" if close else ""
-    return _err(key, f"unknown key{tip}; allowed: {', '.join(allowed)}")
+    return C.ConfigError(key, f"unknown key{tip}; allowed: {', '.join(allowed)}")
 
 
 def _field(dotted: str) -> dataclasses.Field:
     if dotted.count(".") != 1:
-        raise _err(f"space.{dotted}", "a searched key must be section.key (e.g. sparsity.delta)")
+        raise C.ConfigError(f"space.{dotted}", "a searched key must be section.key (e.g. sparsity.delta)")
     section, name = dotted.split(".")
     if section not in C.SECTIONS:
         raise _unknown(f"space.{dotted}", list(C.SECTIONS))
@@ -137,11 +130,11 @@ def _field(dotted: str) -> dataclasses.Field:
 
 def _number(key: str, v, what: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise _err(key, f"{what} {v!r} is not a number")
+        raise C.ConfigError(key, f"{what} {v!r} is not a number")
     try:
         return float(v)  # YAML reads 1e-3 as a string
     except ValueError:
-        raise _err(key, f"{what} {v!r} is not a number") from None
+        raise C.ConfigError(key, f"{what} {v!r} is not a number") from None
 
 
 def parse_param(dotted: str, spec: Any) -> Param:
@@ -149,7 +142,7 @@ def parse_param(dotted: str, spec: Any) -> Param:
     key = f"space.{dotted}"
     f = _field(dotted)
     if dotted == "sparsity.method":
-        raise _err(key, "search methods with the top-level 'methods' list, not in space")
+        raise C.ConfigError(key, "search methods with the top-level 'methods' list, not in space")
     if not isinstance(spec, dict):  # a bare value: one fixed choice
         spec = {"choice": [spec]}
     spec = dict(spec)
@@ -157,30 +150,36 @@ def parse_param(dotted: str, spec: Any) -> Param:
     kinds = [k for k in spec if k in DISTRIBUTIONS]
     extra = [k for k in spec if k not in DISTRIBUTIONS]
     if extra or len(kinds) != 1:
-        raise _err(key, f"{spec!r}: give exactly one of {', '.join(DISTRIBUTIONS)} (and optionally methods: [...])")
+        raise C.ConfigError(key, f"{spec!r}: give exactly one of {', '.join(DISTRIBUTIONS)} "
+                            "(and optionally methods: [...])")
     kind, arg = kinds[0], spec[kinds[0]]
+    if dotted == "sparsity.sparsity" and kind != "choice":
+        # the paired baselines, the report's sections and the run keys group trials by
+        # sparsity: a continuous draw would give every trial its own (or colliding f"{s:g}" keys)
+        raise C.ConfigError(key, f"{kind}: the sparsity is grouped on (baselines, report), so give "
+                            "a few values with choice, e.g. {choice: [0.8, 0.9]}")
     if not isinstance(methods, (list, tuple)) or any(m not in SEARCHABLE for m in methods):
-        raise _err(f"{key}.methods", f"{methods!r}: a list of methods among {', '.join(SEARCHABLE)}")
+        raise C.ConfigError(f"{key}.methods", f"{methods!r}: a list of methods among {', '.join(SEARCHABLE)}")
     if kind == "choice":
         if not isinstance(arg, list) or not arg:
-            raise _err(key, f"choice needs a non-empty list of values, got {arg!r}")
+            raise C.ConfigError(key, f"choice needs a non-empty list of values, got {arg!r}")
         if any(isinstance(v, (list, dict)) for v in arg):
-            raise _err(key, f"choice values must be single values (numbers, strings, booleans), got {arg!r}")
+            raise C.ConfigError(key, f"choice values must be single values (numbers, strings, booleans), got {arg!r}")
         return Param(dotted, kind, values=tuple(arg), methods=tuple(methods))
     if not (isinstance(arg, list) and len(arg) == 2):
-        raise _err(key, f"{kind} needs [low, high], got {arg!r}")
+        raise C.ConfigError(key, f"{kind} needs [low, high], got {arg!r}")
     low, high = (_number(key, v, w) for v, w in zip(arg, ("low", "high")))
     if not low < high:
-        raise _err(key, f"{kind} [{arg[0]}, {arg[1]}]: low must be below high")
+        raise C.ConfigError(key, f"{kind} [{arg[0]}, {arg[1]}]: low must be below high")
     if kind in ("loguniform", "logint") and low <= 0:
-        raise _err(key, f"{kind} [{arg[0]}, {arg[1]}]: a log range needs low > 0")
+        raise C.ConfigError(key, f"{kind} [{arg[0]}, {arg[1]}]: a log range needs low > 0")
     hint = str(f.type)
     if kind in ("int", "logint") and not (low.is_integer() and high.is_integer()):
-        raise _err(key, f"{kind} [{arg[0]}, {arg[1]}]: integer ranges need integer ends")
+        raise C.ConfigError(key, f"{kind} [{arg[0]}, {arg[1]}]: integer ranges need integer ends")
     if kind in ("uniform", "loguniform") and "float" not in hint:
-        raise _err(key, f"{kind}: {dotted} is {hint}, not a real number; use int, logint or choice")
+        raise C.ConfigError(key, f"{kind}: {dotted} is {hint}, not a real number; use int, logint or choice")
     if kind in ("int", "logint") and "int" not in hint and "float" not in hint:
-        raise _err(key, f"{kind}: {dotted} is {hint}, not a number; use choice")
+        raise C.ConfigError(key, f"{kind}: {dotted} is {hint}, not a number; use choice")
     return Param(dotted, kind, low=low, high=high, methods=tuple(methods))
 
 
@@ -197,13 +196,13 @@ def _check_values(base: dict, p: Param, first_method: str) -> None:
         except C.ConfigError as exc:
             msg = str(exc).removeprefix(f"{exc.key}: ") if exc.key else str(exc)
             where = "value" if p.kind == "choice" else ("low" if v == p.low else "high")
-            raise _err(f"space.{p.key}", f"{where} {v!r} is refused: {msg}") from None
+            raise C.ConfigError(f"space.{p.key}", f"{where} {v!r} is refused: {msg}") from None
 
 
 def _parse_search(raw: Any) -> Search:
     raw = raw or {}
     if not isinstance(raw, dict):
-        raise _err("search", f"must be a mapping, got {raw!r}")
+        raise C.ConfigError("search", f"must be a mapping, got {raw!r}")
     names = [f.name for f in dataclasses.fields(Search)]
     for k in raw:
         if k not in names:
@@ -224,9 +223,10 @@ def _parse_search(raw: Any) -> Search:
                "trial_cpus": "a number in (0, 64] (0 is refused by Ray)", "max_failures": "an integer >= -1"}
     for k, ok in checks.items():
         if not ok:
-            raise _err(f"search.{k}", f"{getattr(s, k)!r} must be {allowed[k]}")
+            raise C.ConfigError(f"search.{k}", f"{getattr(s, k)!r} must be {allowed[k]}")
     if s.pareto and s.metric != "test_acc":
-        raise _err("search.pareto", f"true optimises test_acc and nonzero_params; search.metric is {s.metric!r}")
+        raise C.ConfigError("search.pareto",
+                            f"true optimises test_acc and nonzero_params; search.metric is {s.metric!r}")
     if s.asha is not None:
         _check_asha(s.asha)
     return s
@@ -234,31 +234,31 @@ def _parse_search(raw: Any) -> Search:
 
 def _check_asha(asha: Any) -> None:
     if not isinstance(asha, dict):
-        raise _err("search.asha", f"{asha!r} must be null or {{grace_period: E, reduction_factor: F}}")
+        raise C.ConfigError("search.asha", f"{asha!r} must be null or {{grace_period: E, reduction_factor: F}}")
     for k, v in asha.items():
         if k not in ("grace_period", "reduction_factor"):
             raise _unknown(f"search.asha.{k}", ["grace_period", "reduction_factor"])
         lo = 1 if k == "grace_period" else 2
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-            raise _err(f"search.asha.{k}", f"{v!r} must be an integer >= {lo}")
+            raise C.ConfigError(f"search.asha.{k}", f"{v!r} must be an integer >= {lo}")
 
 
 def _int_list(key: str, v: Any) -> list[int]:
     if not isinstance(v, list) or not v or any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for x in v):
-        raise _err(key, f"{v!r} must be a non-empty list of non-negative integers")
+        raise C.ConfigError(key, f"{v!r} must be a non-empty list of non-negative integers")
     if len(set(v)) != len(v):
-        raise _err(key, f"{v!r} repeats a value")
+        raise C.ConfigError(key, f"{v!r} repeats a value")
     return list(v)
 
 
 def _str_list(key: str, v: Any, allowed, empty_ok: bool) -> list[str]:
     if not isinstance(v, list) or (not v and not empty_ok) or any(not isinstance(x, str) for x in v):
-        raise _err(key, f"{v!r} must be a list of names among {', '.join(allowed)}")
+        raise C.ConfigError(key, f"{v!r} must be a list of names among {', '.join(allowed)}")
     for x in v:
         if x not in allowed:
             tip = " (gmp and the ablations need another finished run: use dsr-tune compare)" \
                 if key == "baselines" and x in ("gmp", "final_reinit", "final_init", "random_control") else ""
-            raise _err(key, f"{x!r} is not allowed{tip}; allowed: {', '.join(allowed)}")
+            raise C.ConfigError(key, f"{x!r} is not allowed{tip}; allowed: {', '.join(allowed)}")
     return list(dict.fromkeys(v))
 
 
@@ -269,21 +269,21 @@ def read(path: str | Path, overrides: list[str] = ()) -> dict:
     into the file's own keys."""
     path = Path(path)
     if not path.is_file():
-        raise _err("", f"search space file {str(path)!r} does not exist")
+        raise C.ConfigError("", f"search space file {str(path)!r} does not exist")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise _err("", f"{path} is not valid YAML: {exc}") from None
+        raise C.ConfigError("", f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise _err("", f"{path} must be a mapping of keys ({', '.join(TOP_KEYS)})")
+        raise C.ConfigError("", f"{path} must be a mapping of keys ({', '.join(TOP_KEYS)})")
     for item in overrides:
         key, _, text = item.partition("=")
         if not _ or not key:
-            raise _err(item, "an override must look like key=value (e.g. search.samples=4 or train.epochs=3)")
+            raise C.ConfigError(item, "an override must look like key=value (e.g. search.samples=4 or train.epochs=3)")
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as exc:
-            raise _err(key, f"cannot read value {text!r}: {exc.problem}") from None
+            raise C.ConfigError(key, f"cannot read value {text!r}: {exc.problem}") from None
         parts = key.split(".")
         if parts[0] in C.SECTIONS:
             parts = ["config", *parts]
@@ -293,7 +293,7 @@ def read(path: str | Path, overrides: list[str] = ()) -> dict:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise _err(key, f"{p} is not a mapping, so {key} cannot be set")
+                raise C.ConfigError(key, f"{p} is not a mapping, so {key} cannot be set")
         node[parts[-1]] = value
     return raw
 
@@ -307,7 +307,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> Space:
             raise _unknown(str(k), TOP_KEYS)
     name = raw.get("name") or path.stem
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise _err("name", f"{name!r} must be letters, digits, '-', '_' or '.'")
+        raise C.ConfigError("name", f"{name!r} must be letters, digits, '-', '_' or '.'")
     base_data = _base_data(path, raw)
     methods = _str_list("methods", raw.get("methods", ["dsr"]), SEARCHABLE, empty_ok=False)
     base_data.setdefault("sparsity", {})["method"] = methods[0]
@@ -320,26 +320,27 @@ def load(path: str | Path, overrides: list[str] = ()) -> Space:
         raise C.ConfigError(exc.key, str(exc).removeprefix(f"{exc.key}: ") + " (in base + config)") from None
     space = raw.get("space") or {}
     if not isinstance(space, dict):
-        raise _err("space", f"must be a mapping of dotted keys to distributions, got {space!r}")
+        raise C.ConfigError("space", f"must be a mapping of dotted keys to distributions, got {space!r}")
     params = [parse_param(str(k), v) for k, v in space.items()]
     for p in params:
         if p.methods and not set(p.methods) & set(methods):
-            raise _err(f"space.{p.key}", f"only {', '.join(p.methods)} read(s) it, and methods is {methods}")
+            raise C.ConfigError(f"space.{p.key}", f"only {', '.join(p.methods)} read(s) it, and methods is {methods}")
         _check_values(base_data, p, methods[0])
     search = _parse_search(raw.get("search"))
     baselines = _str_list("baselines", raw.get("baselines", ["static", "thin_dense"]), PAIRABLE, empty_ok=True)
     both = [b for b in baselines if b in methods]
     if both:
-        raise _err("baselines", f"{both[0]!r} is also searched (methods); a method is either searched or paired")
+        raise C.ConfigError("baselines",
+                            f"{both[0]!r} is also searched (methods); a method is either searched or paired")
     dense = raw.get("dense", True)
     if not isinstance(dense, bool):
-        raise _err("dense", f"{dense!r} must be true or false")
+        raise C.ConfigError("dense", f"{dense!r} must be true or false")
     tracking = raw.get("tracking") or {}
     if not isinstance(tracking, dict) or any(k not in ("uri", "experiment") for k in tracking):
-        raise _err("tracking", f"{tracking!r} must be a mapping with uri and experiment")
+        raise C.ConfigError("tracking", f"{tracking!r} must be a mapping with uri and experiment")
     for k in ("uri", "experiment"):
         if tracking.get(k) is not None and not isinstance(tracking[k], str):
-            raise _err(f"tracking.{k}", f"{tracking[k]!r} must be a string or null")
+            raise C.ConfigError(f"tracking.{k}", f"{tracking[k]!r} must be a string or null")
     return Space(name=name, path=path, base=base, methods=methods, params=params, search=search,
                  seeds=_int_list("seeds", raw.get("seeds", [base.train.seed])), baselines=baselines,
                  dense=dense, tracking_uri=tracking.get("uri"), experiment=tracking.get("experiment") or name,
@@ -349,30 +350,33 @@ def load(path: str | Path, overrides: list[str] = ()) -> Space:
 def _base_data(path: Path, raw: dict) -> dict:
     base = raw.get("base")
     if not isinstance(base, str):
-        raise _err("base", f"{base!r}: give the training config file every trial starts from")
+        raise C.ConfigError("base", f"{base!r}: give the training config file every trial starts from")
     base_path = (path.parent / base).resolve()
     if not base_path.is_file():
-        raise _err("base", f"{base!r}: no such file ({base_path})")
+        raise C.ConfigError("base", f"{base!r}: no such file ({base_path})")
     extra = raw.get("config") or {}
     if not isinstance(extra, dict):
-        raise _err("config", f"must be a mapping of config sections, got {extra!r}")
+        raise C.ConfigError("config", f"must be a mapping of config sections, got {extra!r}")
     data = C.read_yaml(base_path)
     for section, values in extra.items():
         if section not in C.SECTIONS:
             raise _unknown(f"config.{section}", list(C.SECTIONS))
         if not isinstance(values, dict):
-            raise _err(f"config.{section}", f"must be a mapping of keys, got {values!r}")
+            raise C.ConfigError(f"config.{section}", f"must be a mapping of keys, got {values!r}")
         data.setdefault(section, {}).update(values)
     return data
 
 
 def concurrency(space: Space, resources: dict[str, float]) -> int:
-    """How many trials fit at once in ``resources`` (Ray's cluster_resources()):
-    each trial holds ``trial_cpus`` plus its workers' CPUs (and GPUs)."""
+    """Trials at once: ``search.max_concurrent`` when set (an autoscaling
+    cluster starts without the nodes it will add), else how many fit in
+    ``resources`` (Ray's cluster_resources()), at least 1: each trial holds
+    ``trial_cpus`` plus its workers' CPUs (and GPUs)."""
+    if space.search.max_concurrent:
+        return space.search.max_concurrent
     t = space.base.train
     per_cpu = space.search.trial_cpus + t.workers * t.cpus_per_worker
     fits = math.floor(resources.get("CPU", 0.0) / per_cpu + 1e-9)
     if t.use_gpu:
         fits = min(fits, math.floor(resources.get("GPU", 0.0) / t.workers + 1e-9))
-    fits = max(1, fits)
-    return min(fits, space.search.max_concurrent) if space.search.max_concurrent else fits
+    return max(1, fits)

@@ -2,7 +2,7 @@
 
 Train V2 style: the trial function builds the ``TorchTrainer`` (through
 :func:`dsr_tune.distributed.fit`) and waits for it. Rank 0's per-epoch
-reports reach Tune through a ``TuneReportCallback`` that adds
+reports reach Tune through Ray's ``TuneReportCallback``; they carry
 ``epochs_done`` (1-based, what ASHA counts: Tune's own training_iteration
 restarts when a trial is restored).
 
@@ -21,41 +21,11 @@ import time
 from pathlib import Path
 
 from .. import config as C
+from ..tracking.runs import last_epoch
 from ..tracking.tracker import update_run_file
-from ..train.metrics import read_records
 from .jobs import SweepContext
 
 log = logging.getLogger("dsr_tune")
-
-
-def final_metrics(run_dir: Path) -> dict | None:
-    """The last epoch record's scalars plus epochs_done, as the trial reports them."""
-    epochs = [r for r in read_records(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
-    if not epochs:
-        return None
-    last = epochs[-1]
-    out = {k: v for k, v in last.items() if isinstance(v, (int, float, str, bool)) and k != "kind"}
-    out["epochs_done"] = last["epoch"] + 1
-    return out
-
-
-_trials_here = 0  # trials this process has run (Tune reuses trial processes)
-
-
-def _count_trial() -> int:
-    global _trials_here
-    _trials_here += 1
-    return _trials_here
-
-
-def _process_start() -> float | None:
-    """When this trial's process started (the benchmark counts start-up from there)."""
-    try:
-        import psutil  # comes with ray[default]
-
-        return psutil.Process().create_time()
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def _already_trained(ctx: SweepContext, name: str, run_dir: Path, cfg: C.Config) -> bool:
@@ -63,7 +33,7 @@ def _already_trained(ctx: SweepContext, name: str, run_dir: Path, cfg: C.Config)
     from ..distributed import storage
 
     found = storage.newest_complete(ctx.train_storage, name)
-    last = final_metrics(run_dir)
+    last = last_epoch(run_dir)
     return (found is not None and found[1] >= cfg.train.epochs and last is not None
             and last["epochs_done"] >= cfg.train.epochs)
 
@@ -72,11 +42,11 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
     """Tune's trainable (wrapped with ``tune.with_parameters(run_trial, ctx=...)``)."""
     started = time.time()  # the benchmark's start-up time counts from here
     from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
 
     from ..distributed import fit
     from ..tracking import MlflowLoggerSpec
     from ..tracking.runs import run_key
-    from .callbacks import EpochReport
 
     trial_id = tune.get_context().get_trial_id()
     job = ctx.job(config, trial_id)
@@ -88,23 +58,23 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
     if _already_trained(ctx, name, run_dir, cfg):
         log.info("%s: already trained, reporting its final epoch", job.key)
         run_id = tracker.child(run_dir, job.identity())
-        tracker.finish(run_dir, run_id, "FINISHED")
-        tune.report(final_metrics(run_dir))
+        # no live logger runs on this path, and the one that did may have been cut off with
+        # the driver: log what the folder has and MLflow lacks (idempotent)
+        tracker.finish(run_dir, run_id, "FINISHED", replay=True)
+        tune.report(last_epoch(run_dir))
         return
 
     # the MLflow run is made while Ray Train starts the worker group (mlflow takes seconds to
     # import); the worker's logger finds it by its tag
     created: dict = {}
     maker = threading.Thread(target=lambda: created.update(
-        run_id=tracker.child(run_dir, {**job.identity(), "started": started, "process_started": _process_start(),
-                                      "process_trials": _count_trial()})),
-        daemon=True)
+        run_id=tracker.child(run_dir, {**job.identity(), "started": started})), daemon=True)
     maker.start()
     specs = [MlflowLoggerSpec(tracker.target.uri, str(run_dir), experiment_id=tracker.experiment_id,
                               key=run_key(tracker.sweep_id, job.key))] if tracker.parent_id and ctx.live_logging else []
     try:
         fit(cfg, run_dir=run_dir, name=name, storage_path=ctx.train_storage,
-            train_callbacks=[EpochReport()], logger_specs=specs)
+            train_callbacks=[TuneReportCallback()], logger_specs=specs)
     finally:
         # on an exception the run stays RUNNING: Tune retries the trial, or the driver's
         # Finalizer closes the run as FAILED (an error) or KILLED (stopped early by ASHA)

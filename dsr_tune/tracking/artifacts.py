@@ -1,10 +1,11 @@
-"""A finished run's artifacts: its resolved config, its model, its density plot.
+"""A run's artifacts: its resolved config, its model, its density plot.
 
 Built from the run folder alone (config.yaml, metrics.jsonl, checkpoint.pt),
 so the trial that just finished and ``dsr-tune sync`` log the same files.
 The model is the compressed sparse export (values + positions, see
 :mod:`dsr_tune.export`), much smaller than the checkpoint with its optimizer
-state; the checkpoint itself is logged only if the export fails.
+state; the checkpoint itself is logged only if the export fails. A run
+stopped early (KILLED by ASHA) gets the same files but no model.
 """
 
 from __future__ import annotations
@@ -49,21 +50,24 @@ def density_plot(records: list[dict], out: str | Path, title: str = "") -> Path 
     return out
 
 
-def files(run_dir: str | Path, title: str = "") -> dict[str, Path]:
-    """``{artifact path in the run: local file}`` for a finished run folder;
-    writes the plot and the export into the folder first."""
+def files(run_dir: str | Path, title: str = "", skip: set[str] | frozenset = frozenset(),
+          model: bool = True) -> dict[str, Path]:
+    """``{artifact path in the run: local file}`` for an ended run folder,
+    leaving out the paths in ``skip`` (already logged); writes the plot and,
+    with ``model``, the export into the folder first (only those not skipped)."""
     from ..train.metrics import read_records
 
     run_dir = Path(run_dir)
     out: dict[str, Path] = {}
-    if (run_dir / "config.yaml").exists():
-        out["config.yaml"] = run_dir / "config.yaml"
-    if (run_dir / "metrics.jsonl").exists():
-        out["metrics.jsonl"] = run_dir / "metrics.jsonl"
+    for name in ("config.yaml", "metrics.jsonl"):
+        if name not in skip and (run_dir / name).exists():
+            out[name] = run_dir / name
+    if DENSITY_PNG not in skip and (run_dir / "metrics.jsonl").exists():
         plot = density_plot(read_records(run_dir / "metrics.jsonl"), run_dir / DENSITY_PNG, title)
         if plot is not None:
             out[DENSITY_PNG] = plot
-    if (run_dir / "checkpoint.pt").exists():
+    models = {f"model/{EXPORT}", "model/checkpoint.pt"}
+    if model and not models & set(skip) and (run_dir / "checkpoint.pt").exists():
         try:
             from ..export import export_run
 
@@ -75,14 +79,13 @@ def files(run_dir: str | Path, title: str = "") -> dict[str, Path]:
     return out
 
 
-def log_files(client, run_id: str, run_dir: str | Path, title: str = "") -> int:
-    """Log the finished run's artifacts that ``run_id`` does not hold yet. Returns how many."""
+def log_files(client, run_id: str, run_dir: str | Path, title: str = "", model: bool = True) -> int:
+    """Log the run's artifacts that ``run_id`` does not hold yet (the model
+    only with ``model``: a finished run). Returns how many."""
     have = {a.path for a in client.list_artifacts(run_id)}
     have |= {a.path for a in client.list_artifacts(run_id, "model")}
     n = 0
-    for name, path in files(run_dir, title).items():
-        if name in have:
-            continue
+    for name, path in files(run_dir, title, skip=have, model=model).items():
         folder = str(Path(name).parent) if "/" in name else None
         client.log_artifact(run_id, str(path), artifact_path=folder)
         n += 1

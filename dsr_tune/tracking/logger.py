@@ -55,7 +55,7 @@ def mark_offline(run_dir: str | Path, uri: str, error: BaseException | str) -> N
     text = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
     path = Path(run_dir) / OFFLINE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"uri": uri, "error": text, "time": time.time()}) + "\n")
+    path.write_text(json.dumps({"uri": store.redact(uri), "error": store.redact(text), "time": time.time()}) + "\n")
 
 
 def offline_reason(run_dir: str | Path) -> str | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 TAG_RUN = "dsr_tune.run"          # <sweep id>/<key>: the identity of a run
 TAG_SWEEP = "sweep"               # the sweep id, on the parent and every child
@@ -44,13 +45,19 @@ def find_or_create(client, experiment_id: str, key: str, run_name: str, tags: di
                    parent_id: str | None = None, reopen: bool = True) -> str:
     """The run id for ``key``: the existing run (its tags refreshed; with
     ``reopen``, set RUNNING again: a restarted trial) or a new one."""
+    return ensure(client, experiment_id, key, run_name, tags, parent_id, reopen)[0]
+
+
+def ensure(client, experiment_id: str, key: str, run_name: str, tags: dict[str, str],
+           parent_id: str | None = None, reopen: bool = True) -> tuple[str, bool]:
+    """:func:`find_or_create`, plus whether the run was created here."""
     tags = {k: str(v) for k, v in tags.items() if v is not None}
     tags[TAG_RUN] = key
     if parent_id:
         tags[TAG_PARENT] = parent_id
     run = find(client, experiment_id, key)
     if run is None:
-        return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id, True
     from mlflow.entities import RunTag
 
     stale = [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
@@ -58,7 +65,7 @@ def find_or_create(client, experiment_id: str, key: str, run_name: str, tags: di
         client.log_batch(run.info.run_id, tags=stale)
     if reopen and run.info.status != "RUNNING":
         client.update_run(run.info.run_id, status="RUNNING")
-    return run.info.run_id
+    return run.info.run_id, False
 
 
 def log_params(client, run_id: str, params: dict, existing: dict[str, str] | None = None) -> int:
@@ -72,6 +79,26 @@ def log_params(client, run_id: str, params: dict, existing: dict[str, str] | Non
     for i in range(0, len(todo), MAX_PARAMS):
         client.log_batch(run_id, params=todo[i:i + MAX_PARAMS])
     return len(todo)
+
+
+def epoch_scalars(record: dict) -> dict:
+    """An epoch record's scalar values plus ``epochs_done`` (1-based, stable across
+    restarts: ASHA's time attribute): what a worker reports to Ray and Tune,
+    and what the report reads back from a run folder."""
+    out = {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool)) and k != "kind"}
+    out["epochs_done"] = int(record["epoch"]) + 1
+    return out
+
+
+def last_epoch(run_dir: str | Path) -> dict | None:
+    """:func:`epoch_scalars` of a run folder's last epoch record, or None before the first."""
+    from ..train.metrics import read_records  # (the train package imports torch)
+
+    last = None
+    for r in read_records(Path(run_dir) / "metrics.jsonl"):
+        if r.get("kind") == "epoch":
+            last = r
+    return epoch_scalars(last) if last is not None else None
 
 
 def record_metrics(record: dict) -> list[tuple[str, float, int]]:

@@ -6,6 +6,12 @@ folder under the working directory (``./mlruns/mlflow.db``,
 their own working directories. ``MLFLOW_TRACKING_URI`` or an explicit URI
 (``http://host:5000``, ``sqlite:////abs/db``, ...) replaces it.
 
+Credentials in a URI (``http://user:pass@host``) are used but never written
+down: :func:`redact` strips them from what goes to logs, ``sweep.json`` and
+``tracking.json``, and :func:`with_credentials` puts them back from the URI
+the user gave (or ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD``, which MLflow
+reads itself).
+
 A tracking server must never stop training: HTTP calls fail fast (few
 retries, short timeouts; MLflow's defaults retry for about 4 minutes per
 call) and callers treat any MLflow error as "offline", keeping the records
@@ -65,6 +71,23 @@ def resolve(uri: str | None = None, cwd: str | Path | None = None) -> Target:
     return Target(uri=uri)
 
 
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URI in it removed."""
+    return _USERINFO.sub(r"\1", text)
+
+
+def with_credentials(target: Target, *candidates: str | None) -> Target:
+    """``target`` (as written down: no credentials) with the credentials of the
+    first candidate URI that is the same store ($MLFLOW_TRACKING_URI is tried last)."""
+    for uri in (*candidates, os.environ.get("MLFLOW_TRACKING_URI")):
+        if uri and uri != target.uri and redact(uri) == target.uri:
+            return Target(uri=uri, artifact_root=target.artifact_root)
+    return target
+
+
 def fast_fail_env() -> None:
     """Set MLflow's HTTP retry settings low, unless the user chose their own."""
     for k, v in FAST_FAIL_ENV.items():
@@ -73,13 +96,13 @@ def fast_fail_env() -> None:
 
 def probe(target: Target, timeout: float = 3.0) -> str | None:
     """None when the store answers, else a one-line reason. Only HTTP stores
-    are probed (GET /health); a sqlite file is always there."""
+    are probed (GET /health, which needs no login); a sqlite file is always there."""
     if not target.remote:
         return None
     import urllib.error
     import urllib.request
 
-    url = target.uri.rstrip("/") + "/health"
+    url = redact(target.uri).rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (the user's tracking URI)
             return None if resp.status == 200 else f"{url} answered HTTP {resp.status}"
@@ -90,7 +113,7 @@ def probe(target: Target, timeout: float = 3.0) -> str | None:
 
 def describe(exc: BaseException, uri: str) -> str:
     """One short line for an MLflow failure (its messages hold whole URLs and tracebacks)."""
-    text = str(exc).strip()
+    text, uri = redact(str(exc).strip()), redact(uri)
     refused = re.search(r"\[Errno -?\d+\] [^'\")(]+", text)
     if refused or "Max retries exceeded" in text:
         return f"MLflow at {uri} is unreachable ({refused.group(0).strip() if refused else 'no answer'})"

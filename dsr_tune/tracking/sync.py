@@ -5,7 +5,9 @@ sweep id) and one folder per trial under ``runs/`` with ``tracking.json``,
 ``config.yaml``, ``metrics.jsonl`` and ``checkpoint.pt``. Syncing a run
 finds its MLflow run by tag (or creates it under the parent), then logs the
 params, metric steps and artifacts it does not hold yet, and its final
-status. Running it twice logs nothing the second time.
+status. Running it twice logs nothing the second time. A run still marked
+RUNNING is left alone (its trial may be logging it right now) unless
+``everything`` is asked for.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from . import runs, store
 from .logger import OFFLINE_FILE
-from .tracker import TERMINAL, SweepTracker, read_run_file, update_run_file
+from .tracker import RUN_FILE, TERMINAL, SweepTracker, read_run_file, update_run_file
 
 log = logging.getLogger("dsr_tune")
 
@@ -36,6 +38,7 @@ class SyncSummary:
     params: int = 0
     artifacts: int = 0
     failed: list[str] = field(default_factory=list)  # run keys that still failed
+    running: int = 0         # left alone: still RUNNING (their trial may be logging them)
 
 
 def load_tracker(sweep_dir: str | Path, uri: str | None = None) -> SweepTracker:
@@ -44,14 +47,14 @@ def load_tracker(sweep_dir: str | Path, uri: str | None = None) -> SweepTracker:
     if not path.is_file():
         raise SyncError(f"{sweep_dir} is not a sweep folder (no {SWEEP_FILE})")
     tracker = SweepTracker.from_json(json.loads(path.read_text())["tracker"])
-    if uri:
-        tracker.target = store.resolve(uri)
+    tracker.target = store.resolve(uri) if uri else store.with_credentials(tracker.target)
     tracker.experiment_id = tracker.parent_id = None
     return tracker
 
 
 def run_folders(sweep_dir: str | Path) -> list[Path]:
-    return sorted(p.parent for p in (Path(sweep_dir) / "runs").glob(f"**/{'tracking.json'}"))
+    """Every run folder of a sweep (those holding a tracking.json), sorted."""
+    return sorted(p.parent for p in (Path(sweep_dir) / "runs").glob(f"**/{RUN_FILE}"))
 
 
 def sync_run(client, tracker: SweepTracker, run_dir: Path, summary: SyncSummary) -> None:
@@ -61,19 +64,18 @@ def sync_run(client, tracker: SweepTracker, run_dir: Path, summary: SyncSummary)
     from .artifacts import log_files
 
     info = read_run_file(run_dir) or {}
-    key = runs.run_key(tracker.sweep_id, info["key"])
-    existed = runs.find(client, tracker.experiment_id, key) is not None
-    run_id = runs.find_or_create(client, tracker.experiment_id, key, info["run_name"],
-                                 tracker.child_tags(info), parent_id=tracker.parent_id, reopen=False)
-    summary.created += not existed
+    run_id, created = runs.ensure(client, tracker.experiment_id, runs.run_key(tracker.sweep_id, info["key"]),
+                                  info["run_name"], tracker.child_tags(info), parent_id=tracker.parent_id,
+                                  reopen=False)
+    summary.created += created
     if (run_dir / "config.yaml").exists():
         summary.params += runs.log_params(client, run_id, C.load(run_dir / "config.yaml").flat())
     triples = [t for r in read_records(run_dir / "metrics.jsonl") for t in runs.record_metrics(r)]
     done = runs.logged_steps(client, run_id, {k for k, _, _ in triples})
     summary.metrics += runs.log_metrics(client, run_id, triples, skip=done)
     status = info.get("status")
-    if status == "FINISHED":
-        summary.artifacts += log_files(client, run_id, run_dir, title=info["run_name"])
+    if status in ("FINISHED", "KILLED"):  # KILLED: stopped early by ASHA; its model is not the final one
+        summary.artifacts += log_files(client, run_id, run_dir, title=info["run_name"], model=status == "FINISHED")
     if status in TERMINAL:
         client.set_terminated(run_id, status=status)
     (run_dir / OFFLINE_FILE).unlink(missing_ok=True)
@@ -81,8 +83,9 @@ def sync_run(client, tracker: SweepTracker, run_dir: Path, summary: SyncSummary)
 
 
 def sync_sweep(sweep_dir: str | Path, uri: str | None = None, everything: bool = False) -> SyncSummary:
-    """Sync every run folder not marked synced (all of them with
-    ``everything``, or when moving to another store with ``uri``)."""
+    """Sync every ended run folder not marked synced (every run folder, the
+    RUNNING ones included, with ``everything``; every ended one when moving
+    to another store with ``uri``)."""
     tracker = load_tracker(sweep_dir, uri)
     error = tracker.connect(reopen=False)
     if error:
@@ -95,6 +98,9 @@ def sync_sweep(sweep_dir: str | Path, uri: str | None = None, everything: bool =
     for run_dir in run_folders(sweep_dir):
         info = read_run_file(run_dir) or {}
         if "key" not in info or (info.get("synced") and not everything and not uri):
+            continue
+        if info.get("status") not in TERMINAL and not everything:
+            summary.running += 1  # its trial may still be logging it
             continue
         summary.runs += 1
         try:

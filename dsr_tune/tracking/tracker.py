@@ -9,6 +9,9 @@ and ``dsr-tune sync`` logs the run later from that folder.
 
 ``tracking.json`` (one per run folder) is the run's identity for MLflow:
 key, run name, tags, status, run id, synced, error.
+
+Before a trial's first and last call an HTTP store is probed (GET /health,
+2 s): a dead server costs a trial 2 s, not a round of retries per call.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ log = logging.getLogger("dsr_tune")
 
 RUN_FILE = "tracking.json"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
+PROBE_S = 2.0  # a tracking server that does not answer /health within this is skipped
 
 
 def read_run_file(run_dir: str | Path) -> dict | None:
@@ -62,6 +66,10 @@ class SweepTracker:
     def _client(self):
         return store.client(self.target)
 
+    def _down(self) -> str | None:
+        """Why the store cannot be used right now (a quick probe), or None."""
+        return store.probe(self.target, timeout=PROBE_S)
+
     def connect(self, params: dict | None = None, reopen: bool = True) -> str | None:
         """Driver side: the experiment and the sweep's parent run (found by tag
         or created). Returns None, or the reason MLflow cannot be used now."""
@@ -96,6 +104,9 @@ class SweepTracker:
             update_run_file(run_dir, error=self.error or "MLflow was unreachable when the sweep started")
             return None
         try:
+            down = self._down()
+            if down:
+                raise ConnectionError(down)
             client = self._client()
             run_id = runs.find_or_create(client, self.experiment_id, runs.run_key(self.sweep_id, identity["key"]),
                                          identity["run_name"], self.child_tags(identity), parent_id=self.parent_id)
@@ -108,15 +119,20 @@ class SweepTracker:
         return run_id
 
     def finish(self, run_dir: str | Path, run_id: str | None, status: str, replay: bool = False) -> bool:
-        """Trial side, after training: artifacts (when finished) and the run's
-        final status; with ``replay`` also the params and metrics, from the run
-        folder (no live logger ran). True when MLflow holds the whole run."""
+        """After training (the trial, or the driver for a trial that never
+        returned): artifacts and the run's final status; with ``replay`` also
+        the params and metrics the run folder has and MLflow lacks (no live
+        logger ran, or it was cut off; idempotent). True when MLflow holds the
+        whole run."""
         from .logger import offline_reason
 
         update_run_file(run_dir, status=status)
         if run_id is None:
             return False
         try:
+            down = self._down()
+            if down:
+                raise ConnectionError(down)
             client = self._client()
             if replay:
                 from .sync import SyncSummary, sync_run
@@ -149,8 +165,10 @@ class SweepTracker:
         return None
 
     def to_json(self) -> dict:
+        """What sweep.json keeps: no credentials (see :func:`.store.with_credentials`)."""
         d = asdict(self)
         d["target"] = asdict(self.target)
+        d["target"]["uri"] = store.redact(self.target.uri)
         return d
 
     @classmethod

@@ -1,5 +1,17 @@
-"""The PyTorch trainer (no Ray, no MLflow in its import path)."""
+"""The PyTorch trainer (no Ray, no MLflow in its import path).
 
-from .trainer import DistInfo, evaluate, pick_device, train
+``train``, ``evaluate``, ``pick_device`` and ``DistInfo`` load torch on first
+use, so ``dsr_tune.train.metrics`` (read by reports and sync) stays light.
+"""
 
-__all__ = ["DistInfo", "evaluate", "pick_device", "train"]
+_LAZY = {"train": "trainer", "evaluate": "trainer", "pick_device": "setup", "DistInfo": "setup"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

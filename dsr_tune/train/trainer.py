@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -108,6 +106,7 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
     Returns the last epoch record.
     """
     out_dir = Path(out_dir)
+    C.validate_paths(cfg)  # here, where training runs (a launching node may not hold the data)
     info = DistInfo.current()
     device = pick_device(cfg.train.device)
     if device.type == "cuda":

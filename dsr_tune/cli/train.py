@@ -1,29 +1,15 @@
-"""The ``dsr-tune`` command line.
-
-Every subcommand validates its whole input before any work starts; a bad
-config key or value exits with status 2 and one line naming it.
-"""
+"""``dsr-tune train`` (one process, or Ray Train with train.workers >= 1) and ``dsr-tune keys``."""
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from pathlib import Path
 
-from . import config as C
+from .. import config as C
+from .common import fail, interrupted, joining_cluster
 
-EXIT_USAGE = 2
-
-
-def _fail(message: str) -> int:
-    print(f"dsr-tune: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
-
-
-def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+# a finished epoch's checkpoint; named here so the CLI need not import torch (train.checkpoint.LATEST)
+LATEST = "checkpoint.pt"
 
 
 def _changed_keys(a: C.Config, b: C.Config, allowed: set[str]) -> list[str]:
@@ -32,37 +18,39 @@ def _changed_keys(a: C.Config, b: C.Config, allowed: set[str]) -> list[str]:
 
 
 def cmd_train(args) -> int:
+    joining_cluster(args.address)  # before validation: then the data paths are checked on the workers
     try:
         cfg = C.load(args.config, args.overrides)
     except C.ConfigError as exc:
-        return _fail(f"config {exc}")
+        return fail(f"config {exc}")
     out = Path(args.output or Path("runs") / Path(args.config).stem)
-    latest = out / "checkpoint.pt"
+    latest = out / LATEST
     ray_run = (out / "ray_run.json").exists()  # a Ray Train run: its checkpoints may be in remote storage
     if args.resume:
         if not latest.exists() and not (ray_run and cfg.train.workers >= 1):
-            return _fail(f"--resume: {out} holds no checkpoint.pt to continue from")
-        saved = C.load(out / "config.yaml") if (out / "config.yaml").exists() else cfg
+            return fail(f"--resume: {out} holds no checkpoint.pt to continue from")
+        try:
+            saved = C.load(out / "config.yaml") if (out / "config.yaml").exists() else cfg
+        except C.ConfigError as exc:
+            return fail(f"--resume: the run's own config {out / 'config.yaml'} no longer validates: {exc}")
         changed = _changed_keys(saved, cfg, {"train.epochs"} | RESUMABLE_RAY_KEYS)
         if changed:
-            return _fail(f"--resume: the config differs from the run's own in {', '.join(changed)}; "
+            return fail(f"--resume: the config differs from the run's own in {', '.join(changed)}; "
                          "only train.epochs and the Ray worker settings may change on resume")
     elif (latest.exists() or ray_run) and not args.overwrite:
-        return _fail(f"--output {out} already holds a run; pass --resume to continue it or --overwrite to start over")
+        return fail(f"--output {out} already holds a run; pass --resume to continue it or --overwrite to start over")
 
     if cfg.train.workers >= 1:  # Ray Train: N DDP workers (dsr_tune/distributed)
         return _train_ray(args, cfg, out)
 
-    from .train import train  # torch is heavy: import after validation
+    from ..train import train  # torch is heavy: import after validation
 
     try:
         record = train(cfg, out, resume=args.resume)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; the last finished epoch is saved. Continue with:\n"
-              f"  dsr-tune train {args.config} {' '.join(args.overrides)} --output {out} --resume", file=sys.stderr)
-        return 130
+        return interrupted("the last finished epoch is saved", _resume_argv(args, out))
     except C.ConfigError as exc:
-        return _fail(f"config {exc}")
+        return fail(f"config {exc}")
     summary = f"test accuracy {100 * record['test_acc']:.2f}%" if record else "nothing left to train"
     print(f"done: {summary}; run folder {out}")
     return 0
@@ -75,16 +63,14 @@ RESUMABLE_RAY_KEYS = {"train.workers", "train.use_gpu", "train.cpus_per_worker",
 
 
 def _train_ray(args, cfg: C.Config, out: Path) -> int:
-    from .distributed import launch  # ray and torch are heavy: import after validation
+    from ..distributed import launch  # ray and torch are heavy: import after validation
 
     try:
         summary = launch(cfg, out, resume=args.resume, address=args.address)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; the last checkpointed epoch is saved. Continue with:\n"
-              f"  dsr-tune train {args.config} {' '.join(args.overrides)} --output {out} --resume", file=sys.stderr)
-        return 130
+        return interrupted("the last checkpointed epoch is saved", _resume_argv(args, out))
     except C.ConfigError as exc:
-        return _fail(f"config {exc}")
+        return fail(f"config {exc}")
     except Exception as exc:  # ray.train.TrainingFailedError and friends: one line, details above
         if type(exc).__module__.split(".")[0] != "ray":
             raise
@@ -97,16 +83,17 @@ def _train_ray(args, cfg: C.Config, out: Path) -> int:
     return 0
 
 
+def _resume_argv(args, out: Path) -> list[str]:
+    argv = ["dsr-tune", "train", args.config, *args.overrides, "--output", str(out), "--resume"]
+    return argv + (["--address", args.address] if args.address else [])
+
+
 def cmd_keys(args) -> int:
     print(C.describe())
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dsr-tune", description="Dynamic sparse reparameterization: train, compare, sweep.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def add_parsers(sub) -> None:
     t = sub.add_parser("train", help="train one configuration", description=(
         "Train CONFIG.yaml with optional section.key=value overrides. Writes config.yaml, "
         "metrics.jsonl and checkpoints to --output."))
@@ -121,19 +108,3 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("keys", help="list every config key with its default and meaning")
     k.set_defaults(func=cmd_keys)
-
-    from .cli_compare import add_parsers as add_compare_export  # issue 3: compare, export
-    add_compare_export(sub)
-    from .cli_sweep import add_parsers as add_sweep  # issue 5: sweep, report, sync, ui
-    add_sweep(sub)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

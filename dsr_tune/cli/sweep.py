@@ -1,4 +1,4 @@
-"""The ``sweep``, ``report``, ``ui`` and ``sync`` subcommands of ``dsr-tune`` (issue 5).
+"""The ``sweep``, ``report``, ``ui`` and ``sync`` subcommands of ``dsr-tune``.
 
 Registered by :func:`dsr_tune.cli.build_parser` through :func:`add_parsers`.
 The whole search space is validated before Ray starts: a bad key or range
@@ -7,80 +7,108 @@ exits with status 2 and one line naming it.
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from . import config as C
+from .. import config as C
+from .common import fail, interrupted, joining_cluster
 
-EXIT_USAGE = 2
 UI_PORT = 5000
 
 
-def _fail(message: str) -> int:
-    print(f"dsr-tune: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
-
-
-def _resume_command(args, out: Path) -> str:
-    parts = ["dsr-tune", "sweep", args.space, *args.overrides, "--output", str(out), "--resume"]
-    if args.address:
-        parts += ["--address", args.address]
-    return " ".join(shlex.quote(p) for p in parts)
+def _resume_argv(args, out: Path) -> list[str]:
+    argv = ["dsr-tune", "sweep", args.space, *args.overrides, "--output", str(out), "--resume"]
+    return argv + (["--address", args.address] if args.address else [])
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import space as S
+    from ..sweep import space as S
 
+    on_cluster = joining_cluster(args.address)  # before validation: data paths are the workers' business
     try:
         space = S.load(args.space, args.overrides)
     except C.ConfigError as exc:
-        return _fail(f"search space {exc}")
-    from .sweep import driver  # ray, optuna and mlflow load after validation
+        return fail(f"search space {exc}")
+    from ..sweep import driver  # ray, optuna and mlflow load after validation
 
+    if not args.output and on_cluster:
+        return fail(f"--output: on a Ray cluster give a sweep folder every node shares, e.g. --output "
+                     f"/mnt/shared/sweeps/{space.name} (the default, {driver.default_output(space)}, is on this "
+                     "node only)")
     out = Path(args.output or driver.default_output(space))
     try:
         outcome = driver.run(space, out, resume=args.resume, overwrite=args.overwrite, address=args.address,
                              verbose=args.verbose)
     except C.ConfigError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     except KeyboardInterrupt:
-        print(f"\ninterrupted; finished trials are kept. Continue with:\n  {_resume_command(args, out)}",
-              file=sys.stderr)
-        return 130
+        return interrupted("finished trials are kept", _resume_argv(args, out))
     if outcome.status == "KILLED":
         outcome.tracker.close_parent("KILLED")
-        print(f"\ninterrupted; finished trials are kept, cut-off ones continue from their checkpoints:\n"
-              f"  {_resume_command(args, out)}", file=sys.stderr)
-        return 130
+        return interrupted("finished trials are kept, cut-off ones continue from their checkpoints",
+                           _resume_argv(args, out))
     code = _print_report(str(outcome.sweep_dir), outcome)
+    target, prog = outcome.tracker.target, _program()
+    uri = _redact(target.uri)
     if outcome.unsynced:
-        print(f"\nWARNING: MLflow ({outcome.tracker.target.uri}) does not hold {len(outcome.unsynced)} run(s) "
-              f"fully; their records are in the run folders. When it is back: dsr-tune sync {outcome.sweep_dir}")
-    if outcome.tracker.target.embedded:
-        print(f"\nBrowse every run in MLflow: dsr-tune ui   (then open http://127.0.0.1:{UI_PORT})")
+        keys = outcome.unsynced
+        shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+        print(f"\nwarning: MLflow ({uri}) does not hold {len(keys)} run(s) fully: {shown}; their records are in "
+              f"the run folders. When it is back: {prog} sync {outcome.sweep_dir}")
+    if target.embedded:
+        print(f"\nBrowse every run in MLflow: {prog} ui{_ui_store_arg(target)}   (then open "
+              f"http://127.0.0.1:{UI_PORT})")
     elif not outcome.unsynced:
-        print(f"\nEvery run is in MLflow at {outcome.tracker.target.uri} (experiment {outcome.tracker.experiment!r})")
+        print(f"\nEvery run is in MLflow at {uri} (experiment {outcome.tracker.experiment!r})")
     return code if outcome.status == "FINISHED" else 1
 
 
+def _redact(uri: str) -> str:
+    from ..tracking import store
+
+    return store.redact(uri)
+
+
+def _program() -> str:
+    """How this shell runs dsr-tune: by name on PATH, else the environment's script."""
+    if shutil.which("dsr-tune"):
+        return "dsr-tune"
+    script = Path(sys.executable).parent / "dsr-tune"
+    if not script.exists():
+        return f"{sys.executable} -m dsr_tune.cli"
+    rel = os.path.relpath(script)
+    return rel if not rel.startswith("..") else str(script)
+
+
+def _ui_store_arg(target) -> str:
+    """`` --tracking-uri URI`` when ``dsr-tune ui`` would not find this store by itself."""
+    from ..tracking import store
+
+    return "" if store.resolve(None).uri == target.uri else f" --tracking-uri {shlex.quote(_redact(target.uri))}"
+
+
 def _print_report(sweep: str, outcome=None, uri: str | None = None) -> int:
-    from .report import build
+    from ..report import build
 
     try:
-        report, files, source = build(sweep, uri)
-    except (LookupError, RuntimeError) as exc:
-        print(f"dsr-tune: no report: {exc}", file=sys.stderr)
-        return 1
-    print()
-    print(report.text(), end="")
-    print(f"\nreport: {files['md']} and {files['png']} (from {source})")
-    if outcome is not None and outcome.tracker.parent_id:  # else sync has closed it, or MLflow is down
-        err = outcome.tracker.close_parent(outcome.status)
-        if err:
-            print(f"WARNING: could not close the parent run: {err}", file=sys.stderr)
-    return 0
+        try:
+            report, files, source = build(sweep, uri)
+        except (LookupError, RuntimeError) as exc:
+            print(f"dsr-tune: no report: {exc}", file=sys.stderr)
+            return 1
+        print()
+        print(report.text(), end="")
+        print(f"\nreport: {files['md']} and {files['png']} (from {source})")
+        return 0
+    finally:  # the sweep's parent run is closed whatever the report does
+        if outcome is not None and outcome.tracker.parent_id:  # else sync has closed it, or MLflow is down
+            err = outcome.tracker.close_parent(outcome.status)
+            if err:
+                print(f"WARNING: could not close the parent run: {err}", file=sys.stderr)
 
 
 def cmd_report(args) -> int:
@@ -88,14 +116,17 @@ def cmd_report(args) -> int:
 
 
 def cmd_sync(args) -> int:
-    from .tracking.sync import SyncError, sync_sweep
+    from ..tracking.sync import SyncError, sync_sweep
 
     try:
         s = sync_sweep(args.sweep_dir, args.tracking_uri, everything=args.all)
     except SyncError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(f"synced {s.runs} run folder(s): {s.created} MLflow run(s) created, {s.params} params, "
           f"{s.metrics} metric values, {s.artifacts} artifacts logged")
+    if s.running:
+        print(f"left {s.running} run(s) still marked RUNNING alone (their trial may be logging them); "
+              "--all syncs them too")
     if s.failed:
         print(f"still failing: {', '.join(s.failed)}", file=sys.stderr)
         return 1
@@ -103,14 +134,14 @@ def cmd_sync(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from .tracking import store
+    from ..tracking import store
 
     target = store.resolve(args.tracking_uri)
     if not target.embedded:
-        return _fail(f"{target.uri} is a tracking server: open it in a browser (dsr-tune ui serves sqlite stores)")
+        return fail(f"{target.uri} is a tracking server: open it in a browser (dsr-tune ui serves sqlite stores)")
     db = Path(target.uri[len("sqlite:///"):])
     if not db.exists():
-        return _fail(f"no MLflow store at {db}; run a sweep from this folder first (or pass --tracking-uri)")
+        return fail(f"no MLflow store at {db}; run a sweep from this folder first (or pass --tracking-uri)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", target.uri,
            "--default-artifact-root", target.artifact_root, "--host", "127.0.0.1", "--port", str(args.port)]
     proc = subprocess.Popen(cmd)
@@ -135,7 +166,8 @@ def add_parsers(sub) -> None:
     s.add_argument("space", help="search-space YAML (see search_spaces/)")
     s.add_argument("overrides", nargs="*", help="dotted overrides: config keys (train.epochs=3) or the space "
                    "file's own (search.samples=4, seeds=[0], space.optim.lr={loguniform: [0.01, 0.1]})")
-    s.add_argument("--output", "-o", help="sweep folder (default: runs/sweeps/<name>)")
+    s.add_argument("--output", "-o", help="sweep folder (default: runs/sweeps/<name>; on a Ray cluster required, "
+                   "on a folder every node shares)")
     s.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --output")
     s.add_argument("--overwrite", action="store_true", help="start over in an --output that holds a sweep")
     s.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
@@ -152,7 +184,7 @@ def add_parsers(sub) -> None:
     y = sub.add_parser("sync", help="log to MLflow what a sweep's run folders hold and MLflow missed")
     y.add_argument("sweep_dir", help="a sweep folder")
     y.add_argument("--tracking-uri", help="log into this store instead of the sweep's own")
-    y.add_argument("--all", action="store_true", help="check every run, not only those marked unsynced")
+    y.add_argument("--all", action="store_true", help="check every run, not only the ended ones marked unsynced")
     y.set_defaults(func=cmd_sync)
 
     u = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the embedded store")

@@ -1,4 +1,4 @@
-"""The ``compare`` and ``export`` subcommands of ``dsr-tune`` (issue 3).
+"""The ``compare`` and ``export`` subcommands of ``dsr-tune``.
 
 Registered by :func:`dsr_tune.cli.build_parser` through :func:`add_parsers`.
 Like every subcommand they validate all input before any work starts; a bad
@@ -12,15 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-from . import config as C
-
-EXIT_USAGE = 2
-
-
-def _fail(message: str) -> int:
-    print(f"dsr-tune: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
-
+from .. import config as C
+from .common import fail
 
 def _floats(text: str) -> list[float]:
     try:
@@ -36,28 +29,28 @@ def cmd_compare(args) -> int:
     try:
         cfg = C.load(args.config, args.overrides)
     except C.ConfigError as exc:
-        return _fail(f"config {exc}")
+        return fail(f"config {exc}")
     if args.seeds < 1:
-        return _fail(f"--seeds {args.seeds}: need at least 1")
+        return fail(f"--seeds {args.seeds}: need at least 1")
     if args.epoch_factor is not None and args.epoch_factor <= 0:
-        return _fail(f"--epoch-factor {args.epoch_factor}: must be > 0")
+        return fail(f"--epoch-factor {args.epoch_factor}: must be > 0")
     out = Path(args.output or Path("runs") / f"compare_{Path(args.config).stem}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     if not args.verbose:  # the per-epoch lines of every run would drown the progress lines
         logging.getLogger("dsr_tune").setLevel(logging.WARNING)
 
-    from .compare import CompareError, compare, markdown  # torch is heavy: import after validation
+    from ..compare import CompareError, compare, markdown  # torch is heavy: import after validation
 
     try:
         rows = compare(cfg, out, sparsities=args.sparsity, seeds=args.seeds, methods=methods,
                        factor=args.epoch_factor, progress=lambda line: print(line, flush=True))
     except C.ConfigError as exc:
-        return _fail(f"config {exc}")
+        return fail(f"config {exc}")
     except CompareError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     except KeyboardInterrupt:
-        print(f"\ninterrupted; finished runs are kept. Run the same command again to continue "
-              f"(it skips them and resumes the cut-off one from its checkpoint).", file=sys.stderr)
+        print("\ninterrupted; finished runs are kept. Run the same command again to continue "
+              "(it skips them and resumes the cut-off one from its checkpoint).", file=sys.stderr)
         return 130
     print()
     print(markdown(rows), end="")
@@ -68,10 +61,13 @@ def cmd_compare(args) -> int:
 def cmd_export(args) -> int:
     run = Path(args.run_dir)
     if not (run / "checkpoint.pt").is_file():
-        return _fail(f"{run} holds no checkpoint.pt (not a finished run folder)")
-    from .export import export_run
+        return fail(f"{run} holds no checkpoint.pt (not a finished run folder)")
+    from ..export import export_run
 
-    info = export_run(run, args.output)
+    try:
+        info = export_run(run, args.output)
+    except ValueError as exc:  # a checkpoint this loader cannot read back
+        return fail(str(exc))
     ratio = info["bytes"] / info["dense_bytes"]
     print(f"wrote {info['path']}: {info['bytes']:,} bytes, {ratio:.3f} of the dense checkpoint "
           f"({info['dense_bytes']:,} bytes); {info['sparse_tensors']} sparse tensors, "

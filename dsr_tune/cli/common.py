@@ -1,0 +1,49 @@
+"""What every subcommand shares: the one-line error, logging, the resume hint."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+
+EXIT_USAGE = 2  # a bad command line, config or search space: nothing was started
+
+
+def fail(message: str) -> int:
+    print(f"dsr-tune: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+class _Format(logging.Formatter):
+    """``HH:MM:SS message``; warnings and errors say so."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            time, _, rest = text.partition(" ")
+            text = f"{time} {record.levelname.lower()}: {rest}"
+        return text
+
+
+def setup_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Format("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
+def interrupted(what: str, argv: list[str]) -> int:
+    """After Ctrl-C: say what is kept and the command that continues."""
+    print(f"\ninterrupted; {what}. Continue with:\n  {' '.join(shlex.quote(a) for a in argv)}", file=sys.stderr)
+    return 130
+
+
+def joining_cluster(address: str | None) -> bool:
+    """True when the command joins an existing Ray cluster. Then the data
+    lives on the worker nodes, not necessarily here: the config's data paths
+    are checked where training runs, not on this node (the setting reaches
+    the trial processes through the environment)."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        os.environ["DSR_TUNE_SKIP_PATH_CHECKS"] = "1"
+        return True
+    return False
