@@ -54,10 +54,9 @@ def sort_based_reallocation(masking: Masking, fraction: float) -> int:
             scores = p.abs().masked_fill(~mask, float("inf")).view(-1)
             order = torch.sort(scores).indices
             drop = order[:k]
+            # as DSR does: growth avoids every position active before, the dropped included
+            idx = sample_positions(mask, k, mask.numel() - active, masking.generator)
             mask.view(-1)[drop] = False
-            free = ~mask
-            free.view(-1)[drop] = False
-            idx = sample_positions(free, k, int(free.count_nonzero()), masking.generator)
             mask.view(-1)[idx] = True
             masking.zero_at(name, torch.cat([drop, idx]))  # the same targeted zeroing as DSR's
             moved += k

@@ -259,13 +259,13 @@ def test_sample_positions_uniform_and_only_free():
     free[::3] = True
     hits = torch.zeros(1000)
     for _ in range(300):
-        idx = sample_positions(free, 20, int(free.sum()), gen)
+        idx = sample_positions(~free, 20, int(free.sum()), gen)
         assert len(set(idx.tolist())) == 20 and bool(free[idx].all())
         hits[idx] += 1
     rate = hits[free] / 300
     assert abs(rate.mean() - 20 / 334) < 1e-3 and rate.max() < 0.2  # no position strongly favoured
     # dense regime path: almost every free position wanted
-    idx = sample_positions(free, 300, int(free.sum()), gen)
+    idx = sample_positions(~free, 300, int(free.sum()), gen)
     assert len(set(idx.tolist())) == 300 and bool(free[idx].all())
 
 

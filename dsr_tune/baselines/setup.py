@@ -156,7 +156,7 @@ def load_masks_from(cfg: C.Config, masking: Masking | None, init_state: dict[str
     for name, mask in masks.items():
         masking.masks[name].copy_(mask)
         masking.params[name].copy_(init_state[name])
-    masking.invalidate_counts()
+    masking.masks_changed()
     masking.budget = sum(masking.active_counts().values())
     masking.apply()
     log.info("masks from %s: %d active sparse weights", path, masking.budget)

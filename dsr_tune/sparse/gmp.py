@@ -45,7 +45,7 @@ def magnitude_prune_to(masking, counts: dict[str, int]) -> dict[str, int]:
         score = p.detach().abs().masked_fill(~mask, -1.0).reshape(-1)
         mask.copy_(_top_positions(score, keep).view_as(mask))
         removed[name] = active[name] - keep
-    masking.invalidate_counts()
+    masking.masks_changed()
     masking.budget = sum(active.values()) - sum(removed.values())
     return removed
 
@@ -148,7 +148,7 @@ class DenseSparseDense:
         grown = masking.sparse_numel - sum(masking.active_counts().values())
         for mask in masking.masks.values():
             mask.fill_(True)  # re-enabled weights are zero already, and so is their momentum
-        masking.invalidate_counts()
+        masking.masks_changed()
         masking.budget = masking.sparse_numel
         return {"method": "dsd", "phase": "dense", "pruned": 0, "grown": grown, "budget": masking.budget}
 

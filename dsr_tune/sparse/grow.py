@@ -1,6 +1,7 @@
 """Where to grow and how many per tensor.
 
-Allocators decide the count per tensor; growers pick the positions. Grown
+Allocators decide the count per tensor; growers pick the positions, given
+the ``taken`` ones (a bool mask, True where growth may not go). Grown
 weights start at exactly zero with zero optimizer state (the masking zeroes
 them), and never land on a position pruned in the same reallocation unless
 there is no other room left.
@@ -78,22 +79,24 @@ class SameTensor:
         return "SameTensor()"
 
 
-def sample_positions(free: torch.Tensor, count: int, n_free: int, generator: torch.Generator) -> torch.Tensor:
-    """``count`` flat indices drawn uniformly without replacement where ``free``.
+def sample_positions(taken: torch.Tensor, count: int, n_free: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` flat indices drawn uniformly without replacement where ``taken`` is False.
 
-    Sparse regime: draw random indices, keep the free ones, dedupe, repeat;
-    cost grows with ``count``, not with the tensor. When most free positions
-    are wanted, list them all instead. The result is a uniform random subset
-    either way (the draw is symmetric in the free positions).
+    ``n_free`` is the number of such positions. Sparse regime: draw random
+    indices, keep the untaken ones, dedupe, repeat; the cost grows with
+    ``count``, not with the tensor, and ``taken`` is only read at the drawn
+    indices. When most free positions are wanted, list them all instead. The
+    result is a uniform random subset either way (the draw is symmetric in the
+    free positions).
     """
-    device = free.device
+    device = taken.device
     if count <= 0:
         return torch.empty(0, dtype=torch.long, device=device)
     if count > n_free:
         raise ValueError(f"asked for {count} positions, only {n_free} free")
-    flat = free.view(-1)
+    flat = taken.view(-1)
     if 4 * count > n_free:
-        idx = flat.nonzero().squeeze(1)
+        idx = flat.logical_not().nonzero().squeeze(1)
         return idx[torch.randperm(idx.numel(), generator=generator)[:count].to(device)]
     numel = flat.numel()
     chosen = torch.empty(0, dtype=torch.long, device=device)
@@ -101,15 +104,15 @@ def sample_positions(free: torch.Tensor, count: int, n_free: int, generator: tor
         need = count - chosen.numel()
         draw = int(need * numel / n_free * 1.3) + 32
         cand = torch.randint(numel, (draw,), generator=generator).to(device)
-        chosen = torch.cat([chosen, cand[flat[cand]]]).unique()
+        chosen = torch.cat([chosen, cand[~flat[cand]]]).unique()
     return chosen[torch.randperm(chosen.numel(), generator=generator)[:count].to(device)]
 
 
 class RandomGrowth:
     """Grow at uniformly random inactive positions (DSR, SET, DeepR)."""
 
-    def __call__(self, name: str, free: torch.Tensor, count: int, n_free: int, masking) -> torch.Tensor:
-        return sample_positions(free, count, n_free, masking.generator)
+    def __call__(self, name: str, taken: torch.Tensor, count: int, n_free: int, masking) -> torch.Tensor:
+        return sample_positions(taken, count, n_free, masking.generator)
 
     def __repr__(self) -> str:
         return "RandomGrowth()"
@@ -137,15 +140,15 @@ class ProportionalToScore:
         return f"ProportionalToScore({self.score!r})"
 
 
-def top_positions(score: torch.Tensor, free: torch.Tensor, count: int) -> torch.Tensor:
-    """Flat indices of the ``count`` free positions with the largest ``|score|``.
+def top_positions(score: torch.Tensor, taken: torch.Tensor, count: int) -> torch.Tensor:
+    """Flat indices of the ``count`` untaken positions with the largest ``|score|``.
 
-    Non-free positions never win (they are ranked below every free one);
+    Taken positions never win (they are ranked below every free one);
     among equal scores torch.topk's order decides, the same on every rank.
     """
     if count <= 0:
-        return torch.empty(0, dtype=torch.long, device=free.device)
-    ranked = torch.where(free.view(-1), score.detach().reshape(-1).abs().float(), -1.0)
+        return torch.empty(0, dtype=torch.long, device=taken.device)
+    ranked = torch.where(taken.view(-1), -1.0, score.detach().reshape(-1).abs().float())
     return torch.topk(ranked, count).indices
 
 
@@ -158,13 +161,13 @@ class GradientGrowth:
     is already averaged, so every rank picks the same positions.
     """
 
-    def __call__(self, name: str, free: torch.Tensor, count: int, n_free: int, masking) -> torch.Tensor:
+    def __call__(self, name: str, taken: torch.Tensor, count: int, n_free: int, masking) -> torch.Tensor:
         grad = masking.params[name].grad
         if grad is None:
             if count <= 0:
-                return top_positions(free, free, 0)
+                return top_positions(taken, taken, 0)
             raise RuntimeError(f"gradient growth needs {name}.grad: reallocate after backward(), before zero_grad()")
-        return top_positions(grad, free, count)
+        return top_positions(grad, taken, count)
 
     def __repr__(self) -> str:
         return "GradientGrowth()"
@@ -179,8 +182,8 @@ class ScoreGrowth:
     def __init__(self, score):
         self.score = score
 
-    def __call__(self, name: str, free: torch.Tensor, count: int, n_free: int, masking) -> torch.Tensor:
-        return top_positions(self.score(name), free, count)
+    def __call__(self, name: str, taken: torch.Tensor, count: int, n_free: int, masking) -> torch.Tensor:
+        return top_positions(self.score(name), taken, count)
 
     def __repr__(self) -> str:
         return f"ScoreGrowth({self.score!r})"

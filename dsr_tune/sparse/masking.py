@@ -108,6 +108,7 @@ class Masking:
             self.masks[name] = flat.view_as(p).to(p.device)
         self.budget = sum(counts.values())
         self._active: dict[str, int] | None = dict(counts)  # cache of nonzero_counts(); None = stale
+        self._multipliers: dict[str, torch.Tensor] = {}  # what apply() multiplies by; rebuilt when masks change
         self._hook = optimizer.register_step_post_hook(lambda *_: self.step()) if hook else None
         # reallocation records not yet taken by pop_events(); bounded for hook users who never take them
         self.events: deque[dict] = deque(maxlen=1000)
@@ -128,10 +129,25 @@ class Masking:
     def apply(self) -> None:
         """Zero inactive weights and their optimizer state."""
         for name, p in self.params.items():
-            mask = self.masks[name]
+            mask = self._multiplier(name)
             p.mul_(mask)
             for buf in self._state_tensors(p):
                 buf.mul_(mask)
+
+    def _multiplier(self, name: str) -> torch.Tensor:
+        """The mask as ``apply()`` multiplies by it, built once per mask change.
+
+        On the CPU a multiply by a bool tensor is several times slower than by
+        one of the weight's own dtype and memory format (channels_last
+        included), so the mask is kept in that form too; on accelerators the
+        bool mask itself moves fewer bytes.
+        """
+        mult = self._multipliers.get(name)
+        if mult is None:
+            p, mask = self.params[name], self.masks[name]
+            mult = torch.empty_like(p).copy_(mask) if p.device.type == "cpu" else mask
+            self._multipliers[name] = mult
+        return mult
 
     def step(self) -> dict | None:
         """Call after every optimizer step: re-apply masks, run the method's
@@ -172,6 +188,7 @@ class Masking:
         """Run the method's prune/grow once now; returns its record."""
         record = self.method.reallocate(self)
         layers = record.get("layers")  # budget-changing schedules (GMP, DSD) report no per-layer counts
+        self._multipliers.clear()
         self._active = {n: layer["nonzero"] for n, layer in layers.items()} if layers else None
         if not getattr(self.method, "zeroes_pruned", False):
             self.apply()
@@ -194,10 +211,13 @@ class Masking:
         weight may be stored channels_last, so it is indexed by coordinates.
         """
         p = self.params[name]
-        where = torch.unravel_index(flat_index, p.shape)
-        p[where] = 0
-        for buf in self._state_tensors(p):
-            buf[where] = 0
+        where = None
+        for t in (p, *self._state_tensors(p)):
+            if t.is_contiguous():  # row-major like the mask: fill by flat index (fast)
+                t.view(-1).index_fill_(0, flat_index, 0)
+            else:
+                where = torch.unravel_index(flat_index, p.shape) if where is None else where
+                t[where] = 0
 
     # ------------------------------------------------------------ reporting
 
@@ -209,13 +229,16 @@ class Masking:
     def active_counts(self) -> dict[str, int]:
         """Like :meth:`nonzero_counts`, but kept up to date by reallocations
         instead of recounted (a device sync and a pass over every mask).
-        Code that edits ``masks`` directly must call :meth:`invalidate_counts`."""
+        Code that edits ``masks`` directly must call :meth:`masks_changed`."""
         if self._active is None:
             self._active = self.nonzero_counts()
         return dict(self._active)
 
-    def invalidate_counts(self) -> None:
+    def masks_changed(self) -> None:
+        """Drop what is derived from the masks (counts, multipliers): call after
+        editing ``masks`` outside a reallocation."""
         self._active = None
+        self._multipliers.clear()
 
     def densities(self) -> dict[str, float]:
         return {n: c / self.masks[n].numel() for n, c in self.nonzero_counts().items()}
@@ -247,7 +270,7 @@ class Masking:
             if mask.shape != self.masks[name].shape:
                 raise ValueError(f"mask {name}: shape {tuple(mask.shape)} != {tuple(self.masks[name].shape)}")
             self.masks[name].copy_(mask)
-        self.invalidate_counts()
+        self.masks_changed()
         self.generator.set_state(state["generator"].cpu())  # a checkpoint loaded onto a GPU moves it
         self.global_step = state["global_step"]
         self.epoch = state["epoch"]

@@ -107,15 +107,14 @@ class Reallocator:
         for n in names:
             mask = masking.masks[n]
             if self.regrow_pruned:  # every position inactive after the prune is a candidate
-                mask.logical_and_(pruned[n].logical_not())
-                idx = self.grower(n, mask.logical_not(), grow[n], room[n] + k[n], masking)
-            else:
-                free = mask.logical_not()  # inactive before this prune: the just-pruned excluded
-                mask.logical_and_(pruned[n].logical_not())  # pruned is a subset of mask
-                idx = self.grower(n, free, grow[n] - spill[n], room[n], masking)
+                mask.logical_xor_(pruned[n])  # pruned is a subset of mask: xor removes it
+                idx = self.grower(n, mask, grow[n], room[n] + k[n], masking)
+            else:  # growth avoids what was active before this prune, the just-pruned included
+                idx = self.grower(n, mask, grow[n] - spill[n], room[n], masking)
                 if spill[n]:  # no other room: back into positions just pruned, at random
-                    back = sample_positions(pruned[n], spill[n], k[n], masking.generator)
+                    back = sample_positions(pruned[n].logical_not(), spill[n], k[n], masking.generator)
                     idx = torch.cat([idx, back])
+                mask.logical_xor_(pruned[n])
             # zero what was pruned and what grows (weights and optimizer state) at
             # those positions only: cheaper than a pass over every weight
             masking.zero_at(n, torch.cat([pruned[n].view(-1).nonzero().squeeze(1), idx]))
