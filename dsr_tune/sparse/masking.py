@@ -204,6 +204,14 @@ class Masking:
         return [v for v in state.values() if torch.is_tensor(v) and v.shape == p.shape]
 
     @torch.no_grad()
+    def zero_where(self, name: str, where: torch.Tensor) -> None:
+        """Weights and optimizer state become exactly zero where the bool
+        tensor ``where`` (the mask's shape) is True: one pass, no index list."""
+        p = self.params[name]
+        for t in (p, *self._state_tensors(p)):
+            t.masked_fill_(where, 0)
+
+    @torch.no_grad()
     def zero_at(self, name: str, flat_index: torch.Tensor) -> None:
         """Weights and optimizer state at these positions become exactly zero.
 

@@ -115,9 +115,10 @@ class Reallocator:
                     back = sample_positions(pruned[n].logical_not(), spill[n], k[n], masking.generator)
                     idx = torch.cat([idx, back])
                 mask.logical_xor_(pruned[n])
-            # zero what was pruned and what grows (weights and optimizer state) at
-            # those positions only: cheaper than a pass over every weight
-            masking.zero_at(n, torch.cat([pruned[n].view(-1).nonzero().squeeze(1), idx]))
+            # zero what was pruned (one masked pass, cheaper than listing the
+            # positions) and what grows (by index: few positions)
+            masking.zero_where(n, pruned[n])
+            masking.zero_at(n, idx)
             mask.view(-1)[idx] = True
             layers[n] = {"pruned": k[n], "grown": grow[n], "nonzero": survivors[n] + grow[n]}
         record = {"pruned": total, "grown": sum(grow.values()), **before, "layers": layers}
