@@ -8,7 +8,9 @@ trial:
   (imports, MLflow run, Ray Train controller and worker group, gloo, data,
   model), i.e. first epoch's end (its MLflow timestamp) minus its epoch time;
   the start of a new trial process (when Tune does not reuse one) comes
-  before that line and is not counted;
+  before that line and is not counted; split (from rank 0's worker file) into
+  the trial's own preparation, Ray Train's start (TorchTrainer.fit to the
+  worker function) and the worker's set-up before its first step;
 - training: the sum of the epoch times (training steps plus evaluation);
 - per-epoch overhead: the rest of the time between the first and the last
   epoch end, per epoch (checkpoint, hand-over to Ray, Tune report, MLflow);
@@ -21,6 +23,11 @@ fixed and per-epoch costs would be for a 2-minute trial.
     .venv/bin/python benchmarks/bench_sweep.py                   # runs the demo (a few minutes)
     .venv/bin/python benchmarks/bench_sweep.py --sweep runs/sweeps/digits_demo   # analyse only
     .venv/bin/python benchmarks/bench_sweep.py search.samples=2 seeds=[0]        # a smaller demo
+    .venv/bin/python benchmarks/bench_sweep.py --floor --sweep DIR   # + bare TorchTrainer trials alike
+
+``--floor`` then runs bare trials (a TorchTrainer whose function only makes
+an optimizer) at the demo's concurrency and resources: Ray Train V2's own
+start-up on this machine, the part of the start-up the trainer cannot cut.
 
 Not a timed test: the numbers depend on the machine and on what else runs.
 """
@@ -74,12 +81,24 @@ def trial_times(sweep: Path) -> list[dict]:
             continue
         train = sum(r["epoch_time"] for r in epochs)
         start_up = ends[0] - epochs[0]["epoch_time"] - info["started"]
+        worker = _read_json(info_path.parent / "ray_workers" / "rank0.json")  # the last (re)start of rank 0
+        split = {}
+        if worker.get("launched") and worker.get("started") and epochs[0].get("epoch", 0) == 0:
+            split = {"prep": worker["launched"] - info["started"], "ray_train": worker["started"] - worker["launched"],
+                     "worker": ends[0] - epochs[0]["epoch_time"] - worker["started"]}
         between = (ends[-1] - ends[0]) - sum(r["epoch_time"] for r in epochs[1:])
         total = run.info.end_time / 1000 - info["started"]
         out.append({"key": info["key"], "epochs": len(epochs), "start_up": start_up, "train": train,
                     "per_epoch": between / max(1, len(epochs) - 1), "tail": run.info.end_time / 1000 - ends[-1],
-                    "total": total, "epoch_time": statistics.mean(r["epoch_time"] for r in epochs)})
+                    "total": total, "epoch_time": statistics.mean(r["epoch_time"] for r in epochs), **split})
     return out
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def summarize(rows: list[dict], wall: float | None) -> str:
@@ -93,6 +112,13 @@ def summarize(rows: list[dict], wall: float | None) -> str:
     lines += ["", f"{len(rows)} trials: start-up median {med('start_up'):.1f} s (max {max(r['start_up'] for r in rows):.1f} s), "
               f"per-epoch overhead median {med('per_epoch'):.2f} s, tail median {med('tail'):.1f} s",
               f"time inside training (steps + evaluation): {train:.0f} s of {total:.0f} s of trial time = {train / total:.0%}"]
+    split = [r for r in rows if "ray_train" in r]
+    if split:
+        m = lambda k: statistics.median(r[k] for r in split)  # noqa: E731
+        lines.append(f"start-up, medians over {len(split)} trials: trial function to TorchTrainer.fit {m('prep'):.1f} s "
+                     f"(job, MLflow run started in a thread), fit to the worker function {m('ray_train'):.1f} s "
+                     f"(Ray Train V2: controller, worker group, process group), worker function to first step "
+                     f"{m('worker'):.1f} s (imports, data, model, optimizer, MLflow client)")
     if wall:
         lines.append(f"sweep wall time {wall:.0f} s (Ray start, MLflow store, both Tune phases, report)")
     fixed = med("start_up") + med("tail")
@@ -104,9 +130,63 @@ def summarize(rows: list[dict], wall: float | None) -> str:
     return "\n".join(lines)
 
 
+def _bare_trial(config: dict) -> None:
+    """A Tune trial that only starts a 1-worker TorchTrainer whose function
+    notes when it began and creates an SGD optimizer (its first call imports
+    torch._dynamo, as any training loop's does)."""
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+
+    note = Path(config["storage"]) / f"bare{config['i']}.json"
+
+    def loop(cfg):
+        import torch
+
+        entered = time.time()
+        torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        note.write_text(json.dumps({"entered": entered, "optimizer": time.time()}))
+
+    started = time.time()
+    note.parent.mkdir(parents=True, exist_ok=True)
+    TorchTrainer(loop, scaling_config=ray.train.ScalingConfig(
+        num_workers=1, resources_per_worker={"CPU": config["worker_cpus"]}),
+        run_config=ray.train.RunConfig(storage_path=config["storage"], name=f"bare{config['i']}")).fit()
+    times = json.loads(note.read_text())
+    tune.report({"fit_to_worker": times["entered"] - started, "worker_optimizer": times["optimizer"] - times["entered"]})
+
+
+def ray_train_floor(trials: int, concurrency: int, trial_cpus: float, worker_cpus: float) -> str:
+    """Ray Train V2's own start-up at the demo's concurrency and resources:
+    ``trials`` bare trials, ``concurrency`` at a time, in a fresh local Ray."""
+    import ray
+    from ray import tune
+
+    from dsr_tune.sweep.driver import LOCAL_RAY_ENV, RAY_ENV
+
+    env = {**RAY_ENV, **LOCAL_RAY_ENV}
+    work = Path(tempfile.mkdtemp(prefix="bench_floor_"))
+    ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False, runtime_env={"env_vars": env})
+    try:
+        grid = tune.grid_search(list(range(trials)))
+        tuner = tune.Tuner(tune.with_resources(_bare_trial, {"cpu": trial_cpus}),
+                           param_space={"i": grid, "worker_cpus": worker_cpus, "storage": str(work / "train")},
+                           tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
+                           run_config=tune.RunConfig(storage_path=str(work / "tune"), name="floor", verbose=0))
+        frame = tuner.fit().get_dataframe()
+    finally:
+        ray.shutdown()
+    fit, opt = frame["fit_to_worker"].median(), frame["worker_optimizer"].median()
+    return (f"bare Ray Train V2 floor, {trials} trials {concurrency} at a time ({trial_cpus} CPU trial + 1 worker x "
+            f"{worker_cpus} CPU): TorchTrainer.fit to the worker function median {fit:.1f} s "
+            f"(max {frame['fit_to_worker'].max():.1f} s), first optimizer in a fresh worker {opt:.1f} s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sweep", help="analyse this finished sweep folder instead of running the demo")
+    p.add_argument("--floor", action="store_true",
+                   help="then run bare TorchTrainer trials at the demo's concurrency: Ray Train's own start-up")
     p.add_argument("overrides", nargs="*", help="overrides for the demo sweep")
     args = p.parse_args()
     if args.sweep:
@@ -114,6 +194,13 @@ def main() -> None:
     else:
         sweep, wall = run_demo(args.overrides)
     print(summarize(trial_times(sweep), wall))
+    if args.floor:
+        meta = json.loads((sweep / "sweep.json").read_text())
+        train = meta["space"]["config"].get("train", {})
+        trial_cpus = meta["space"].get("search", {}).get("trial_cpus", 0.1)
+        worker_cpus = train.get("cpus_per_worker", 1.0)
+        per = trial_cpus + worker_cpus * train.get("workers", 1)
+        print(ray_train_floor(8, max(1, int((os.cpu_count() or 1) / per + 1e-9)), trial_cpus, worker_cpus))
 
 
 if __name__ == "__main__":

@@ -93,6 +93,21 @@ def test_digits_fixed_split_and_sharding():
     assert len(r0.train) == len(r1.train)  # same number of steps on every rank (DDP would hang otherwise)
 
 
+def test_digits_read_directly_equal_scikit_learns(monkeypatch):
+    """The digits are read from scikit-learn's file without importing it; the
+    result must be load_digits' exactly, and load_digits is the fallback."""
+    from sklearn.datasets import load_digits
+
+    from dsr_tune.data import tensors
+
+    ref = load_digits()
+    images, target = tensors._load_digits()
+    assert np.array_equal(images, ref.images) and np.array_equal(target, ref.target)
+    monkeypatch.setattr(tensors.importlib.util, "find_spec", lambda name: None)  # file not found: fallback
+    images, target = tensors._load_digits()
+    assert np.array_equal(images, ref.images) and np.array_equal(target, ref.target)
+
+
 def test_epoch_order_is_a_function_of_seed_and_epoch():
     cfg = C.load(None, ["data.batch_size=10"])
     order = {}

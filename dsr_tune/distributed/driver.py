@@ -120,6 +120,7 @@ def _trainer(cfg: C.Config, run_dir: Path, name: str, storage_uri: str, resume_f
         train_loop_config={
             "cfg": cfg.to_dict(), "run_dir": str(run_dir), "storage_path": storage_uri, "name": name,
             "resume_from": str(resume_from) if resume_from else None, "logger_specs": list(logger_specs),
+            "launched": time.time(),  # the worker files keep it: Ray Train's start-up time, for benchmarks
         },
         scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
                                                resources_per_worker=worker_resources(cfg)),

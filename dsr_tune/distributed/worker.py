@@ -43,12 +43,15 @@ def _setup_logging(rank: int) -> None:
     log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
 
 
-def _write_worker_file(run_dir: Path, rank: int) -> None:
+def _write_worker_file(run_dir: Path, rank: int, launched: float | None = None) -> None:
     """``<run_dir>/ray_workers/rank<R>.json``: this worker's pid and node, rewritten
-    at every (re)start: to attach a profiler, or to kill one in a failure drill."""
+    at every (re)start: to attach a profiler, or to kill one in a failure drill.
+    ``started``: when this function began; ``launched``: when the driver built
+    the TorchTrainer (the difference is Ray Train's start-up)."""
     folder = run_dir / "ray_workers"
     folder.mkdir(parents=True, exist_ok=True)
-    info = {"rank": rank, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    info = {"rank": rank, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+            "launched": launched}
     tmp = folder / f".rank{rank}.json.tmp"
     tmp.write_text(json.dumps(info))
     tmp.replace(folder / f"rank{rank}.json")
@@ -127,7 +130,7 @@ def train_loop_per_worker(config: dict) -> None:
     _setup_logging(rank)
     cfg = C.from_dict(config["cfg"])
     run_dir = Path(config["run_dir"])
-    _write_worker_file(run_dir, rank)
+    _write_worker_file(run_dir, rank, config.get("launched"))
 
     choice = _agree(_choose_checkpoint(config["storage_path"], config["name"], config.get("resume_from"))
                     if rank == 0 else None)
