@@ -149,6 +149,28 @@ def test_grown_weights_start_at_zero_with_zero_momentum():
     assert regrown > 0 and total_active(m) == m.budget
 
 
+def test_direct_reallocate_zeroes_grown_positions_even_when_inactive_ones_are_not():
+    """step() applies the masks before it reallocates, so growth need not zero
+    again there; a library user calling reallocate() right after an optimizer
+    step (inactive weights and momentum moved) must still get zeros."""
+    torch.manual_seed(0)
+    model = TwoLayer()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    m = Masking(model, opt, sparsity=0.8, method=one_shot(10.0, np_=20))  # prunes all but one per tensor
+    loss = sum((p - 1).pow(2).sum() for p in model.parameters())
+    loss.backward()
+    opt.step()  # no m.step(): every inactive weight and its momentum is non-zero now
+    assert all(bool((p[~m.masks[n]] != 0).all()) for n, p in m.params.items())
+    before = {n: mask.clone() for n, mask in m.masks.items()}
+    rec = m.reallocate()
+    assert rec["grown"] > 0
+    for n, p in m.params.items():
+        grown = m.masks[n] & ~before[n]
+        assert bool(grown.any()) or rec["layers"][n]["grown"] == 0
+        assert torch.all(p[grown] == 0) and torch.all(opt.state[p]["momentum_buffer"][grown] == 0)
+    assert m.inactive_zero is False  # the promise holds for one call only
+
+
 def test_no_room_fills_free_positions_first_then_spills_into_just_pruned():
     # density 0.7: 70% active, 30% free; prune almost everything, so K > room
     _, _, m = make(0.3, method=one_shot(10.0, np_=5))

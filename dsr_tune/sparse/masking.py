@@ -112,6 +112,7 @@ class Masking:
         self._hook = optimizer.register_step_post_hook(lambda *_: self.step()) if hook else None
         # reallocation records not yet taken by pop_events(); bounded for hook users who never take them
         self.events: deque[dict] = deque(maxlen=1000)
+        self.inactive_zero = False  # see reallocate()
         self.apply()
         # a method may keep state tied to these tensors (DeepR's signs, SNFS's
         # momentum) and may need to act before every optimizer step (DeepR
@@ -163,7 +164,7 @@ class Masking:
             self.epoch = (self.global_step - 1) // self.steps_per_epoch
         if self.method is None or not self.method.due(self.global_step, self.epoch):
             return None
-        event = self.reallocate()
+        event = self.reallocate(inactive_zero=True)  # apply() above zeroed every inactive position
         if hasattr(self.method, "summarize"):  # a method rewiring every step reports sums now and then
             event = self.method.summarize(event, self.global_step)
             if event is None:
@@ -184,9 +185,18 @@ class Masking:
         return events
 
     @torch.no_grad()
-    def reallocate(self) -> dict:
-        """Run the method's prune/grow once now; returns its record."""
-        record = self.method.reallocate(self)
+    def reallocate(self, *, inactive_zero: bool = False) -> dict:
+        """Run the method's prune/grow once now; returns its record.
+
+        ``inactive_zero=True`` promises that every inactive weight and its
+        optimizer state are zero already (:meth:`step` has just applied the
+        masks), so a method may skip zeroing the positions it grows into.
+        """
+        self.inactive_zero = inactive_zero
+        try:
+            record = self.method.reallocate(self)
+        finally:
+            self.inactive_zero = False
         layers = record.get("layers")  # budget-changing schedules (GMP, DSD) report no per-layer counts
         self._multipliers.clear()
         self._active = {n: layer["nonzero"] for n, layer in layers.items()} if layers else None

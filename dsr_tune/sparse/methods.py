@@ -116,9 +116,11 @@ class Reallocator:
                     idx = torch.cat([idx, back])
                 mask.logical_xor_(pruned[n])
             # zero what was pruned (one masked pass, cheaper than listing the
-            # positions) and what grows (by index: few positions)
+            # positions) and what grows (by index: few positions), unless the
+            # masking vouches that inactive positions are zero already (its step())
             masking.zero_where(n, pruned[n])
-            masking.zero_at(n, idx)
+            if not getattr(masking, "inactive_zero", False):
+                masking.zero_at(n, idx)
             mask.view(-1)[idx] = True
             layers[n] = {"pruned": k[n], "grown": grow[n], "nonzero": survivors[n] + grow[n]}
         record = {"pruned": total, "grown": sum(grow.values()), **before, "layers": layers}
