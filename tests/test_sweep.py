@@ -35,6 +35,19 @@ TINY = ["train.epochs=2", "optim.milestones=[1]", "sparsity.stop_epoch=2", "spar
 # ------------------------------------------------------------------ fast checks, no Ray
 
 
+def test_progress_table_shows_searched_values_and_latest_metrics():
+    from dsr_tune.sweep.driver import progress_table
+
+    sp = S.load(DEMO)
+    search = progress_table("search", sp)
+    assert search._parameter_columns == {"sparsity.sparsity": "sparsity", "sparsity.period_scale": "period_scale",
+                                         "sparsity.delta": "delta", "sparsity.target_pruned": "target_pruned",
+                                         "optim.lr": "lr"}
+    assert search._metric_columns == {"epochs_done": "epochs", "test_acc": "test_acc", "nonzero_params": "non-zero"}
+    assert progress_table("paired", sp)._parameter_columns == {"job": "run"}
+    assert not progress_table("search", S.load(DEMO, ["search.pareto=true"]))._sort_by_metric
+
+
 def _data_roots(tmp_path: Path) -> dict[str, list[str]]:
     (tmp_path / "cifar" / "cifar-10-batches-py").mkdir(parents=True)
     for split in ("train", "val"):

@@ -42,7 +42,7 @@ def cmd_sweep(args) -> int:
     out = Path(args.output or driver.default_output(space))
     try:
         outcome = driver.run(space, out, resume=args.resume, overwrite=args.overwrite, address=args.address,
-                             verbose=args.verbose)
+                             verbose=args.verbose, table=args.table)
     except C.ConfigError as exc:
         return fail(str(exc))
     except KeyboardInterrupt:
@@ -171,6 +171,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --output")
     s.add_argument("--overwrite", action="store_true", help="start over in an --output that holds a sweep")
     s.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    s.add_argument("--table", action="store_true", help="also print Tune's trial table (at most every 30 s) "
+                   "beside the one-line events")
     s.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("report", help="table and figure of a sweep from MLflow", description=(

@@ -173,8 +173,23 @@ def tune_config(phase: str, space: Space, ctx: SweepContext, n_concurrent: int):
     return tc, {"job": tune.grid_search(list(ctx.paired_jobs()))}
 
 
+def progress_table(phase: str, space: Space):
+    """Tune's own trial table (its legacy CLIReporter), at most every 30 s:
+    the searched values (or the paired run) and the latest metrics per trial."""
+    from ray.tune import CLIReporter
+
+    s = space.search
+    keys = (["method"] if len(space.methods) > 1 else []) + [p.key for p in space.params]
+    short = [k.rsplit(".", 1)[-1] for k in keys]  # sparsity.delta -> delta, unless two keys end alike
+    params = dict(zip(keys, short if len(set(short)) == len(short) else keys))
+    return CLIReporter(metric_columns={"epochs_done": "epochs", s.metric: s.metric, "nonzero_params": "non-zero"},
+                       parameter_columns=params if phase == "search" else {"job": "run"}, max_report_frequency=30,
+                       metric=None if s.pareto else s.metric, mode=None if s.pareto else s.mode,
+                       sort_by_metric=not s.pareto)
+
+
 def _tune_phase(phase: str, space: Space, ctx: SweepContext, *, n_concurrent: int, total: int,
-                on_cluster: bool) -> bool:
+                on_cluster: bool, table: bool = False) -> bool:
     """Run (or restore) one Tune phase; True when every trial ended."""
     from ray import tune
 
@@ -193,7 +208,8 @@ def _tune_phase(phase: str, space: Space, ctx: SweepContext, *, n_concurrent: in
     else:
         s = space.search
         tc, param_space = tune_config(phase, space, ctx, n_concurrent)
-        rc = tune.RunConfig(name=phase, storage_path=str(Path(ctx.sweep_dir) / "tune"), verbose=0,
+        table_kw = {"verbose": 1, "progress_reporter": progress_table(phase, space)} if table else {"verbose": 0}
+        rc = tune.RunConfig(name=phase, storage_path=str(Path(ctx.sweep_dir) / "tune"), **table_kw,
                             failure_config=tune.FailureConfig(max_failures=s.max_failures),
                             sync_config=tune.SyncConfig(sync_period=5),
                             callbacks=[Finalizer(ctx), Progress(phase, total, ctx, s.metric, s.mode)])
@@ -240,9 +256,11 @@ def open_tracker(space: Space, out_dir: Path, meta: dict, *, resume: bool) -> Sw
 
 
 def run(space: Space, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-        address: str | None = None, verbose: bool = False) -> Outcome:
+        address: str | None = None, verbose: bool = False, table: bool = False) -> Outcome:
     """Run the sweep of ``space`` in ``out_dir`` (or finish it with ``resume``).
-    Progress goes to the ``dsr_tune`` logger, one line per event."""
+    Progress goes to the ``dsr_tune`` logger, one line per event; ``table``
+    adds Tune's trial table (phases started now; a restored phase keeps the
+    output settings it was started with)."""
     from ..distributed import joins_cluster, ray_session
 
     out_dir = Path(out_dir).expanduser().resolve()
@@ -273,7 +291,7 @@ def run(space: Space, out_dir: str | Path, *, resume: bool = False, overwrite: b
         log.info("sweep %s in %s: %d trial(s) at a time, each %g CPU + %d Ray Train worker(s) x %g CPU%s",
                  meta["sweep_id"], out_dir, n, space.search.trial_cpus, t.workers, t.cpus_per_worker,
                  " + 1 GPU" if t.use_gpu else "")
-        status = _phases(space, ctx, meta, out_dir, n, on_cluster)
+        status = _phases(space, ctx, meta, out_dir, n, on_cluster, table)
     meta["status"] = status
     _save(out_dir, meta)
     # what MLflow missed (also when the store came back after being down); an interrupted
@@ -282,11 +300,13 @@ def run(space: Space, out_dir: str | Path, *, resume: bool = False, overwrite: b
     return Outcome(status, out_dir, meta["sweep_id"], tracker, unsynced)
 
 
-def _phases(space: Space, ctx: SweepContext, meta: dict, out_dir: Path, n: int, on_cluster: bool) -> str:
+def _phases(space: Space, ctx: SweepContext, meta: dict, out_dir: Path, n: int, on_cluster: bool,
+            table: bool = False) -> str:
     from .pairing import paired_jobs
 
     if meta["phase"] == "search":
-        if not _tune_phase("search", space, ctx, n_concurrent=n, total=space.search.samples, on_cluster=on_cluster):
+        if not _tune_phase("search", space, ctx, n_concurrent=n, total=space.search.samples, on_cluster=on_cluster,
+                           table=table):
             return "KILLED"
         if not any((read_run_file(d) or {}).get("status") in ("FINISHED", "KILLED")
                    for d in run_folders(out_dir)):
@@ -299,7 +319,8 @@ def _phases(space: Space, ctx: SweepContext, meta: dict, out_dir: Path, n: int, 
         total = len(json.loads((out_dir / PAIRED_FILE).read_text()))
         if total:
             log.info("[paired] %d runs: baselines per sparsity and seed, best trials on the other seeds, dense", total)
-            if not _tune_phase("paired", space, ctx, n_concurrent=n, total=total, on_cluster=on_cluster):
+            if not _tune_phase("paired", space, ctx, n_concurrent=n, total=total, on_cluster=on_cluster,
+                               table=table):
                 return "KILLED"
         meta["phase"] = "done"
         _save(out_dir, meta)
