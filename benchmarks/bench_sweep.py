@@ -162,9 +162,10 @@ def ray_train_floor(trials: int, concurrency: int, trial_cpus: float, worker_cpu
     import ray
     from ray import tune
 
-    from dsr_tune.sweep.driver import LOCAL_RAY_ENV, RAY_ENV
+    from dsr_tune.distributed import ray_env
+    from dsr_tune.sweep.driver import TUNE_ENV
 
-    env = {**RAY_ENV, **LOCAL_RAY_ENV}
+    env = ray_env(False, TUNE_ENV)
     work = Path(tempfile.mkdtemp(prefix="bench_floor_"))
     ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False, runtime_env={"env_vars": env})
     try:

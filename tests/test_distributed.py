@@ -246,6 +246,10 @@ def cli_run(tmp_path_factory) -> Path:
                 cwd=base)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "done: test accuracy" in proc.stdout
+    # readable: rank 0's epoch lines, not Ray's per-rank report dumps or the local preemption watcher's errors
+    out = proc.stdout + proc.stderr
+    assert out.count(f"epoch {EPOCHS}/{EPOCHS}") == 1, out[-3000:]
+    assert "Reporting training result" not in out and "PreemptionWatcher" not in out, out[-3000:]
     return base / "two"
 
 

@@ -11,6 +11,6 @@ as Ray Train's per-worker function. Ray is imported only inside functions.
 See the README section "Many workers and nodes (Ray Train)".
 """
 
-from .driver import FitSummary, LoggerSpec, fit, joins_cluster, launch, ray_session, worker_resources
+from .driver import FitSummary, LoggerSpec, fit, joins_cluster, launch, ray_env, ray_session, worker_resources
 
-__all__ = ["FitSummary", "LoggerSpec", "fit", "joins_cluster", "launch", "ray_session", "worker_resources"]
+__all__ = ["FitSummary", "LoggerSpec", "fit", "joins_cluster", "launch", "ray_env", "ray_session", "worker_resources"]

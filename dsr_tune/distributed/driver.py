@@ -33,6 +33,27 @@ from . import storage
 log = logging.getLogger("dsr_tune")
 
 RUN_FILE = "ray_run.json"  # in the run folder: where the run's checkpoints live
+# Ray settings for every run this package starts (workers get them through the job's runtime env)
+TRAIN_ENV = {
+    # Train V2 workers wait in ray.train.report until the controller polls (every 2 s by default):
+    # a stall of up to 2 s per epoch, most of a short epoch
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
+# Only on a Ray started here: a local machine is never preempted, and the watcher logs an error
+# line per run there. A real cluster keeps it (spot nodes announce their preemption through it).
+LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def ray_env(on_cluster: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment variables a run sets for Ray (a value the user already
+    exported wins), also put into this process's environment."""
+    wanted = {**TRAIN_ENV, **(extra or {}), **({} if on_cluster else LOCAL_RAY_ENV)}
+    env = {k: os.environ.get(k, v) for k, v in wanted.items()}
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+    # a notice that token auth is on for the local cluster (the default we keep), once per run
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    return env
 _joined = False  # set by ray_session while this process is connected to an existing cluster
 
 
@@ -261,7 +282,8 @@ def launch(cfg: C.Config, run_dir: str | Path, *, resume: bool = False, address:
     resume_from = run_dir / "checkpoint.pt" if resume and (run_dir / "checkpoint.pt").exists() else None
     default_storage = storage.resolve(None, run_dir)  # passed on as None: fit() refuses it on a cluster
     need = cfg.train.workers * cfg.train.cpus_per_worker
-    with ray_session(address, cpus=need) as local:
+    env = ray_env(joins_cluster(address))
+    with ray_session(address, cpus=need, runtime_env={"env_vars": env}) as local:
         if local and cfg.train.use_gpu:
             import ray
 

@@ -41,6 +41,14 @@ def _setup_logging(rank: int) -> None:
         log.addHandler(handler)
         log.propagate = False  # Ray's root handler would print every line twice
     log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    # Train V2 logs every ray.train.report call at INFO, from every rank, with the whole
+    # metrics dict, under a logger named after its source file (so LoggingConfig's level
+    # does not reach it): two long lines per rank per epoch beside our epoch line
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: its lines stay
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def _write_worker_file(run_dir: Path, rank: int, launched: float | None = None) -> None:

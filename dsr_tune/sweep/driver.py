@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 import warnings
@@ -50,16 +49,10 @@ from .space import Space, concurrency
 log = logging.getLogger("dsr_tune")
 
 # Ray and Tune settings for readable output and a resumable state on disk; read when ray is imported
-RAY_ENV = {
+TUNE_ENV = {  # on top of dsr_tune.distributed's TRAIN_ENV (and LOCAL_RAY_ENV on a Ray started here)
     "RAY_AIR_NEW_OUTPUT": "0",            # the legacy reporter: silent at verbose=0 (we print our own lines)
     "TUNE_GLOBAL_CHECKPOINT_S": "5",      # save the experiment state at most every 5 s (a killed driver loses little)
-    # Train V2 workers wait in ray.train.report until the controller polls (every 2 s by default):
-    # a stall of up to 2 s per epoch, most of a short epoch
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
-# Only on a Ray started here: a local machine is never preempted, and the watcher logs an error
-# line per run there. A real cluster keeps it (spot nodes announce their preemption through it).
-LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 # What a sweep folder holds (see .jobs): --overwrite deletes a folder only if it holds nothing else
 SWEEP_LAYOUT = {SWEEP_FILE, "optuna.db", "optuna.db-journal", "optuna.db-wal", "optuna.db-shm", PAIRED_FILE,
                 "paired.tmp", "runs", "ray_train", "tune", "report.md", "report.png", f".{SWEEP_FILE}.tmp"}
@@ -223,19 +216,11 @@ def trial_dirname(trial) -> str:
     return trial.trial_id
 
 
-def _ray_env(on_cluster: bool) -> dict[str, str]:
-    return dict(RAY_ENV) if on_cluster else {**RAY_ENV, **LOCAL_RAY_ENV}
-
-
-def _quiet_ray(env: dict[str, str]) -> None:
-    for k, v in env.items():
-        os.environ.setdefault(k, v)
+def _quiet_tune() -> None:
     # Tune's own "resume with Tuner.restore(...)" advice: ours names the CLI command instead
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     # Optuna's note that a restored trial reports a step again (Tune restarts training_iteration)
     warnings.filterwarnings("ignore", message="The reported value is ignored because this `step`")
-    # a notice that token auth is on for the local cluster (the default we keep), once per sweep
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
 def open_tracker(space: Space, out_dir: Path, meta: dict, *, resume: bool) -> SweepTracker:
@@ -261,7 +246,7 @@ def run(space: Space, out_dir: str | Path, *, resume: bool = False, overwrite: b
     Progress goes to the ``dsr_tune`` logger, one line per event; ``table``
     adds Tune's trial table (phases started now; a restored phase keeps the
     output settings it was started with)."""
-    from ..distributed import joins_cluster, ray_session
+    from ..distributed import joins_cluster, ray_env, ray_session
 
     out_dir = Path(out_dir).expanduser().resolve()
     meta = prepare(space, out_dir, resume=resume, overwrite=overwrite)
@@ -271,8 +256,8 @@ def run(space: Space, out_dir: str | Path, *, resume: bool = False, overwrite: b
     ctx = SweepContext(sweep_dir=str(out_dir), base=space.base.to_dict(), search_seed=space.seeds[0], tracker=tracker,
                        # workers on other nodes cannot reach the head's sqlite file: log each run when it ends
                        live_logging=not (on_cluster and tracker.target.embedded))
-    env = _ray_env(on_cluster)
-    _quiet_ray(env)
+    env = ray_env(on_cluster, TUNE_ENV)
+    _quiet_tune()
 
     t = space.base.train
     need = space.search.trial_cpus + t.workers * t.cpus_per_worker  # one trial; a local Ray gets at least this
