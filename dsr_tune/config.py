@@ -214,6 +214,7 @@ class SparsityConfig:
 class TrainConfig:
     epochs: int = opt(200, "training epochs", in_range(1, None))
     seed: int = opt(0, "seed for weights, masks and data order", in_range(0, 2**31 - 1))
+    init_seed: int | None = opt(None, "seed for the initial weights only (None: train.seed); the final_reinit ablation sets it", in_range(0, 2**31 - 1))
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps", lambda v: None if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()) else "must be auto, cpu, cuda, cuda:N or mps")
     precision: str = opt("fp32", "fp32 | bf16 (autocast) | fp16 (autocast + grad scaler, CUDA only)", one_of("fp32", "bf16", "fp16"))
     channels_last: bool = opt(False, "use the channels_last memory format")

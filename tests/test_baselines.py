@@ -285,10 +285,32 @@ def test_ablation_runs_start_every_active_weight_from_its_initial_value(dsr_run,
         torch.testing.assert_close(weights[n], init[n] * mask, rtol=1e-6, atol=1e-9)
 
 
-def test_final_reinit_moves_to_a_valid_seed(dsr_run):
-    assert baseline_config(tiny(), "final_reinit", dsr_run=dsr_run).train.seed == REINIT_SEED_OFFSET
+def test_final_reinit_draws_its_init_from_a_valid_seed_and_keeps_the_data_seed(dsr_run):
+    cfg = baseline_config(tiny(), "final_reinit", dsr_run=dsr_run)
+    assert cfg.train.init_seed == REINIT_SEED_OFFSET and cfg.train.seed == 0
     top = tiny(**{"train.seed": 2**31 - 1})  # the largest seed: the offset wraps round into the valid range
-    assert baseline_config(top, "final_reinit", dsr_run=dsr_run).train.seed == REINIT_SEED_OFFSET - 1
+    cfg = baseline_config(top, "final_reinit", dsr_run=dsr_run)
+    assert cfg.train.init_seed == REINIT_SEED_OFFSET - 1 and cfg.train.seed == 2**31 - 1
+    assert baseline_config(tiny(), "final_init", dsr_run=dsr_run).train.init_seed is None
+
+
+def test_init_seed_changes_the_initial_weights_only(tmp_path, monkeypatch):
+    """train.init_seed: other initial values, the same batches in the same order."""
+    seen: dict[str, list] = {}
+    real = setup.build_run_model
+
+    def recording(cfg, *args, **kw):
+        model = real(cfg, *args, **kw)
+        batches = seen.setdefault(str(cfg.train.init_seed), [])
+        model.register_forward_pre_hook(lambda mod, inp: batches.append(inp[0].sum().item()) if mod.training else None)
+        return model
+
+    monkeypatch.setattr("dsr_tune.train.trainer.baselines.build_run_model", recording)
+    for init_seed in ("null", "7"):
+        train(tiny(**{"train.epochs": 1, "train.init_seed": init_seed}), tmp_path / init_seed, progress=False)
+    a, b = (load_ckpt(tmp_path / d / "init.pt")["model"] for d in ("null", "7"))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith("weight"))
+    assert seen["None"] and seen["None"] == seen["7"]  # the data order is train.seed's alone
 
 
 def test_resuming_reads_no_other_run(dsr_run, monkeypatch):

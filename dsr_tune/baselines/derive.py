@@ -19,7 +19,7 @@ hashednet          hashed weight sharing, bank = budget, 1x
 dsd                dense, sparse, dense at a tenth of the LR, 1x
 dsr_stop:E         DSR with reallocation stopped at epoch E, 1x
 final_reinit       final masks of ``dsr_run``, static, 1x, fresh random init from
-                   another seed (so another data order too: see below)
+                   another seed (``train.init_seed``; the same data order)
 final_init         final masks of ``dsr_run`` from its own initial values, 1x
 random_control     random masks, random init, static, 1x (the control)
 =================  ==========================================================
@@ -27,10 +27,10 @@ random_control     random masks, random init, static, 1x (the control)
 Which labels exist and what each one is (its method, epoch budget, the run it
 needs) comes from :data:`dsr_tune.methods_table.TABLE`; this module applies it.
 
-final_reinit's fresh init comes from another ``train.seed`` (see
-:data:`REINIT_SEED_OFFSET`): the seed also drives the data order and the
-augmentation, so final_reinit differs from final_init in those too, not only
-in the initial values. The config has no separate init seed.
+final_reinit's fresh init comes from ``train.init_seed`` (see
+:data:`REINIT_SEED_OFFSET`), which seeds the initial weights only: the data
+order, augmentation and everything else follow ``train.seed`` as in
+final_init, so the two differ in their initial values alone.
 """
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ from .. import config as C
 from .. import methods_table as T
 
 ABLATIONS = tuple(a for a in T.labels(kind="ablation") if a not in T.PARAMETRIC)  # compare's "ablations"
-# final_reinit trains on train.seed + this (wrapped into train.seed's range
-# [0, 2**31 - 1]): a seed no comparison run of ordinary seeds uses, so its
-# weights are a fresh draw. It changes the data order and augmentation too.
+# final_reinit's train.init_seed is train.seed + this (wrapped into [0, 2**31 - 1]):
+# a seed no comparison run of ordinary seeds uses, so its weights are a fresh draw
 REINIT_SEED_OFFSET = 100_000
 SEED_LIMIT = 2**31  # train.seed must stay below this
 
@@ -119,8 +118,8 @@ def baseline_config(cfg: C.Config, label: str, factor: float | None = None, *,
         s["stop_epoch"] = arg
     elif base == "final_init":
         s["init_from"] = str(dsr_run)
-    elif base == "final_reinit":  # a fresh init; the data order changes with it (no separate init seed)
-        data["train"]["seed"] = (data["train"]["seed"] + REINIT_SEED_OFFSET) % SEED_LIMIT
+    elif base == "final_reinit":  # a fresh init, the same data order
+        data["train"]["init_seed"] = (data["train"]["seed"] + REINIT_SEED_OFFSET) % SEED_LIMIT
     elif base == "gmp":
         s["dense_from"] = None if dense_run is None else str(dense_run)
         _gmp_schedule(data)

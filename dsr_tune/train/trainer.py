@@ -114,10 +114,12 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
 
-    # -- model, data, optimizer, masks: all seeded from train.seed
+    # -- model, data, optimizer, masks: all seeded from train.seed (initial weights: train.init_seed if set)
     torch.manual_seed(cfg.train.seed)
     data: DataBundle = build_data(cfg.data, cfg.train.seed, info.rank, info.world_size,
                                   pin_memory=device.type == "cuda")
+    if cfg.train.init_seed is not None:  # other initial weights, the same data order and masks
+        torch.manual_seed(cfg.train.init_seed)
     # the registry model, or a thin dense / HashedNet one; initial values from init_from / dense_from
     model = baselines.build_run_model(cfg, data.num_classes, data.in_channels, resuming=bool(resume))
     init_state = {k: v.clone() for k, v in model.state_dict().items()}  # dense values before masking
