@@ -54,6 +54,8 @@ def ray_env(on_cluster: bool, extra: dict[str, str] | None = None) -> dict[str, 
     # a notice that token auth is on for the local cluster (the default we keep), once per run
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     return env
+
+
 _joined = False  # set by ray_session while this process is connected to an existing cluster
 
 
