@@ -66,9 +66,13 @@ class SweepTracker:
     def _client(self):
         return store.client(self.target)
 
-    def _down(self) -> str | None:
-        """Why the store cannot be used right now (a quick probe), or None."""
-        return store.probe(self.target, timeout=PROBE_S)
+    def _live_client(self):
+        """A client, after a quick probe of the store; ConnectionError (saying
+        why) when it cannot be used right now."""
+        down = store.probe(self.target, timeout=PROBE_S)
+        if down:
+            raise ConnectionError(down)
+        return self._client()
 
     def connect(self, params: dict | None = None, reopen: bool = True) -> str | None:
         """Driver side: the experiment and the sweep's parent run (found by tag
@@ -104,10 +108,7 @@ class SweepTracker:
             update_run_file(run_dir, error=self.error or "MLflow was unreachable when the sweep started")
             return None
         try:
-            down = self._down()
-            if down:
-                raise ConnectionError(down)
-            client = self._client()
+            client = self._live_client()
             run_id = runs.find_or_create(client, self.experiment_id, runs.run_key(self.sweep_id, identity["key"]),
                                          identity["run_name"], self.child_tags(identity), parent_id=self.parent_id)
         except Exception as exc:  # noqa: BLE001
@@ -130,10 +131,7 @@ class SweepTracker:
         if run_id is None:
             return False
         try:
-            down = self._down()
-            if down:
-                raise ConnectionError(down)
-            client = self._client()
+            client = self._live_client()
             if replay:
                 from .sync import SyncSummary, sync_run
 
