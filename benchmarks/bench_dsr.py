@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from dsr_tune.models import build_model, sparse_names
 from dsr_tune.sparse import Masking, dsr, sample_positions
-from dsr_tune.train.trainer import pick_device
+from dsr_tune.train.setup import pick_device
 
 
 def sync(device):

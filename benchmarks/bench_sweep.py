@@ -65,7 +65,7 @@ def trial_times(sweep: Path) -> list[dict]:
     """One dict per trial from its tracking.json, metrics.jsonl and MLflow timestamps."""
     from mlflow import MlflowClient
 
-    from dsr_tune.train.metrics import read_records
+    from dsr_tune.runfolder import read_records
 
     meta = json.loads((sweep / "sweep.json").read_text())
     client = MlflowClient(meta["tracker"]["target"]["uri"])

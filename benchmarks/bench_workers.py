@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from dsr_tune import config as C
-from dsr_tune.train.metrics import read_records
+from dsr_tune.runfolder import read_records
 
 
 def cpu_config(workers: int, cores: int, epochs: int) -> C.Config:
@@ -39,7 +39,7 @@ def cpu_config(workers: int, cores: int, epochs: int) -> C.Config:
     return C.from_dict({
         "model": {"name": "small_cnn", "width": 1.0},
         "data": {"name": "synthetic", "image_size": 32, "synthetic_size": 4096, "batch_size": 128},
-        "sparsity": {"method": "dsr", "sparsity": 0.9, "period_schedule": [[0, 20]], "target_pruned": 2000},
+        "sparsity": {"method": "dsr", "sparsity": 0.9, "period_schedule": [[0, 20]], "dsr": {"target_pruned": 2000}},
         "train": {"epochs": epochs, "workers": workers, "threads": cores, "cpus_per_worker": cores, "device": "cpu"},
     })
 
@@ -51,7 +51,7 @@ def cuda_config(method: str, epochs: int, steps: int) -> C.Config:
         "data": {"name": "synthetic", "image_size": 224, "synthetic_size": batch * steps,
                  "batch_size": batch, "eval_batch_size": 256, "loader_workers": 8},
         "optim": {"lr": 0.1, "weight_decay": 1e-4},
-        "sparsity": {"method": method, "sparsity": 0.9, "target_pruned": 400000,
+        "sparsity": {"method": method, "sparsity": 0.9, "dsr": {"target_pruned": 400000},
                      "period_schedule": [[0, 1000]], "stop_epoch": 95},
         "train": {"epochs": epochs, "workers": 1, "use_gpu": True, "cpus_per_worker": 9,
                   "precision": "bf16", "channels_last": True},

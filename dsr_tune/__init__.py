@@ -1,8 +1,19 @@
 """dsr_tune: train compact CNNs directly with dynamic sparse reparameterization.
 
-Layers, each knowing only the one below: ``sparse`` (masks and methods, torch
-only), ``models`` and ``data``, ``train`` (the pure PyTorch recipe), and the
-command line in ``cli``.
+Imports run one way, from the command line down to the pure-torch core (a
+package imports only packages to its right; tests/test_layers.py checks it):
+
+    cli -> sweep -> distributed -> tracking -> train -> config -> methods -> baselines -> data / models -> sparse -> checkpoint -> runfolder / schema
+
+- ``sparse``: masks and the methods that move them (torch only);
+- ``models``, ``data``: networks and data sets by name;
+- ``baselines``: the baselines' own models (thin dense width, HashedNet);
+- ``methods``: every method registered once, with its config section;
+- ``config``: the run's config, validated (its sections come from ``methods``);
+- ``train``: the PyTorch recipe (no Ray, no MLflow);
+- ``tracking``: MLflow; ``distributed``: Ray Train; ``sweep``: Tune + Optuna,
+  the comparison planner, reports; ``cli``: the ``dsr-tune`` command;
+- ``checkpoint``, ``runfolder``, ``schema``: files and config sections, used by all.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -3,7 +3,6 @@ rule, the workshop paper's ablations, the method table every list of labels
 comes from, and ``dsr-tune compare``."""
 
 import csv
-import dataclasses
 import json
 import subprocess
 import sys
@@ -14,26 +13,34 @@ import torch
 from torch import nn
 
 from dsr_tune import config as C
-from dsr_tune import methods_table as T
-from dsr_tune.baselines import baseline_config, hash_layers, known_labels, parse_label, solve_width, sparse_target
-from dsr_tune.baselines import setup
-from dsr_tune.baselines.derive import REINIT_SEED_OFFSET
+from dsr_tune import methods
+from dsr_tune.baselines import hash_layers, solve_width, sparse_target
 from dsr_tune.baselines.hashed import bank_names
 from dsr_tune.cli import main
-from dsr_tune.compare import default_methods
+from dsr_tune.methods.ablations import REINIT_SEED_OFFSET
+from dsr_tune.sweep.compare import default_methods
+from dsr_tune.sweep.plan import known_labels, parse, row_config
+from dsr_tune.train import setup
 from dsr_tune.models import build_model, count_params, sparse_names
 from dsr_tune.sparse import METHODS, Masking, layer_counts
 from dsr_tune.sparse.gmp import DenseSparseDense, GradualMagnitudePruning, cubic_sparsity, magnitude_prune_to
 from dsr_tune.train import train
-from dsr_tune.train.checkpoint import load as load_ckpt
+from dsr_tune.checkpoint import load as load_ckpt
 
 DIGITS = str(Path(__file__).resolve().parents[1] / "configs" / "digits.yaml")
 
 TINY = {"model": {"name": "small_cnn", "width": 1.0}, "data": {"name": "digits", "batch_size": 64},
         "optim": {"lr": 0.05, "milestones": []},
-        "sparsity": {"method": "dsr", "sparsity": 0.9, "target_pruned": 200, "period_schedule": [[0, 5]],
-                     "stop_epoch": 100},
+        "sparsity": {"method": "dsr", "sparsity": 0.9, "dsr": {"target_pruned": 200}, "period_schedule": [[0, 5]]},
         "train": {"epochs": 2, "seed": 0, "device": "cpu", "threads": 1}}
+
+
+def baseline_config(cfg, label, factor=None, *, dsr_run=None, dense_run=None):
+    """A row's config as the planner derives it (one row per label; controls at 2x unless the label says)."""
+    if factor is not None:
+        cfg = C.replace(cfg, **{"sparsity.epoch_factor": factor})
+    rows = parse(label, cfg.sparsity.epoch_factor)
+    return row_config(cfg, rows[-1], dsr_run or dense_run)
 
 
 def tiny(**sections) -> C.Config:
@@ -222,7 +229,7 @@ def test_magnitude_prune_breaks_ties_by_position_and_keeps_counts_current():
 def test_dsd_goes_dense_sparse_dense_and_lr_drops(tmp_path):
     cfg = tiny(**{"sparsity.method": "dsd", "train.epochs": 3})
     train(cfg, tmp_path)
-    from dsr_tune.train.metrics import read_records
+    from dsr_tune.runfolder import read_records
     recs = [r for r in read_records(tmp_path / "metrics.jsonl") if r["kind"] == "epoch"]
     dense = recs[0]["total_params"]
     sparse = dsr_nonzero("small_cnn", 0.9, in_channels=1)
@@ -274,7 +281,7 @@ def test_ablation_runs_start_every_active_weight_from_its_initial_value(dsr_run,
     # position of the DSR run's final mask must hold its initial value, not a
     # zero left over from the random mask the masking was first built with
     data = tiny().to_dict()
-    data["optim"]["lr"], data["train"]["epochs"] = 1e-12, 1
+    data["optim"]["lr"], data["train"]["epochs"], data["sparsity"]["stop_epoch"] = 1e-12, 1, None
     cfg = baseline_config(C.from_dict(data), label, dsr_run=dsr_run)
     train(cfg, tmp_path)
     final = _masks(dsr_run)
@@ -305,7 +312,7 @@ def test_init_seed_changes_the_initial_weights_only(tmp_path, monkeypatch):
         model.register_forward_pre_hook(lambda mod, inp: batches.append(inp[0].sum().item()) if mod.training else None)
         return model
 
-    monkeypatch.setattr("dsr_tune.train.trainer.baselines.build_run_model", recording)
+    monkeypatch.setattr("dsr_tune.train.setup.build_run_model", recording)
     for init_seed in ("null", "7"):
         train(tiny(**{"train.epochs": 1, "train.init_seed": init_seed}), tmp_path / init_seed, progress=False)
     a, b = (load_ckpt(tmp_path / d / "init.pt")["model"] for d in ("null", "7"))
@@ -316,19 +323,20 @@ def test_init_seed_changes_the_initial_weights_only(tmp_path, monkeypatch):
 def test_resuming_reads_no_other_run(dsr_run, monkeypatch):
     # on resume the run's own checkpoint replaces weights and masks at once,
     # so the dense run GMP prunes and the run the masks come from are not read
-    gmp = tiny(**{"sparsity.method": "gmp", "sparsity.dense_from": str(dsr_run), "sparsity.gmp_steps": 1})
+    gmp = tiny(**{"sparsity.method": "gmp", "sparsity.gmp.dense_from": str(dsr_run), "sparsity.gmp.steps": 1})
     ablation = baseline_config(tiny(), "final_reinit", dsr_run=dsr_run)
     read = []
-    real_load = setup._load
-    monkeypatch.setattr(setup, "_load", lambda path: read.append(path) or real_load(path))
+    from dsr_tune import checkpoint
+
+    real_load = checkpoint.load
+    monkeypatch.setattr(checkpoint, "load", lambda path, *a, **kw: read.append(path) or real_load(path, *a, **kw))
     torch.manual_seed(0)
     setup.build_run_model(gmp, 10, 1, resuming=True)
     model = setup.build_run_model(ablation, 10, 1, resuming=True)
+    assert read == []  # resuming: the run's own checkpoint replaces values and masks next
     masking = Masking(model, sparsity=0.9, names=sparse_names("small_cnn", model))
     before = {n: mk.clone() for n, mk in masking.masks.items()}
-    setup.load_masks_from(ablation, masking, model.state_dict(), resuming=True)
-    assert read == [] and all(torch.equal(before[n], masking.masks[n]) for n in before)
-    setup.load_masks_from(ablation, masking, model.state_dict())  # not resuming: the DSR run's masks
+    setup.load_masks_from(ablation, masking, model.state_dict())  # a fresh start: the DSR run's masks
     assert len(read) == 1 and any(not torch.equal(before[n], masking.masks[n]) for n in before)
     setup.build_run_model(gmp, 10, 1)
     assert len(read) == 2
@@ -336,13 +344,13 @@ def test_resuming_reads_no_other_run(dsr_run, monkeypatch):
 
 def test_ablation_and_gmp_keys_are_validated(tmp_path, dsr_run, capsys):
     with pytest.raises(C.ConfigError, match="sparsity.mask_from"):
-        tiny(**{"sparsity.method": "static", "sparsity.mask_from": str(tmp_path)})
+        C.check_paths(tiny(**{"sparsity.method": "static", "sparsity.mask_from": str(tmp_path)}))
     with pytest.raises(C.ConfigError, match="sparsity.init_from"):
         tiny(**{"sparsity.method": "hashednet", "sparsity.init_from": str(dsr_run)})
-    with pytest.raises(C.ConfigError, match="sparsity.dense_from"):
+    with pytest.raises(C.ConfigError, match="sparsity.gmp.dense_from"):
         tiny(**{"sparsity.method": "gmp"})
     with pytest.raises(C.ConfigError, match="train.epochs"):
-        tiny(**{"sparsity.method": "gmp", "sparsity.dense_from": str(dsr_run)})  # 20 steps need > 38 epochs
+        tiny(**{"sparsity.method": "gmp", "sparsity.gmp.dense_from": str(dsr_run)})  # 20 steps need > 38 epochs
     with pytest.raises(C.ConfigError, match="final_init needs"):
         baseline_config(tiny(), "final_init")
     assert main(["train", DIGITS, "sparsity.method=static", f"sparsity.mask_from={tmp_path}",
@@ -353,15 +361,16 @@ def test_ablation_and_gmp_keys_are_validated(tmp_path, dsr_run, capsys):
 # ------------------------------------------------------------------ the method table
 
 
-def test_every_list_of_methods_comes_from_the_one_table():
-    assert C.BASELINE_METHODS == setup.OWN_METHODS == T.labels(kind="baseline")
-    assert set(T.labels(kind="dynamic")) == set(METHODS)  # the sparse registry has exactly the dynamic rows
-    assert set(C.SPARSE_METHODS) == set(METHODS) - {"dsr"}
-    check = {f.name: f for f in dataclasses.fields(C.SparsityConfig)}["method"].metadata["check"]
-    assert all(check(m) is None for m in T.CONFIG_METHODS) and check("final_reinit") is not None
-    assert default_methods() == [m.label for m in T.TABLE if m.default]
+def test_every_list_of_methods_comes_from_the_one_registry():
+    assert set(methods.names(kind="dynamic")) == set(METHODS)  # the sparse core has exactly the dynamic methods
+    for name in methods.trainable():  # every trainable method is a valid sparsity.method, no variant is
+        C.load(None, [f"sparsity.method={name}"] + (["sparsity.gmp.dense_from=x", "train.epochs=60"]
+                                                     if name == "gmp" else []))
+    with pytest.raises(C.ConfigError, match="sparsity.method"):
+        C.load(None, ["sparsity.method=final_reinit"])
+    assert default_methods() == [m.name for m in methods.REGISTRY.values() if m.default_row]
     for label in known_labels():
-        parse_label(label.replace(":E", ":3"))
+        parse(label.replace(":E", ":3"), 2.0) if label != "ablations" else None
     # config.py reads the table, and must still import without torch
     code = "import sys, dsr_tune.config; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -372,19 +381,20 @@ def test_every_list_of_methods_comes_from_the_one_table():
 
 def test_compare_runs_end_to_end_writes_the_table_and_resumes(tmp_path, capsys):
     out = tmp_path / "cmp"
-    args = ["compare", DIGITS, "train.epochs=1", "optim.milestones=[]", "train.threads=1",
-            "--sparsity", "0.9", "--seeds", "1", "--methods", "dsr,static", "--output", str(out)]
+    args = ["compare", DIGITS, "train.epochs=1", "optim.milestones=[]", "sparsity.period_schedule=[[0, 15]]",
+            "sparsity.stop_epoch=1", "train.threads=1",
+            "--sparsity", "0.9", "--seeds", "1", "--methods", "dsr,static_2x", "--output", str(out)]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "[1/2] dsr s=0.9 seed 0" in text and "| static | 0.9 |" in text
+    assert "[1/2] dsr s=0.9 seed 0" in text and "| static_2x | 0.9 |" in text
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert [(r["method"], r["epochs"], r["seeds"]) for r in rows] == [("dsr", "1", "1"), ("static", "2", "1")]
+    assert [(r["method"], r["epochs"], r["seeds"]) for r in rows] == [("dsr", "1", "1"), ("static_2x", "2", "1")]
     assert all(int(r["nonzero_params"]) == dsr_nonzero("small_cnn", 0.9, in_channels=1) for r in rows)
     assert 0.5 < float(rows[0]["acc_mean"]) <= 1.0
     assert json.loads((out / "dsr/s0.9/seed0/result.json").read_text())["epochs"] == 1
     assert (out / "results.md").read_text().startswith("| method |")
-    stamp = (out / "static/s0.9/seed0/checkpoint.pt").stat().st_mtime_ns
+    stamp = (out / "static_2x/s0.9/seed0/checkpoint.pt").stat().st_mtime_ns
     assert main(args) == 0  # a second call skips finished runs
     assert "finished before, skipped" in capsys.readouterr().out
-    assert (out / "static/s0.9/seed0/checkpoint.pt").stat().st_mtime_ns == stamp
+    assert (out / "static_2x/s0.9/seed0/checkpoint.pt").stat().st_mtime_ns == stamp
     assert main(args[:-4] + ["--methods", "nonsense", "--output", str(out)]) == 2

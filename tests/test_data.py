@@ -55,7 +55,7 @@ def test_cifar10_loader_on_generated_files(tmp_path, monkeypatch):
 
 def test_cifar10_missing_is_refused_before_work(tmp_path):
     with pytest.raises(C.ConfigError) as exc:
-        C.load(None, ["data.name=cifar10", f"data.root={tmp_path}"])
+        C.check_paths(C.load(None, ["data.name=cifar10", f"data.root={tmp_path}"]))
     assert exc.value.key == "data.root" and "download" in str(exc.value)
 
 
@@ -77,7 +77,7 @@ def test_folder_tree_without_val_is_refused(tmp_path):
     import shutil
     shutil.rmtree(tmp_path / "val")
     with pytest.raises(C.ConfigError, match="val/"):
-        C.load(None, ["data.name=folder", f"data.root={tmp_path}", "data.image_size=32"])
+        C.check_paths(C.load(None, ["data.name=folder", f"data.root={tmp_path}", "data.image_size=32"]))
 
 
 def test_digits_fixed_split_and_sharding():

@@ -24,11 +24,13 @@ import torch
 
 from dsr_tune import config as C
 from dsr_tune.distributed import storage
-from dsr_tune.train.metrics import read_records
+from dsr_tune.runfolder import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "configs" / "digits.yaml"
 EPOCHS = 5  # the 2-worker runs below: reallocation every 15 steps, 44 steps an epoch per rank
+SHORT = [f"train.epochs={EPOCHS}", "optim.milestones=[]", "sparsity.period_schedule=[[0, 15]]",
+         f"sparsity.stop_epoch={EPOCHS}"]  # digits.yaml's schedules, cut to EPOCHS
 
 
 def epochs_of(run_dir: Path) -> list[dict]:
@@ -52,9 +54,9 @@ def test_worker_settings_are_validated():
 
 
 def test_storage_takes_the_newest_complete_checkpoint(tmp_path):
-    from dsr_tune.train import checkpoint as ckpt
+    from dsr_tune import runfolder
 
-    assert storage.CHECKPOINT == ckpt.LATEST  # a copy, so that storage does not import torch
+    assert storage.CHECKPOINT == runfolder.CHECKPOINT  # the one name, from the torch-free run-folder module
     run = tmp_path / "run"
     run.mkdir()
     (run / "init.pt").write_bytes(b"i" * 1000)
@@ -183,7 +185,7 @@ def _rank_main(rank: int, port: int, methods: list[str], out: str) -> None:
     seen = {}
     for method in methods:
         cfg = C.load(DIGITS, [f"sparsity.method={method}", "sparsity.period_schedule=[[0, 5]]",
-                              "train.epochs=2", "train.threads=1"])
+                              "train.stop_after=2", "train.threads=1"])
         hashes = []
 
         def gather(record, path, hashes=hashes):
@@ -242,7 +244,7 @@ def _cli(*args: str, cwd: Path, timeout: float = 400) -> subprocess.CompletedPro
 def cli_run(tmp_path_factory) -> Path:
     """``dsr-tune train configs/digits.yaml train.workers=2`` for EPOCHS epochs."""
     base = tmp_path_factory.mktemp("cli")
-    proc = _cli("train", str(DIGITS), "train.workers=2", f"train.epochs={EPOCHS}", "--output", "two",
+    proc = _cli("train", str(DIGITS), "train.workers=2", *SHORT, "--output", "two",
                 cwd=base)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "done: test accuracy" in proc.stdout
@@ -268,7 +270,7 @@ def test_cli_two_workers_match_one_process(cli_run, tmp_path):
     assert (stored / "init.pt").read_bytes() == (cli_run / "init.pt").read_bytes()
     assert not list(stored.glob("epoch_*/init.pt"))
 
-    one = train(C.load(DIGITS, [f"train.epochs={EPOCHS}"]), tmp_path / "one", progress=False)
+    one = train(C.load(DIGITS, SHORT), tmp_path / "one", progress=False)
     # the same global batch and budget: the same number of steps and of non-zero weights
     assert two[-1]["step"] == one["step"]
     assert two[-1]["nonzero_params"] == one["nonzero_params"]
@@ -350,7 +352,7 @@ def test_killed_worker_is_replaced_and_no_epoch_is_lost(cli_run, ray_local, tmp_
 
     run_dir, store = tmp_path / "run", str(tmp_path / "store")
     log, hashes = tmp_path / "recorder.jsonl", tmp_path / "hashes.jsonl"
-    cfg = C.load(DIGITS, ["train.workers=2", f"train.epochs={EPOCHS}"])
+    cfg = C.load(DIGITS, ["train.workers=2", *SHORT])
     killed: dict = {}
     killer = threading.Thread(target=_kill_rank0_after, args=(run_dir, store, "killed", 2, killed), daemon=True)
     killer.start()

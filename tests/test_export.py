@@ -9,17 +9,17 @@ import torch
 from dsr_tune import config as C
 from dsr_tune.cli import main
 from dsr_tune.data import build_data
-from dsr_tune.export import compress, decompress, export_run, load_exported, pack_bits, unpack_bits
+from dsr_tune.train.export import compress, decompress, export_run, load_exported, pack_bits, unpack_bits
 from dsr_tune.models import sparse_names
 from dsr_tune.sparse import Masking
 from dsr_tune.train import train
-from dsr_tune.train.checkpoint import atomic_save
-from dsr_tune.train.checkpoint import load as load_ckpt
-from dsr_tune.baselines.setup import make_model
+from dsr_tune.checkpoint import save as atomic_save
+from dsr_tune.checkpoint import load as load_ckpt
+from dsr_tune.train.setup import build_run_model
 
 BASE = {"model": {"name": "small_cnn", "width": 1.0}, "data": {"name": "digits", "batch_size": 64},
         "optim": {"lr": 0.05, "milestones": []},
-        "sparsity": {"method": "dsr", "sparsity": 0.9, "target_pruned": 200, "period_schedule": [[0, 5]]},
+        "sparsity": {"method": "dsr", "sparsity": 0.9, "dsr": {"target_pruned": 200}, "period_schedule": [[0, 5]]},
         "train": {"epochs": 1, "seed": 0, "device": "cpu", "threads": 1}}
 
 
@@ -32,7 +32,7 @@ def run(tmp_path, **over):
 def original_model(folder, cfg):
     state = load_ckpt(folder / "checkpoint.pt")
     torch.manual_seed(0)
-    model = make_model(cfg, 10, 1)
+    model = build_run_model(cfg, 10, 1, resuming=True)
     model.load_state_dict(state["model"])
     return model.eval()
 
@@ -82,7 +82,7 @@ def _cluster_run(folder, drop=()):
     the model from loading. ``drop``: state-dict keys to leave out."""
     cfg = C.from_dict(BASE)
     torch.manual_seed(1)
-    model = make_model(cfg, 10, 1)
+    model = build_run_model(cfg, 10, 1, resuming=True)
     masking = Masking(model, sparsity=0.9, names=sparse_names("small_cnn", model))
     data = cfg.to_dict()
     data["data"].update(name="cifar10", root="/nonexistent/cifar", batch_size=96)
@@ -96,7 +96,7 @@ def _cluster_run(folder, drop=()):
 def test_export_of_a_ray_run_loads_back_without_touching_the_callers_rng(tmp_path):
     model = _cluster_run(tmp_path)
     with pytest.raises(C.ConfigError):  # as saved, the run's config is not valid on this machine
-        C.from_dict(load_ckpt(tmp_path / "checkpoint.pt")["config"])
+        C.check_paths(C.from_dict(load_ckpt(tmp_path / "checkpoint.pt")["config"]))
     info = export_run(tmp_path)
     torch.manual_seed(123)
     rng = torch.get_rng_state()

@@ -395,7 +395,7 @@ def test_state_round_trip_continues_identically(name):
 def test_every_method_trains_from_the_cli(tmp_path, overrides):
     out = tmp_path / "run"
     # one epoch of 22 steps (batch 64)
-    assert cli.main(["train", DIGITS, "train.epochs=1", "data.batch_size=64", *overrides, "--output", str(out)]) == 0
+    assert cli.main(["train", DIGITS, "train.stop_after=1", "data.batch_size=64", *overrides, "--output", str(out)]) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epoch = [r for r in records if r["kind"] == "epoch"][-1]
     reallocs = [r for r in records if r["kind"] == "realloc"]
@@ -419,9 +419,9 @@ def test_stateful_methods_resume_exactly(tmp_path, method):
 
     overrides = [f"sparsity.method={method}", "data.batch_size=64", "sparsity.period_schedule=[[0, 5]]",
                  "optim.milestones=[]", "train.threads=1"]
-    train(C.load(DIGITS, [*overrides, "train.epochs=2"]), tmp_path / "straight", progress=False)
-    train(C.load(DIGITS, [*overrides, "train.epochs=1"]), tmp_path / "split", progress=False)
-    train(C.load(DIGITS, [*overrides, "train.epochs=2"]), tmp_path / "split", resume=True, progress=False)
+    train(C.load(DIGITS, [*overrides, "train.stop_after=2"]), tmp_path / "straight", progress=False)
+    train(C.load(DIGITS, [*overrides, "train.stop_after=1"]), tmp_path / "split", progress=False)
+    train(C.load(DIGITS, [*overrides, "train.stop_after=2"]), tmp_path / "split", resume=True, progress=False)
     a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=False) for d in ("straight", "split"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(a["masking"]["masks"][k], b["masking"]["masks"][k]) for k in a["masking"]["masks"])

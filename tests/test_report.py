@@ -7,8 +7,9 @@ import statistics
 
 import pytest
 
-from dsr_tune import cli, report
-from dsr_tune.report import RunRow
+from dsr_tune import cli
+from dsr_tune.sweep import report
+from dsr_tune.sweep.report import RunRow
 
 SWEEP = "toy-20260101-000000"
 

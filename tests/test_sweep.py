@@ -41,7 +41,7 @@ def test_progress_table_shows_searched_values_and_latest_metrics():
     sp = S.load(DEMO)
     search = progress_table("search", sp)
     assert search._parameter_columns == {"sparsity.sparsity": "sparsity", "sparsity.period_scale": "period_scale",
-                                         "sparsity.delta": "delta", "sparsity.target_pruned": "target_pruned",
+                                         "sparsity.dsr.delta": "delta", "sparsity.dsr.target_pruned": "target_pruned",
                                          "optim.lr": "lr"}
     assert search._metric_columns == {"epochs_done": "epochs", "test_acc": "test_acc", "nonzero_params": "non-zero"}
     assert progress_table("paired", sp)._parameter_columns == {"job": "run"}
@@ -66,14 +66,14 @@ def test_every_space_file_validates_and_opens_with_its_command(tmp_path):
         assert f"search_spaces/{f.name}" in command
         sp = S.load(f, roots.get(f.stem, []))
         keys = {p.key for p in sp.params}
-        assert {"sparsity.delta", "sparsity.sparsity"} <= keys and keys & {"sparsity.period_scale", "sparsity.period_schedule"}
+        assert {"sparsity.dsr.delta", "sparsity.sparsity"} <= keys and keys & {"sparsity.period_scale", "sparsity.period_schedule"}
         assert sp.base.train.workers >= 1 and sp.search.samples >= 1
         if sp.base.train.use_gpu:  # a GPU worker reserves its loader processes + itself
             assert sp.base.train.cpus_per_worker >= sp.base.data.loader_workers + 1, f
 
 
 @pytest.mark.parametrize("override, key", [
-    ("space.sparsity.delta={uniform: [0.05, 1.5]}", "space.sparsity.delta"),       # out of [0, 1)
+    ("space.sparsity.dsr.delta={uniform: [0.05, 1.5]}", "space.sparsity.dsr.delta"),  # out of [0, 1)
     ("space.sparsity.sparsity={choice: [0.8, 1.0]}", "space.sparsity.sparsity"),
     ("space.sparsity.sparsity={uniform: [0.8, 0.9]}", "space.sparsity.sparsity"),  # grouped on: choice only
     ("space.optim.lr={loguniform: [0.0, 0.1]}", "space.optim.lr"),                 # log range from 0
@@ -110,13 +110,13 @@ def test_space_is_define_by_run_and_picklable():
         fixed = fn2(t)
         method = t.params.get("method", fixed.get("method"))
         seen.add(method)
-        assert ("sparsity.delta" in t.params) == (method == "dsr")  # DSR-only: never drawn for SET
-        assert "sparsity.target_pruned" in t.params and "sparsity.period_scale" in t.params
-        assert 0.02 <= t.params["optim.lr"] <= 0.1 and isinstance(t.params["sparsity.target_pruned"], int)
+        assert ("sparsity.dsr.delta" in t.params) == (method == "dsr")  # DSR-only: never drawn for SET
+        assert "sparsity.dsr.target_pruned" in t.params and "sparsity.period_scale" in t.params
+        assert 0.02 <= t.params["optim.lr"] <= 0.1 and isinstance(t.params["sparsity.dsr.target_pruned"], int)
         study.tell(t, 0.5)
     assert seen == {"dsr", "set"}
-    with pytest.raises(C.ConfigError, match="space.sparsity.drop_fraction"):
-        S.load(DEMO, ["space.sparsity.drop_fraction={uniform: [0.1, 0.5]}"])  # only rigl/snfs read it
+    with pytest.raises(C.ConfigError, match="space.sparsity.rigl.drop_fraction"):
+        S.load(DEMO, ["space.sparsity.rigl.drop_fraction={uniform: [0.1, 0.5]}"])  # only rigl/snfs read it
 
 
 def test_concurrency_follows_the_cluster():
@@ -224,14 +224,16 @@ def test_pairing_trains_each_baseline_once_per_sparsity_and_seed(tmp_path):
         data["sparsity"]["sparsity"] = s
         _fake_search_run(tmp_path, f"search/{name}", C.from_dict(data), acc)
     jobs = {j.key: j for j in paired_jobs(sp, ctx)}
-    expect = {f"paired/{m}_s{s}_seed{k}" for m in ("static", "thin_dense") for s in ("0.8", "0.9") for k in (0, 1)}
+    expect = {f"paired/{m}_{f}_s{s}_seed{k}" for m in ("static", "thin_dense") for f in ("1x", "2x")
+              for s in ("0.8", "0.9") for k in (0, 1)}  # the controls at 1x and 2x the epochs
     expect |= {"paired/dsr_s0.8_seed1", "paired/dsr_s0.9_seed1", "paired/dense_seed0", "paired/dense_seed1"}
     assert set(jobs) == expect  # 5 search trials, but each baseline once per (sparsity, seed)
-    st = jobs["paired/static_s0.9_seed1"]
+    st = jobs["paired/static_2x_s0.9_seed1"]
     assert st.baseline_for == "search/e" and st.role == "baseline" and st.seed == 1
     assert st.config["train"]["epochs"] == 2 * sp.base.train.epochs and st.config["optim"]["milestones"] == [8, 16]
     assert st.config["sparsity"]["method"] == "static" and st.config["sparsity"]["sparsity"] == 0.9
-    assert jobs["paired/thin_dense_s0.8_seed0"].baseline_for == "search/b"
+    assert jobs["paired/static_1x_s0.9_seed1"].config["train"]["epochs"] == sp.base.train.epochs
+    assert jobs["paired/thin_dense_2x_s0.8_seed0"].baseline_for == "search/b"
     rep = jobs["paired/dsr_s0.8_seed1"]
     assert rep.repeat_of == "search/b" and rep.config["train"]["epochs"] == sp.base.train.epochs
     dense = jobs["paired/dense_seed1"]
@@ -417,7 +419,7 @@ def test_sweep_end_to_end_in_mlflow(e2e):
     proc, cwd = e2e["proc"], e2e["cwd"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout  # the report; progress lines go to stderr
-    assert "[paired 3/3 done]" in proc.stderr, proc.stderr
+    assert "[paired 5/5 done]" in proc.stderr, proc.stderr
     for needle in ("sparsity 0.9", "thin_dense", "dense", "http://127.0.0.1:5000"):
         assert needle in out, out
     text = proc.stdout + proc.stderr + e2e["interrupted"]["log"].read_text()
@@ -431,7 +433,7 @@ def test_sweep_end_to_end_in_mlflow(e2e):
     by_role = {}
     for r in children:
         by_role.setdefault(r.data.tags["role"], []).append(r)
-    assert len(by_role["search"]) == 3 and len(by_role["baseline"]) == 2 and len(by_role["dense"]) == 1
+    assert len(by_role["search"]) == 3 and len(by_role["baseline"]) == 4 and len(by_role["dense"]) == 1
     search_keys = {r.data.tags["dsr_tune.run"].split("/", 1)[1] for r in by_role["search"]}
     git = store.git_revision()
     for r in children:
@@ -439,7 +441,7 @@ def test_sweep_end_to_end_in_mlflow(e2e):
         assert r.info.status == "FINISHED" and tags["mlflow.parentRunId"] == parent.info.run_id
         assert tags["sweep"] == e2e["meta"]["sweep_id"] and tags["method"] in r.info.run_name
         assert tags["git_revision"] == git and f"seed{tags['seed']}" in r.info.run_name
-        assert len(r.data.params) > 50 and r.data.params["sparsity.method"] == tags["method"]
+        assert len(r.data.params) > 50 and tags["method"].startswith(r.data.params["sparsity.method"])  # a row label: static_2x trains static
         hist = client.get_metric_history(r.info.run_id, "test_acc")
         assert sorted(m.step for m in hist) == list(range(1, epochs + 1))  # every epoch, once
         for key in ("train_loss", "nonzero_params", "lr", "samples_per_s"):
@@ -453,8 +455,11 @@ def test_sweep_end_to_end_in_mlflow(e2e):
     dsr_epochs = int(by_role["search"][0].data.params["train.epochs"])
     dsr_nonzero = by_role["search"][0].data.metrics["nonzero_params"]
     for r in by_role["baseline"]:
-        assert r.data.tags["method"] in ("static", "thin_dense") and r.data.tags["baseline_for"] in search_keys
-        assert int(r.data.params["train.epochs"]) == 2 * dsr_epochs  # baselines train twice as long
+        label = r.data.tags["method"]
+        assert label in ("static_1x", "static_2x", "thin_dense_1x", "thin_dense_2x")
+        assert r.data.tags["baseline_for"] in search_keys
+        factor = 2 if label.endswith("_2x") else 1  # the paper's 2x control, and the 1x one
+        assert int(r.data.params["train.epochs"]) == factor * dsr_epochs
         assert abs(r.data.metrics["nonzero_params"] - dsr_nonzero) <= 0.05 * dsr_nonzero  # same parameter count
     assert int(by_role["dense"][0].data.params["train.epochs"]) == dsr_epochs
     assert (cwd / "sweep" / "report.png").exists() and (cwd / "sweep" / "optuna.db").exists()

@@ -21,11 +21,11 @@ from dsr_tune.tracking.logger import OFFLINE_FILE
 from dsr_tune.tracking.sync import SWEEP_FILE, SyncError, sync_sweep
 from dsr_tune.tracking.tracker import read_run_file
 from dsr_tune.train import train
-from dsr_tune.train.metrics import read_records
+from dsr_tune.runfolder import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["train.epochs=2", "optim.milestones=[1]", "sparsity.period_schedule=[[0, 10]]", "sparsity.stop_epoch=2",
-        "sparsity.target_pruned=100", "train.threads=1"]
+        "sparsity.dsr.target_pruned=100", "train.threads=1"]
 
 
 def free_port() -> int:

@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from dsr_tune import cli, config as C
-from dsr_tune.train import checkpoint as ckpt, train
-from dsr_tune.train.metrics import read_records
+from dsr_tune import checkpoint as ckpt
+from dsr_tune.train import train
+from dsr_tune.runfolder import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "configs" / "digits.yaml")
 FAST = ["train.epochs=4", "optim.milestones=[2]", "sparsity.period_schedule=[[0, 7], [2, 11]]",
-        "sparsity.stop_epoch=3", "sparsity.target_pruned=100"]
+        "sparsity.stop_epoch=3", "sparsity.dsr.target_pruned=100"]
 
 
 def test_records_and_budget(tmp_path):
@@ -56,7 +57,7 @@ def _final(run):
 def test_resume_is_exact(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(C.load(DIGITS, FAST), straight)
-    train(C.load(DIGITS, FAST + ["train.epochs=2"]), split)
+    train(C.load(DIGITS, FAST + ["train.stop_after=2"]), split)
     train(C.load(DIGITS, FAST), split, resume=True)
     (ma, ka, _), (mb, kb, _) = _final(straight), _final(split)
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
@@ -83,11 +84,11 @@ def test_resume_is_exact_with_loader_processes_and_augmentation(tmp_path):
                 Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(
                     tmp_path / "data" / split / f"c{c}" / f"{i}.png")
     keys = ["data.name=imagenet", f"data.root={tmp_path / 'data'}", "data.image_size=8", "data.batch_size=6",
-            "data.loader_workers=2", "sparsity.period_schedule=[[0, 2]]", "sparsity.target_pruned=50",
-            "optim.milestones=[]"]
+            "data.loader_workers=2", "sparsity.period_schedule=[[0, 2]]", "sparsity.dsr.target_pruned=50",
+            "optim.milestones=[]", "sparsity.stop_epoch=3"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(C.load(DIGITS, keys + ["train.epochs=3"]), straight)
-    train(C.load(DIGITS, keys + ["train.epochs=1"]), split)
+    train(C.load(DIGITS, keys + ["train.epochs=3", "train.stop_after=1"]), split)
     train(C.load(DIGITS, keys + ["train.epochs=3"]), split, resume=True)
     (ma, ka, _), (mb, kb, _) = _final(straight), _final(split)
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
@@ -96,14 +97,14 @@ def test_resume_is_exact_with_loader_processes_and_augmentation(tmp_path):
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    ckpt.atomic_save({"epoch": 1}, path)
+    ckpt.save({"epoch": 1}, path)
 
     def crash(obj, f):
         f.write(b"half a checkpoint")
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError):
-        ckpt.atomic_save({"epoch": 2}, path)
+        ckpt.save({"epoch": 2}, path)
     monkeypatch.undo()
     assert ckpt.load(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left behind
@@ -111,12 +112,12 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 def test_cli_refuses_to_clobber_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli.main(["train", DIGITS, *FAST, "train.epochs=1", "--output", str(out)]) == 0
-    assert cli.main(["train", DIGITS, *FAST, "train.epochs=1", "--output", str(out)]) == 2
+    assert cli.main(["train", DIGITS, *FAST, "train.stop_after=1", "--output", str(out)]) == 0
+    assert cli.main(["train", DIGITS, *FAST, "train.stop_after=1", "--output", str(out)]) == 2
     assert "--resume" in capsys.readouterr().err
-    assert cli.main(["train", DIGITS, *FAST, "train.epochs=2", "sparsity.sparsity=0.5", "--output", str(out), "--resume"]) == 2
+    assert cli.main(["train", DIGITS, *FAST, "train.stop_after=2", "sparsity.sparsity=0.5", "--output", str(out), "--resume"]) == 2
     assert "sparsity.sparsity" in capsys.readouterr().err
-    assert cli.main(["train", DIGITS, *FAST, "train.epochs=2", "--output", str(out), "--resume"]) == 0
+    assert cli.main(["train", DIGITS, *FAST, "train.stop_after=2", "--output", str(out), "--resume"]) == 0
     assert [r["epoch"] for r in read_records(out / "metrics.jsonl") if r["kind"] == "epoch"] == [0, 1]
 
 
@@ -172,7 +173,7 @@ def test_readme_main_command_runs(tmp_path):
     out = proc.stdout
     # the report table: every method at each sparsity, then the UI's address
     assert "sparsity 0.8" in out and "sparsity 0.9" in out
-    for method in ("dsr", "static", "thin_dense", "dense"):
+    for method in ("dsr", "static_1x", "static_2x", "thin_dense_1x", "thin_dense_2x", "dense"):
         assert f"\n  {method} " in out, out
     assert out.rstrip().endswith("http://127.0.0.1:5000)")
     sweep = tmp_path / "runs" / "digits_demo"

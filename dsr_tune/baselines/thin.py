@@ -14,7 +14,6 @@ count its widen factors fit: see tests/test_baselines.py and RESULTS.md.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
@@ -22,8 +21,6 @@ import torch
 
 from ..models import build_model, count_params, sparse_names
 from ..sparse import layer_counts
-
-log = logging.getLogger("dsr_tune")
 
 MATCHES = ("nonzero", "storage")
 
@@ -95,20 +92,3 @@ def solve_width(name: str, target: int, *, depth: int = 28, num_classes: int = 1
         raise ValueError(f"{name}: no width gives {target} parameters within {100 * tol:g}% "
                          f"(closest: width {best.width:.4f} with {best.params})")
     return best
-
-
-def thin_width(cfg, num_classes: int, in_channels: int) -> ThinSolution:
-    """The thin dense width for a run config: the target is the sparse run at
-    ``cfg.sparsity.sparsity`` on ``cfg.model`` (its ``width`` is the reference).
-    The closest width is used even when it is more than 1% off (a warning)."""
-    m, s = cfg.model, cfg.sparsity
-    target = sparse_target(m.name, width=m.width, depth=m.depth, num_classes=num_classes, in_channels=in_channels,
-                           sparsity=s.sparsity, distribution=s.distribution, include=m.sparse_layers,
-                           exclude=m.dense_layers, match=s.thin_match)
-    sol = solve_width(m.name, target, depth=m.depth, num_classes=num_classes, in_channels=in_channels, strict=False)
-    # a tiny model may have no width within 1%: one channel more or less moves
-    # the count further than that; the closest one is used, and said so
-    (log.warning if sol.rel_error > 0.01 else log.info)(
-        "thin dense: width %.4f has %d params for a target of %d (%.2f%% off)",
-        sol.width, sol.params, target, 100 * sol.rel_error)
-    return sol

@@ -40,10 +40,7 @@ def interrupted(what: str, argv: list[str]) -> int:
 
 def joining_cluster(address: str | None) -> bool:
     """True when the command joins an existing Ray cluster. Then the data
-    lives on the worker nodes, not necessarily here: the config's data paths
-    are checked where training runs, not on this node (the setting reaches
-    the trial processes through the environment)."""
-    if address or os.environ.get("RAY_ADDRESS"):
-        os.environ["DSR_TUNE_SKIP_PATH_CHECKS"] = "1"
-        return True
-    return False
+    lives on the worker nodes, not necessarily here: the config's paths are
+    checked where training runs (the trainer calls ``check_paths`` there),
+    not on this node."""
+    return bool(address or os.environ.get("RAY_ADDRESS"))

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .. import config as C
+from .. import runfolder
 from .common import fail
 
 def _floats(text: str) -> list[float]:
@@ -39,7 +40,7 @@ def cmd_compare(args) -> int:
     if not args.verbose:  # the per-epoch lines of every run would drown the progress lines
         logging.getLogger("dsr_tune").setLevel(logging.WARNING)
 
-    from ..compare import CompareError, compare, markdown  # torch is heavy: import after validation
+    from ..sweep.compare import CompareError, compare, markdown  # torch is heavy: import after validation
 
     try:
         rows = compare(cfg, out, sparsities=args.sparsity, seeds=args.seeds, methods=methods,
@@ -60,13 +61,13 @@ def cmd_compare(args) -> int:
 
 def cmd_export(args) -> int:
     run = Path(args.run_dir)
-    if not (run / "checkpoint.pt").is_file():
-        return fail(f"{run} holds no checkpoint.pt (not a finished run folder)")
-    from ..export import export_run
+    if not runfolder.has_run(run):
+        return fail(f"{run} holds no {runfolder.CHECKPOINT} (not a finished run folder)")
+    from ..train.export import export_run
 
     try:
         info = export_run(run, args.output)
-    except ValueError as exc:  # a checkpoint this loader cannot read back
+    except ValueError as exc:  # a checkpoint this loader cannot read back, or not one of ours (ConfigError)
         return fail(str(exc))
     ratio = info["bytes"] / info["dense_bytes"]
     print(f"wrote {info['path']}: {info['bytes']:,} bytes, {ratio:.3f} of the dense checkpoint "
@@ -93,7 +94,7 @@ def add_parsers(sub) -> None:
 
     e = sub.add_parser("export", help="write a trained sparse model in compressed form", description=(
         "Write RUN_DIR's final model as its non-zero values and their positions (int32 indices or a "
-        "bitmask, whichever is smaller) plus the dense tensors. dsr_tune.export.load_exported(FILE) "
+        "bitmask, whichever is smaller) plus the dense tensors. dsr_tune.train.export.load_exported(FILE) "
         "restores a dense model with the same outputs."))
     e.add_argument("run_dir", help="a run folder holding checkpoint.pt")
     e.add_argument("--output", "-o", help="output file (default: RUN_DIR/model.sparse.pt)")

@@ -92,7 +92,7 @@ def _ui_store_arg(target) -> str:
 
 
 def _print_report(sweep: str, outcome=None, uri: str | None = None) -> int:
-    from ..report import build
+    from ..sweep.report import build
 
     try:
         try:

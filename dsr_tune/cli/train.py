@@ -6,10 +6,8 @@ import sys
 from pathlib import Path
 
 from .. import config as C
+from .. import runfolder
 from .common import fail, interrupted, joining_cluster
-
-# a finished epoch's checkpoint; named here so the CLI need not import torch (train.checkpoint.LATEST)
-LATEST = "checkpoint.pt"
 
 
 def _changed_keys(a: C.Config, b: C.Config, allowed: set[str]) -> list[str]:
@@ -18,25 +16,24 @@ def _changed_keys(a: C.Config, b: C.Config, allowed: set[str]) -> list[str]:
 
 
 def cmd_train(args) -> int:
-    joining_cluster(args.address)  # before validation: then the data paths are checked on the workers
     try:
         cfg = C.load(args.config, args.overrides)
+        if not joining_cluster(args.address):  # on a cluster the data lives on the nodes that train
+            C.check_paths(cfg)
     except C.ConfigError as exc:
         return fail(f"config {exc}")
     out = Path(args.output or Path("runs") / Path(args.config).stem)
-    latest = out / LATEST
-    ray_run = (out / "ray_run.json").exists()  # a Ray Train run: its checkpoints may be in remote storage
-    if args.resume:
-        if not latest.exists() and not (ray_run and cfg.train.workers >= 1):
-            return fail(f"--resume: {out} holds no checkpoint.pt to continue from")
+    latest = out / runfolder.CHECKPOINT
+    ray_run = (out / runfolder.RAY_RUN).exists()  # a Ray Train run: its checkpoints may be in remote storage
+    if args.resume and (latest.exists() or ray_run):
         try:
-            saved = C.load(out / "config.yaml") if (out / "config.yaml").exists() else cfg
+            saved = C.load(out / runfolder.CONFIG) if (out / runfolder.CONFIG).exists() else cfg
         except C.ConfigError as exc:
             return fail(f"--resume: the run's own config {out / 'config.yaml'} no longer validates: {exc}")
-        changed = _changed_keys(saved, cfg, {"train.epochs"} | RESUMABLE_RAY_KEYS)
+        changed = _changed_keys(saved, cfg, {"train.epochs", "train.stop_after"} | RESUMABLE_RAY_KEYS)
         if changed:
             return fail(f"--resume: the config differs from the run's own in {', '.join(changed)}; "
-                         "only train.epochs and the Ray worker settings may change on resume")
+                         "only train.epochs, train.stop_after and the Ray worker settings may change on resume")
     elif (latest.exists() or ray_run) and not args.overwrite:
         return fail(f"--output {out} already holds a run; pass --resume to continue it or --overwrite to start over")
 
@@ -50,7 +47,7 @@ def cmd_train(args) -> int:
     except KeyboardInterrupt:
         return interrupted("the last finished epoch is saved", _resume_argv(args, out))
     except C.ConfigError as exc:
-        return fail(f"config {exc}")
+        return fail(str(exc) if exc.key.startswith("--") else f"config {exc}")
     summary = f"test accuracy {100 * record['test_acc']:.2f}%" if record else "nothing left to train"
     print(f"done: {summary}; run folder {out}")
     return 0
@@ -89,7 +86,10 @@ def _resume_argv(args, out: Path) -> list[str]:
 
 
 def cmd_keys(args) -> int:
-    print(C.describe())
+    try:
+        print(C.describe(args.section))
+    except C.ConfigError as exc:
+        return fail(str(exc))
     return 0
 
 
@@ -106,5 +106,8 @@ def add_parsers(sub) -> None:
                    "else a local Ray started and stopped with the command)")
     t.set_defaults(func=cmd_train)
 
-    k = sub.add_parser("keys", help="list every config key with its default and meaning")
+    k = sub.add_parser("keys", help="list every config key with its default and meaning", description=(
+        "Print every config key (or one section's) with its default and what it means; method-specific "
+        "keys are nested under the method, e.g. sparsity.dsr.delta."))
+    k.add_argument("section", nargs="?", help="only this section (model, data, optim, sparsity, train)")
     k.set_defaults(func=cmd_keys)

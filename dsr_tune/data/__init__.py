@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from ..config import DataConfig
 from .images import cifar10, image_folder
 from .tensors import digits, synthetic
 
@@ -30,6 +29,12 @@ class DataBundle:
     num_classes: int
     in_channels: int
     train_sampler: DistributedSampler | None = None
+    val: DataLoader | None = None  # a seeded slice of the training data (selection looks at it, never at test)
+
+    def to_device(self, batch, device: torch.device):
+        """A loader's batch as (inputs, labels) on ``device``."""
+        x, y = batch
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
     def set_epoch(self, epoch: int, seed: int) -> None:
         """Make the epoch's shuffle a function of (seed, epoch) alone, so a
@@ -40,7 +45,7 @@ class DataBundle:
             self.train.generator.manual_seed(seed * 100_003 + epoch)
 
 
-def datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, int, int]:
+def datasets(cfg) -> tuple[Dataset, Dataset, int, int]:
     """(train set, test set, classes, input channels)."""
     if cfg.name == "digits":
         return digits(cfg.test_fraction)
@@ -55,7 +60,7 @@ def datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, int, int]:
     raise ValueError(f"unknown data set {cfg.name!r}")
 
 
-def auto_workers(cfg: DataConfig) -> int:
+def auto_workers(cfg) -> int:
     if cfg.loader_workers >= 0:
         return cfg.loader_workers
     if cfg.name in ("digits", "synthetic"):
@@ -63,7 +68,7 @@ def auto_workers(cfg: DataConfig) -> int:
     return min(8, max(1, (os.cpu_count() or 2) - 1))
 
 
-def build_data(cfg: DataConfig, seed: int = 0, rank: int = 0, world_size: int = 1,
+def build_data(cfg, seed: int = 0, rank: int = 0, world_size: int = 1,
                pin_memory: bool = False) -> DataBundle:
     """Loaders for one training process. With ``world_size > 1`` each rank
     gets its shard and ``batch_size / world_size`` samples a step."""

@@ -13,7 +13,6 @@ Who calls what:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -27,12 +26,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .. import config as C
+from .. import runfolder
 from ..train.metrics import MetricLogger
 from . import storage
 
 log = logging.getLogger("dsr_tune")
 
-RUN_FILE = "ray_run.json"  # in the run folder: where the run's checkpoints live
+RUN_FILE = runfolder.RAY_RUN  # in the run folder: where the run's checkpoints live
 # Ray settings for every run this package starts (workers get them through the job's runtime env)
 TRAIN_ENV = {
     # Train V2 workers wait in ray.train.report until the controller polls (every 2 s by default):
@@ -103,11 +103,8 @@ def worker_resources(cfg: C.Config) -> dict[str, float]:
 
 def _with_overrides(cfg: C.Config, **train_keys) -> C.Config:
     """``cfg`` with some train.* keys replaced, validated again."""
-    changed = {k: v for k, v in train_keys.items() if v is not None}
-    if not changed:
-        return cfg
-    data = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changed)).to_dict()
-    return C.from_dict(data)
+    changed = {f"train.{k}": v for k, v in train_keys.items() if v is not None}
+    return C.replace(cfg, **changed) if changed else cfg
 
 
 def _check_cluster(cfg: C.Config, storage_path: str | None) -> None:
@@ -280,8 +277,8 @@ def launch(cfg: C.Config, run_dir: str | Path, *, resume: bool = False, address:
         if not cfg.train.storage_path and not resume:
             _remove_old_checkpoints(Path(storage_uri), run_dir.name)
         run_dir.mkdir(parents=True, exist_ok=True)
-        run_file.write_text(json.dumps({"name": name, "storage_path": storage_uri}) + "\n")
-    resume_from = run_dir / "checkpoint.pt" if resume and (run_dir / "checkpoint.pt").exists() else None
+        runfolder.write_json(run_file, {"name": name, "storage_path": storage_uri})
+    resume_from = run_dir / runfolder.CHECKPOINT if resume and runfolder.has_run(run_dir) else None
     default_storage = storage.resolve(None, run_dir)  # passed on as None: fit() refuses it on a cluster
     need = cfg.train.workers * cfg.train.cpus_per_worker
     env = ray_env(joins_cluster(address))

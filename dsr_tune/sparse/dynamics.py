@@ -37,6 +37,8 @@ class DeepRDynamics:
     the noise of the paper, applied directly (not through the momentum).
     ``eta`` is ``lr`` if given, else the current LR of the weight's optimizer
     group (so it follows the LR schedule); ``T`` comes from an epoch table.
+    ``noise_eta``, when given, replaces eta in the noise term only (the DSR
+    paper's setting, eta = 0.01, beside an L1 step at the LR).
     A weight pushed across zero is then removed by
     :class:`~dsr_tune.sparse.prune.SignFlipPrune` in the same step.
 
@@ -54,12 +56,15 @@ class DeepRDynamics:
     """
 
     def __init__(self, temperatures: Sequence[Sequence[float]] = DEEPR_TEMPERATURES, l1: float = 1e-5,
-                 lr: float | None = None):
+                 lr: float | None = None, noise_eta: float | None = None):
         if l1 < 0:
             raise ValueError(f"l1 must be >= 0, got {l1}")
+        if noise_eta is not None and noise_eta <= 0:
+            raise ValueError(f"noise_eta must be > 0, got {noise_eta}")
         self.temperature = EpochTable(temperatures)
         self.l1 = float(l1)
         self.lr = lr
+        self.noise_eta = noise_eta
         self._device_generators: dict[torch.device, torch.Generator] = {}
 
     def attach(self, masking) -> None:
@@ -109,7 +114,7 @@ class DeepRDynamics:
             p, mask = masking.params[name], masking.masks[name]
             if self.l1:
                 p.sub_(p.sign(), alpha=lr * self.l1)  # inactive weights are 0: sign 0, unchanged
-            std = math.sqrt(2.0 * lr * temperature)
+            std = math.sqrt(2.0 * (lr if self.noise_eta is None else self.noise_eta) * temperature)
             if std > 0:
                 p.addcmul_(self._noise(p, masking.generator), mask, value=std)
 
@@ -117,7 +122,8 @@ class DeepRDynamics:
         return {"temperature": self.temperature(masking.epoch)}
 
     def __repr__(self) -> str:
-        return f"DeepRDynamics(T={self.temperature.pairs}, l1={self.l1:g}, lr={self.lr or 'optimizer'})"
+        eta = "" if self.noise_eta is None else f", noise_eta={self.noise_eta:g}"
+        return f"DeepRDynamics(T={self.temperature.pairs}, l1={self.l1:g}, lr={self.lr or 'optimizer'}{eta})"
 
 
 class DenseMomentum:

@@ -224,7 +224,7 @@ def set_(periods=((0, 100), (25, 200), (80, 400), (140, 800)), stop_epoch: int |
 
 
 def deepr(temperatures=DEEPR_TEMPERATURES, l1: float = 1e-5, lr: float | None = None,
-          report_every: int = 1) -> Reallocator:
+          report_every: int = 1, noise_eta: float | None = None) -> Reallocator:
     """Deep R (Bellec et al. 2018), as the DSR paper ran it.
 
     Every step: L1 + Gaussian noise on the active weights and no weight decay
@@ -236,9 +236,10 @@ def deepr(temperatures=DEEPR_TEMPERATURES, l1: float = 1e-5, lr: float | None = 
     A tensor may lose every weight for an instant; it regrows them in the same
     step, so no weight is spared against the sign rule. ``report_every``: one
     summed record per that many steps (the trainer uses one per epoch).
+    ``noise_eta``: eta of the noise term alone (the spec's 0.01); None: the LR.
     """
     return Reallocator(every_step(), SignFlipPrune(), SameTensor(), RandomGrowth(), name="DeepR",
-                       dynamics=DeepRDynamics(temperatures, l1, lr), never_empty=False, report_every=report_every)
+                       dynamics=DeepRDynamics(temperatures, l1, lr, noise_eta), never_empty=False, report_every=report_every)
 
 
 def _drop_fraction(drop_fraction: float, decay: str, end_step: int | None):

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import config as C
+from .. import runfolder
 from ..tracking import SweepTracker, store
 from ..tracking.sync import SWEEP_FILE, SyncError, run_folders, sync_sweep
 from ..tracking.tracker import read_run_file
@@ -53,9 +54,12 @@ TUNE_ENV = {  # on top of dsr_tune.distributed's TRAIN_ENV (and LOCAL_RAY_ENV on
     "RAY_AIR_NEW_OUTPUT": "0",            # the legacy reporter: silent at verbose=0 (we print our own lines)
     "TUNE_GLOBAL_CHECKPOINT_S": "5",      # save the experiment state at most every 5 s (a killed driver loses little)
 }
+# Ray gives the head node of every cluster this resource; there is no public scheduling option
+# for "the head node" (NodeAffinity needs a node id). tests/test_ray_internals.py checks the name.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
 # What a sweep folder holds (see .jobs): --overwrite deletes a folder only if it holds nothing else
 SWEEP_LAYOUT = {SWEEP_FILE, "optuna.db", "optuna.db-journal", "optuna.db-wal", "optuna.db-shm", PAIRED_FILE,
-                "paired.tmp", "runs", "ray_train", "tune", "report.md", "report.png", f".{SWEEP_FILE}.tmp"}
+                "paired.tmp", "runs", "ray_train", "tune", "report.md", "report.png"}
 
 
 @dataclass
@@ -122,7 +126,7 @@ def _clear(out_dir: Path, overwrite: bool) -> None:
     if not overwrite:
         raise C.ConfigError("--output", f"{out_dir} already holds {'a sweep' if is_sweep else 'files'}; pass "
                             "--resume to continue a sweep or --overwrite to start over in a sweep folder")
-    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in SWEEP_LAYOUT)
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in SWEEP_LAYOUT and ".tmp-" not in p.name)
     if foreign or not is_sweep:
         shown = ", ".join(foreign[:5]) or f"no {SWEEP_FILE}"
         raise C.ConfigError("--overwrite", f"{out_dir} is not a sweep folder ({shown}); refusing to delete it: "
@@ -131,16 +135,14 @@ def _clear(out_dir: Path, overwrite: bool) -> None:
 
 
 def _save(out_dir: Path, meta: dict) -> None:
-    tmp = out_dir / f".{SWEEP_FILE}.tmp"
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    tmp.replace(out_dir / SWEEP_FILE)
+    runfolder.write_json(out_dir / SWEEP_FILE, meta)
 
 
 def parent_params(space: Space) -> dict:
     """The sweep's settings as the parent run's params."""
     out = {"space_file": str(space.path), "methods": ",".join(space.methods), "seeds": space.seeds,
            "baselines": ",".join(space.baselines), "dense": space.dense}
-    out.update({f"search.{k}": v for k, v in vars(space.search).items()})
+    out.update({f"search.{k}": v for k, v in space.search.to_dict().items()})
     out.update({f"space.{p.key}": f"{p.kind} {list(p.endpoints())}" for p in space.params})
     out.update({f"base.{k}": v for k, v in space.base.flat().items()})
     return out
@@ -192,7 +194,7 @@ def _tune_phase(phase: str, space: Space, ctx: SweepContext, *, n_concurrent: in
     use_context(ctx)  # for the callbacks a restored Tuner brings back
     resources = {"cpu": space.search.trial_cpus}
     if on_cluster:  # trial processes on the head, beside the sweep folder they write to
-        resources["node:__internal_head__"] = 0.001
+        resources[HEAD_NODE_RESOURCE] = 0.001
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
     path = Path(ctx.sweep_dir) / "tune" / phase
     if tune.Tuner.can_restore(str(path)):

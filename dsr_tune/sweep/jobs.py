@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .. import config as C
+from .. import runfolder
 from ..tracking import SweepTracker
 
 PAIRED_FILE = "paired.json"
@@ -65,8 +66,7 @@ def with_values(base: dict, values: dict, method: str | None = None, seed: int |
     """``base`` (nested config dict) with dotted ``values`` set; validated."""
     data = json.loads(json.dumps(base))
     for dotted, v in values.items():
-        section, name = dotted.split(".")
-        data[section][name] = v
+        C.set_dotted(data, dotted, v)
     if method is not None:
         data["sparsity"]["method"] = method
     if seed is not None:
@@ -121,7 +121,4 @@ class SweepContext:
 
 
 def write_paired(sweep_dir: str | Path, jobs: list[Job]) -> None:
-    path = Path(sweep_dir) / PAIRED_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([asdict(j) for j in jobs], indent=1) + "\n")
-    tmp.replace(path)
+    runfolder.write_json(Path(sweep_dir) / PAIRED_FILE, [asdict(j) for j in jobs])

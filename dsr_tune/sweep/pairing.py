@@ -21,9 +21,9 @@ from __future__ import annotations
 import logging
 
 from .. import config as C
-from ..baselines import baseline_config
-from ..report import best_per_cell, load_local
+from .report import best_per_cell, load_local
 from .jobs import Job, SweepContext, with_values
+from . import plan as P
 from .space import Space
 
 log = logging.getLogger("dsr_tune")
@@ -41,9 +41,9 @@ def paired_jobs(space: Space, ctx: SweepContext) -> list[Job]:
         configs = {m: C.load(ctx.run_dir(r.key) / "config.yaml").to_dict() for m, r in cells.items()}
         for seed in space.seeds:
             ref_cfg = C.from_dict(with_values(configs[ref.method], {}, seed=seed))
-            for label in space.baselines:
-                cfg = baseline_config(ref_cfg, label)
-                jobs.append(Job(key=f"paired/{label}_s{s:g}_seed{seed}", role="baseline", method=label,
+            for row in P.rows(space.baselines, ref_cfg.sparsity.epoch_factor, ref_cfg.train.epochs):
+                cfg = P.row_config(ref_cfg, row)
+                jobs.append(Job(key=f"paired/{row.slug}_s{s:g}_seed{seed}", role="baseline", method=row.label,
                                 sparsity=s, seed=seed, config=cfg.to_dict(), baseline_for=ref.key))
             if seed == ctx.search_seed:
                 continue
@@ -52,7 +52,7 @@ def paired_jobs(space: Space, ctx: SweepContext) -> list[Job]:
                                 seed=seed, config=with_values(configs[m], {}, seed=seed), repeat_of=r.key))
     if space.dense and best:
         for seed in space.seeds:
-            cfg = baseline_config(C.from_dict(with_values(space.base.to_dict(), {}, seed=seed)), "dense")
+            cfg = P.row_config(C.from_dict(with_values(space.base.to_dict(), {}, seed=seed)), "dense")
             jobs.append(Job(key=f"paired/dense_seed{seed}", role="dense", method="dense", sparsity=None,
                             seed=seed, config=cfg.to_dict()))
     log.debug("paired phase: %d jobs for sparsities %s", len(jobs), ", ".join(f"{s:g}" for s in sparsities))

@@ -3,7 +3,7 @@
 Built from the run folder alone (config.yaml, metrics.jsonl, checkpoint.pt),
 so the trial that just finished and ``dsr-tune sync`` log the same files.
 The model is the compressed sparse export (values + positions, see
-:mod:`dsr_tune.export`), much smaller than the checkpoint with its optimizer
+:mod:`dsr_tune.train.export`), much smaller than the checkpoint with its optimizer
 state; the checkpoint itself is logged only if the export fails. A run
 stopped early (KILLED by ASHA) gets the same files but no model.
 """
@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .. import runfolder
+
 log = logging.getLogger("dsr_tune")
 
 DENSITY_PNG = "density.png"
-EXPORT = "model.sparse.pt"
+EXPORT = runfolder.EXPORT
 
 
 def density_plot(records: list[dict], out: str | Path, title: str = "") -> Path | None:
@@ -55,27 +57,25 @@ def files(run_dir: str | Path, title: str = "", skip: set[str] | frozenset = fro
     """``{artifact path in the run: local file}`` for an ended run folder,
     leaving out the paths in ``skip`` (already logged); writes the plot and,
     with ``model``, the export into the folder first (only those not skipped)."""
-    from ..train.metrics import read_records
-
     run_dir = Path(run_dir)
     out: dict[str, Path] = {}
-    for name in ("config.yaml", "metrics.jsonl"):
+    for name in (runfolder.CONFIG, runfolder.METRICS):
         if name not in skip and (run_dir / name).exists():
             out[name] = run_dir / name
-    if DENSITY_PNG not in skip and (run_dir / "metrics.jsonl").exists():
-        plot = density_plot(read_records(run_dir / "metrics.jsonl"), run_dir / DENSITY_PNG, title)
+    if DENSITY_PNG not in skip and (run_dir / runfolder.METRICS).exists():
+        plot = density_plot(runfolder.read_records(run_dir), run_dir / DENSITY_PNG, title)
         if plot is not None:
             out[DENSITY_PNG] = plot
-    models = {f"model/{EXPORT}", "model/checkpoint.pt"}
-    if model and not models & set(skip) and (run_dir / "checkpoint.pt").exists():
+    models = {f"model/{EXPORT}", f"model/{runfolder.CHECKPOINT}"}
+    if model and not models & set(skip) and runfolder.has_run(run_dir):
         try:
-            from ..export import export_run
+            from ..train.export import export_run  # torch: only when a model is logged
 
             export_run(run_dir, run_dir / EXPORT)
             out[f"model/{EXPORT}"] = run_dir / EXPORT
         except Exception as exc:  # noqa: BLE001 (a model the export does not know: keep the checkpoint)
             log.warning("sparse export of %s failed (%s); logging the checkpoint instead", run_dir, exc)
-            out["model/checkpoint.pt"] = run_dir / "checkpoint.pt"
+            out[f"model/{runfolder.CHECKPOINT}"] = run_dir / runfolder.CHECKPOINT
     return out
 
 

@@ -17,6 +17,25 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from .. import runfolder
+
+RUN_FILE = runfolder.TRACKING  # a run folder's identity for MLflow: key, name, tags, status, run id, synced
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+
+
+def read_run_file(run_dir: str | Path) -> dict | None:
+    return runfolder.read_json(Path(run_dir) / RUN_FILE)
+
+
+def update_run_file(run_dir: str | Path, **fields) -> dict:
+    """Merge ``fields`` into the run folder's tracking.json (atomic rename)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = read_run_file(run_dir) or {}
+    data.update(fields)
+    runfolder.write_json(run_dir / RUN_FILE, data)
+    return data
+
 TAG_RUN = "dsr_tune.run"          # <sweep id>/<key>: the identity of a run
 TAG_SWEEP = "sweep"               # the sweep id, on the parent and every child
 TAG_ROLE = "role"                 # parent | search | baseline | seed | dense
@@ -92,13 +111,8 @@ def epoch_scalars(record: dict) -> dict:
 
 def last_epoch(run_dir: str | Path) -> dict | None:
     """:func:`epoch_scalars` of a run folder's last epoch record, or None before the first."""
-    from ..train.metrics import read_records  # (the train package imports torch)
-
-    last = None
-    for r in read_records(Path(run_dir) / "metrics.jsonl"):
-        if r.get("kind") == "epoch":
-            last = r
-    return epoch_scalars(last) if last is not None else None
+    found = runfolder.epochs(run_dir)
+    return epoch_scalars(found[-1]) if found else None
 
 
 def record_metrics(record: dict) -> list[tuple[str, float, int]]:

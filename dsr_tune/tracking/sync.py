@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import runs, store
-from .logger import OFFLINE_FILE
-from .tracker import RUN_FILE, TERMINAL, SweepTracker, read_run_file, update_run_file
+from . import store
+from .replay import SyncSummary, replay as sync_run
+from .runs import RUN_FILE, TERMINAL, read_run_file
+from .tracker import SweepTracker
 
 log = logging.getLogger("dsr_tune")
 
@@ -28,17 +28,6 @@ SWEEP_FILE = "sweep.json"
 
 class SyncError(RuntimeError):
     """The store cannot be reached or the folder is not a sweep."""
-
-
-@dataclass
-class SyncSummary:
-    runs: int = 0            # run folders looked at
-    created: int = 0         # MLflow runs that did not exist
-    metrics: int = 0         # metric values logged
-    params: int = 0
-    artifacts: int = 0
-    failed: list[str] = field(default_factory=list)  # run keys that still failed
-    running: int = 0         # left alone: still RUNNING (their trial may be logging them)
 
 
 def load_tracker(sweep_dir: str | Path, uri: str | None = None) -> SweepTracker:
@@ -55,31 +44,6 @@ def load_tracker(sweep_dir: str | Path, uri: str | None = None) -> SweepTracker:
 def run_folders(sweep_dir: str | Path) -> list[Path]:
     """Every run folder of a sweep (those holding a tracking.json), sorted."""
     return sorted(p.parent for p in (Path(sweep_dir) / "runs").glob(f"**/{RUN_FILE}"))
-
-
-def sync_run(client, tracker: SweepTracker, run_dir: Path, summary: SyncSummary) -> None:
-    """Make MLflow hold everything ``run_dir`` has (idempotent)."""
-    from .. import config as C
-    from ..train.metrics import read_records
-    from .artifacts import log_files
-
-    info = read_run_file(run_dir) or {}
-    run_id, created = runs.ensure(client, tracker.experiment_id, runs.run_key(tracker.sweep_id, info["key"]),
-                                  info["run_name"], tracker.child_tags(info), parent_id=tracker.parent_id,
-                                  reopen=False)
-    summary.created += created
-    if (run_dir / "config.yaml").exists():
-        summary.params += runs.log_params(client, run_id, C.load(run_dir / "config.yaml").flat())
-    triples = [t for r in read_records(run_dir / "metrics.jsonl") for t in runs.record_metrics(r)]
-    done = runs.logged_steps(client, run_id, {k for k, _, _ in triples})
-    summary.metrics += runs.log_metrics(client, run_id, triples, skip=done)
-    status = info.get("status")
-    if status in ("FINISHED", "KILLED"):  # KILLED: stopped early by ASHA; its model is not the final one
-        summary.artifacts += log_files(client, run_id, run_dir, title=info["run_name"], model=status == "FINISHED")
-    if status in TERMINAL:
-        client.set_terminated(run_id, status=status)
-    (run_dir / OFFLINE_FILE).unlink(missing_ok=True)
-    update_run_file(run_dir, run_id=run_id, synced=status in TERMINAL, error=None)
 
 
 def sync_sweep(sweep_dir: str | Path, uri: str | None = None, everything: bool = False) -> SyncSummary:

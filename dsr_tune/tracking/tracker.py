@@ -16,39 +16,16 @@ Before a trial's first and last call an HTTP store is probed (GET /health,
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import runs, store
+from .runs import RUN_FILE, TERMINAL, read_run_file, update_run_file  # noqa: F401 (the tracker's run files)
 
 log = logging.getLogger("dsr_tune")
 
-RUN_FILE = "tracking.json"
-TERMINAL = ("FINISHED", "FAILED", "KILLED")
 PROBE_S = 2.0  # a tracking server that does not answer /health within this is skipped
-
-
-def read_run_file(run_dir: str | Path) -> dict | None:
-    path = Path(run_dir) / RUN_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def update_run_file(run_dir: str | Path, **fields) -> dict:
-    """Merge ``fields`` into the run folder's tracking.json (atomic rename)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data = read_run_file(run_dir) or {}
-    data.update(fields)
-    tmp = run_dir / f".{RUN_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(run_dir / RUN_FILE)
-    return data
 
 
 @dataclass
@@ -133,9 +110,9 @@ class SweepTracker:
         try:
             client = self._live_client()
             if replay:
-                from .sync import SyncSummary, sync_run
+                from .replay import SyncSummary, replay
 
-                sync_run(client, self, Path(run_dir), SyncSummary())
+                replay(client, self, Path(run_dir), SyncSummary())
                 return True
             if status == "FINISHED":
                 from .artifacts import log_files

@@ -1,10 +1,11 @@
 """The PyTorch trainer (no Ray, no MLflow in its import path).
 
-``train``, ``evaluate``, ``pick_device`` and ``DistInfo`` load torch on first
-use, so ``dsr_tune.train.metrics`` (read by reports and sync) stays light.
+``train``, ``evaluate``, ``pick_device``, ``DistInfo`` and ``export_run`` load
+torch on first use, so ``dsr_tune.train.metrics`` stays light.
 """
 
-_LAZY = {"train": "trainer", "evaluate": "trainer", "pick_device": "setup", "DistInfo": "setup"}
+_LAZY = {"train": "recipe", "evaluate": "loop", "pick_device": "setup", "DistInfo": "setup",
+         "export_run": "export", "load_exported": "export"}
 
 __all__ = sorted(_LAZY)
 

@@ -1,4 +1,4 @@
-"""The metric-logger interface and its JSON-lines implementation.
+"""The metric-logger interface, its JSON-lines implementation, the progress line.
 
 A record is a dict with ``kind`` = "epoch" or "realloc". Trackers (MLflow,
 Ray) implement the same three methods; the trainer calls them on rank 0 only.
@@ -6,23 +6,16 @@ Ray) implement the same three methods; the trainer calls them on rank 0 only.
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from pathlib import Path
 from typing import Protocol
+
+from ..runfolder import record_line
 
 
 class MetricLogger(Protocol):
     def log_params(self, params: dict) -> None: ...
     def log_record(self, record: dict) -> None: ...
     def close(self, status: str = "FINISHED") -> None: ...
-
-
-def _clean(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 class JsonlLogger:
@@ -37,36 +30,31 @@ class JsonlLogger:
         pass  # the resolved config.yaml beside the file holds them
 
     def log_record(self, record: dict) -> None:
-        self._f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self._f.write(record_line(record))
 
     def close(self, status: str = "FINISHED") -> None:
         self._f.close()
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """Every record of a metrics.jsonl (a torn last line from a crash is skipped)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def truncate_records(path: str | Path, epoch: int, step: int) -> None:
-    """Keep only what a checkpoint at (``epoch`` done, ``step``) has seen, so a
-    resumed run does not log the lost part of an epoch twice."""
-    path = Path(path)
-    keep = [r for r in read_records(path)
-            if (r.get("kind") == "epoch" and r["epoch"] < epoch)
-            or (r.get("kind") == "realloc" and r["step"] <= step)]
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in keep))
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+def progress_line(record: dict, records: list[dict], epochs: int, epoch_s: float) -> str:
+    """The epoch's line: loss, accuracies (validation first: what selection
+    reads), the budget, LR, throughput, the best validation accuracy so far
+    and the run's ETA (``epoch_s``: mean seconds per epoch of this process)."""
+    e = record["epoch"]
+    parts = [f"epoch {e + 1}/{epochs}", f"loss {record['train_loss']:.4f}", f"train {100 * record['train_acc']:.2f}%"]
+    if "val_acc" in record:
+        best = max(r["val_acc"] for r in records if r.get("kind") == "epoch" and "val_acc" in r)
+        parts.append(f"val {100 * record['val_acc']:.2f}% (best {100 * best:.2f}%)")
+    test = f"test {100 * record['test_acc']:.2f}%"
+    if "test_acc5" in record:
+        test += f" (top-5 {100 * record['test_acc5']:.2f}%)"
+    parts += [test, f"nonzero {record['nonzero_params']}", f"lr {record['lr']:.4g}",
+              f"{record['samples_per_s']:.0f} samples/s", f"ETA {_duration(epoch_s * (epochs - e - 1))}"]
+    return "  ".join(parts)

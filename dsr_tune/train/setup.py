@@ -1,21 +1,75 @@
-"""The pieces the training recipe is set up from: device, LR rule, optimizer,
-masking, and the numbers reported about them."""
+"""Setting a run up: device, model, data, optimizer, LR schedule, masks, resume.
+
+:func:`setup` turns a config and a run folder into a :class:`Run`, the state
+the recipe's loop works on. Everything is seeded from ``train.seed`` (the
+initial weights from ``train.init_seed`` when set); the method's hooks
+(:mod:`dsr_tune.methods`) decide the architecture, the starting values, the
+masking and any LR factor of its own.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from .. import checkpoint as ckpt
 from .. import config as C
-from ..baselines import setup as baselines
-from ..models import count_params, sparse_names
-from ..sparse import Masking, build_method
+from .. import methods, runfolder
+from ..data import DataBundle, build_data
+from ..models import build_model, count_params
+from ..sparse import Masking
+
+log = logging.getLogger("dsr_tune")
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def current(cls) -> DistInfo:
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class Run:
+    """What the loop needs. ``model`` is the plain module (masks, checkpoints,
+    evaluation); ``forward`` what the training step calls (DDP and/or compiled)."""
+
+    cfg: C.Config
+    out_dir: Path
+    info: DistInfo
+    device: torch.device
+    data: DataBundle
+    model: nn.Module
+    forward: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    masking: Masking | None
+    init_state: dict
+    lr: float
+    start_epoch: int = 0
+    step: int = 0
+    records: list[dict] = field(default_factory=list)  # every record so far (the checkpoint carries them)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.data.train)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -35,7 +89,7 @@ def pick_device(name: str = "auto") -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"train.device={name!r} but CUDA is not available here; use train.device=auto")
+            raise C.ConfigError("train.device", f"{name!r} but CUDA is not available here; use train.device=auto")
         if device.index is None:  # DDP needs an explicit index
             device = torch.device("cuda", torch.cuda.current_device())
     return device
@@ -69,50 +123,65 @@ def build_optimizer(model: nn.Module, cfg: C.OptimConfig, lr: float) -> torch.op
     return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
-def sparse_method(cfg: C.Config, steps_per_epoch: int):
-    """The reallocation method of ``sparsity.method`` (None for static).
-
-    RigL's and SNFS's cosine drop fraction reaches 0 at stop_epoch, when
-    reallocation ends (not at train.epochs, so a run extended on resume
-    continues exactly). DeepR rewires every step, so its records are summed
-    into one per epoch.
-    """
-    s = cfg.sparsity
-    timing = dict(periods=s.period_schedule, stop_epoch=s.stop_epoch, period_scale=s.period_scale)
-    if s.method == "static":
-        return None
-    if s.method == "dsr":
-        return build_method("dsr", **timing, init_threshold=s.init_threshold, target_pruned=s.target_pruned,
-                            delta=s.delta, factor=s.threshold_factor)
-    if s.method == "set":  # fraction None: f = Np / budget, as many moved as DSR's target
-        return build_method("set", **timing, fraction=s.set_fraction or None, target_pruned=s.target_pruned)
-    if s.method == "deepr":
-        return build_method("deepr", temperatures=s.deepr_temperatures, l1=s.deepr_l1, report_every=steps_per_epoch)
-    drop = dict(drop_fraction=s.drop_fraction, end_step=s.stop_epoch * steps_per_epoch, decay=s.drop_decay)
-    if s.method == "snfs":
-        return build_method("snfs", **timing, **drop, momentum=cfg.optim.momentum)
-    return build_method(s.method, **timing, **drop)
+def build_run_model(cfg: C.Config, num_classes: int, in_channels: int, *, resuming: bool = False) -> nn.Module:
+    """The method's architecture with fresh values, then the starting values the
+    config asks for (``sparsity.init_from``: a run's initial weights; the
+    method's own, e.g. GMP's dense model). When ``resuming``, the run's own
+    checkpoint replaces every value next, so those files are not read."""
+    method = methods.get(cfg.sparsity.method)
+    m = cfg.model
+    if method.model is not None:
+        model = method.model(cfg, num_classes, in_channels)
+    else:
+        model = build_model(m.name, width=m.width, depth=m.depth, num_classes=num_classes, in_channels=in_channels)
+    if resuming:
+        return model
+    if cfg.sparsity.init_from:
+        path = methods.registry.run_file(cfg.sparsity.init_from, runfolder.INIT)
+        ckpt.load_weights(model, path, "sparsity.init_from", part="model")
+        log.info("initial weights from %s", path)
+    if method.start is not None:
+        method.start(cfg, model)
+    return model
 
 
 def build_masking(cfg: C.Config, model: nn.Module, optimizer, steps_per_epoch: int) -> Masking | None:
-    """The masks of the run (None for dense models): the model's sparse rule
-    (or the user's patterns), the method, the initial distribution."""
-    s = cfg.sparsity
-    if s.method in baselines.OWN_METHODS:  # thin dense, HashedNet (no masks), GMP, DSD
-        return baselines.baseline_masking(cfg, model, optimizer)
-    if s.method == "dense":
-        return None
-    names = sparse_names(cfg.model.name, model, cfg.model.sparse_layers, cfg.model.dense_layers)
-    if not names:
-        raise C.ConfigError("model.sparse_layers", f"{cfg.model.sparse_layers!r} matches no parameter of {cfg.model.name}")
-    method = sparse_method(cfg, steps_per_epoch)
-    try:
-        return Masking(model, optimizer, sparsity=s.sparsity, method=method, names=names,
-                       distribution=s.distribution, seed=cfg.train.seed)
-    except ValueError as exc:
-        if "target_pruned" in str(exc):  # SET's f = Np / budget above 1
-            raise C.ConfigError("sparsity.target_pruned", f"{exc}; lower it or set sparsity.set_fraction") from None
-        raise
+    """The run's masks: the method's own masking, else a masking over the model's
+    sparse tensors with the method's reallocator (none: static)."""
+    method = methods.get(cfg.sparsity.method)
+    if method.masking is not None:
+        return method.masking(cfg, model, optimizer, steps_per_epoch)
+    realloc = method.reallocator(cfg, steps_per_epoch) if method.reallocator else None
+    return methods.registry.sparse_masking(cfg, model, optimizer, realloc)
+
+
+@torch.no_grad()
+def load_masks_from(cfg: C.Config, masking: Masking | None, init_state: dict[str, torch.Tensor]) -> None:
+    """``sparsity.mask_from``: the masks of that run's final checkpoint replace
+    the random ones (the budget becomes theirs). The masking has zeroed what
+    lies outside its own random masks, so the sparse tensors are first restored
+    from ``init_state`` (the dense starting values): every active weight then
+    starts from its initial value, none from zero."""
+    src = cfg.sparsity.mask_from
+    if not src:
+        return
+    if masking is None:
+        raise C.ConfigError("sparsity.mask_from", f"method {cfg.sparsity.method!r} has no masks to take")
+    path = methods.registry.run_file(src, runfolder.CHECKPOINT)
+    state = ckpt.load(path, key="sparsity.mask_from").get("masking")
+    if not state:
+        raise C.ConfigError("sparsity.mask_from", f"{str(path)!r} holds no masks (a dense run?)")
+    masks = state["masks"]
+    if set(masks) != set(masking.masks) or any(masks[n].shape != masking.masks[n].shape for n in masks):
+        raise C.ConfigError("sparsity.mask_from", f"the masks in {str(path)!r} do not fit this model's sparse "
+                                                  "tensors; the model section must match that run's")
+    for name, mask in masks.items():
+        masking.masks[name].copy_(mask)
+        masking.params[name].copy_(init_state[name])
+    masking.masks_changed()
+    masking.budget = sum(masking.active_counts().values())
+    masking.apply()
+    log.info("masks from %s: %d active sparse weights", path, masking.budget)
 
 
 def nonzero_params(model: nn.Module, masking: Masking | None) -> int:
@@ -123,61 +192,47 @@ def nonzero_params(model: nn.Module, masking: Masking | None) -> int:
     return total - masking.sparse_numel + sum(masking.active_counts().values())
 
 
-def _feed(h, obj) -> None:
-    """Hash a nested state (dicts, lists, tensors, numbers) in a fixed order."""
-    if isinstance(obj, dict):
-        for k in sorted(obj, key=str):
-            h.update(repr(k).encode())
-            _feed(h, obj[k])
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _feed(h, v)
-    elif torch.is_tensor(obj):
-        h.update(obj.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    else:
-        h.update(repr(obj).encode())
+def _wrap(cfg: C.Config, model: nn.Module, device: torch.device, info: DistInfo) -> nn.Module:
+    """What the training step calls: DDP across ranks, compiled when asked.
+    Masks and checkpoints keep working on the plain module, whose parameters
+    DDP and torch.compile share."""
+    forward = model
+    if info.world_size > 1:
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                      else None)
+    if cfg.train.compile:
+        forward = torch.compile(forward, backend=cfg.train.compile_backend)
+    return forward
 
 
-def _without_per_weight(obj):
-    """A method state minus its per-weight tensors (DeepR's signs, SNFS's
-    dense momentum): the scalars and counters that decide reallocations."""
-    if isinstance(obj, dict):
-        return {k: _without_per_weight(v) for k, v in obj.items() if not _per_weight(v)}
-    return obj
-
-
-def _per_weight(v) -> bool:
-    if torch.is_tensor(v):
-        return v.numel() > 64
-    return isinstance(v, dict) and any(torch.is_tensor(t) and t.numel() > 64 for t in v.values())
-
-
-def mask_fingerprint(masking: Masking) -> str:
-    """A short digest of the masks, the generator and the method's scalar state.
-
-    Equal on every DDP rank when all ranks took the same reallocation
-    decisions; logged per epoch so that can be checked. Per-weight method
-    state follows from the rest, and hashing it would copy every weight to
-    the host each epoch.
-    """
-    h = hashlib.sha256()
-    state = masking.state_dict()
-    _feed(h, {"masks": state["masks"], "generator": state["generator"],
-              "method": _without_per_weight(state["method"])})
-    return h.hexdigest()[:16]
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-
-    @classmethod
-    def current(cls) -> DistInfo:
-        if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size())
-        return cls()
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+def setup(cfg: C.Config, out_dir: Path, resume: bool | str | Path) -> Run:
+    """Everything the loop needs, freshly seeded; the resume itself is the recipe's."""
+    info = DistInfo.current()
+    device = pick_device(cfg.train.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    data = build_data(cfg.data, cfg.train.seed, info.rank, info.world_size, pin_memory=device.type == "cuda")
+    if len(data.train) == 0:
+        raise C.ConfigError("data.batch_size", f"{cfg.data.batch_size} is larger than the training set")
+    if cfg.train.init_seed is not None:  # other initial weights, the same data order and masks
+        torch.manual_seed(cfg.train.init_seed)
+    model = build_run_model(cfg, data.num_classes, data.in_channels, resuming=bool(resume))
+    init_state = {k: v.clone() for k, v in model.state_dict().items()}  # dense values before masking
+    model.to(device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    lr = effective_lr(cfg.optim, cfg.data.batch_size)
+    optimizer = build_optimizer(model, cfg.optim, lr)
+    method = methods.get(cfg.sparsity.method)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(cfg.optim, e) * (
+        method.lr_factor(cfg, e) if method.lr_factor else 1.0))
+    masking = build_masking(cfg, model, optimizer, len(data.train))
+    if not resume:
+        load_masks_from(cfg, masking, init_state)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+    return Run(cfg=cfg, out_dir=out_dir, info=info, device=device, data=data, model=model,
+               forward=_wrap(cfg, model, device, info), optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+               masking=masking, init_state=init_state, lr=lr)

@@ -18,6 +18,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import runfolder
+
 ROLE_ORDER = {"search": 0, "seed": 0, "baseline": 1, "dense": 2}
 
 
@@ -241,9 +243,9 @@ def load_local(sweep_dir: str | Path) -> list[RunRow]:
     """The same rows from a sweep folder's run folders (no MLflow)."""
     import yaml
 
-    from .tracking.runs import last_epoch
-    from .tracking.sync import run_folders
-    from .tracking.tracker import read_run_file
+    from ..tracking.runs import last_epoch
+    from ..tracking.sync import run_folders
+    from ..tracking.tracker import read_run_file
 
     rows = []
     for run_dir in run_folders(sweep_dir):
@@ -251,7 +253,7 @@ def load_local(sweep_dir: str | Path) -> list[RunRow]:
         if last is None or "key" not in info:
             continue
         tags = info.get("tags", {})
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        cfg = yaml.safe_load((run_dir / runfolder.CONFIG).read_text())
         rows.append(RunRow(key=info["key"], role=tags.get("role", ""), method=tags.get("method", "?"),
                            sparsity=_float(tags.get("sparsity")), seed=int(tags.get("seed", 0)),
                            status=info.get("status", ""), metrics=last, epochs=cfg["train"]["epochs"],
@@ -272,7 +274,7 @@ def build(sweep: str, uri: str | None = None, out_dir: str | Path | None = None)
     name: its newest sweep). Writes report.md and report.png (into the sweep
     folder, else ``out_dir`` or the working directory) and logs both to the
     parent run. Returns the report, the files and where the numbers came from."""
-    from .tracking import store
+    from ..tracking import store
 
     folder = Path(sweep) if (Path(sweep) / "sweep.json").is_file() else None
     metric, mode, pareto = "test_acc", "max", False

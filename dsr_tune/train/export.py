@@ -20,6 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import checkpoint as ckpt
+from .. import runfolder
+
 FORMAT = "dsr_tune.export/1"
 _BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 
@@ -112,16 +115,13 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> dict:
     ``dense_bytes`` is the size of ``torch.save(model.state_dict())``, the
     plain dense checkpoint the compressed file is compared with.
     """
-    from .train import checkpoint as ckpt
-
     run_dir = Path(run_dir)
-    state = ckpt.load(run_dir / ckpt.LATEST)
+    state = ckpt.load(run_dir / runfolder.CHECKPOINT, key=str(run_dir))
     masks = (state.get("masking") or {}).get("masks", {})
     num_classes, in_channels = _io_shape(state["model"], f"the model of {run_dir}")
     blob = {"format": FORMAT, "config": state["config"], "num_classes": num_classes,
             "in_channels": in_channels, **compress(state["model"], masks)}
-    out = Path(out) if out else run_dir / "model.sparse.pt"
-    torch.save(blob, out)
+    out = ckpt.save(blob, Path(out) if out else run_dir / runfolder.EXPORT)
     buf = io.BytesIO()
     torch.save(state["model"], buf)
     return {"path": str(out), "bytes": out.stat().st_size, "dense_bytes": buf.tell(),
@@ -130,17 +130,17 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> dict:
 
 def load_exported(path: str | Path) -> nn.Module:
     """A dense model (eval mode) rebuilt from an exported file."""
-    from . import config as C
-    from .baselines.setup import make_model
+    from .. import config as C
+    from .setup import build_run_model
 
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = ckpt.load(path, key=str(path))
     if blob.get("format") != FORMAT:
         raise ValueError(f"{path} is not a dsr-tune export (format {blob.get('format')!r})")
     cfg = C.from_dict(architecture_config(blob["config"]))
     # the fresh values are overwritten below; a forked RNG keeps the caller's global state as it was
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = make_model(cfg, blob["num_classes"], blob["in_channels"])
+        model = build_run_model(cfg, blob["num_classes"], blob["in_channels"], resuming=True)
     model.load_state_dict(decompress(blob))
     return model.eval()
 
@@ -161,8 +161,9 @@ def architecture_config(data: dict) -> dict:
            "data": {"name": "synthetic"},
            "train": {k: train[k] for k in ("seed", "epochs") if k in train}}
     s = out["sparsity"]
-    for key in ("mask_from", "init_from", "dense_from"):
+    for key in ("mask_from", "init_from"):
         s[key] = None
     if s.get("method") == "gmp":
-        s["method"] = "static"  # same architecture; gmp alone insists on dense_from
+        s["method"] = "static"  # same architecture; gmp alone insists on gmp.dense_from
+    s.pop("gmp", None)
     return out

@@ -20,22 +20,17 @@ No Ray: the sweep spreads the same runs over a cluster.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from . import config as C
-from . import methods_table
-from .baselines import ABLATIONS, baseline_config, dependencies, parse_label
+from .. import config as C
+from .. import runfolder
+from . import plan as P
 
 log = logging.getLogger("dsr_tune")
-
-RESULT = "result.json"
-
 
 class CompareError(RuntimeError):
     """The output folder holds runs that do not belong to this comparison."""
@@ -43,107 +38,43 @@ class CompareError(RuntimeError):
 
 def default_methods() -> list[str]:
     """Every method row (the ablations only on request: ``--methods ablations``)."""
-    return list(methods_table.labels(default=True))
-
-
-def expand_methods(methods: Sequence[str], epochs: int) -> list[str]:
-    """``ablations`` -> the workshop paper's set (DSR stopped at a quarter and
-    at half of the epochs); labels are checked, duplicates dropped."""
-    stops = [f"dsr_stop:{max(1, epochs // 4)}", f"dsr_stop:{max(1, epochs // 2)}"]
-    out: list[str] = []
-    for m in methods:
-        items = [*ABLATIONS, *stops] if m == "ablations" else [m]
-        for item in items:
-            parse_label(item)
-            if item not in out:
-                out.append(item)
-    return out
-
-
-@dataclass
-class Run:
-    label: str
-    sparsity: float | None  # None: the dense run, the same for every sparsity
-    seed: int
-    folder: Path
-    needs: Path | None = None  # the folder of the run this one starts from
-
-    def name(self) -> str:
-        s = "" if self.sparsity is None else f" s={self.sparsity:g}"
-        return f"{self.label}{s} seed {self.seed}"
-
-
-def plan(out_dir: Path, methods: Sequence[str], sparsities: Sequence[float], seeds: Sequence[int]) -> list[Run]:
-    """Every run, each after the runs it needs."""
-    out_dir = Path(out_dir)
-    dense = {k: Run("dense", None, k, out_dir / "dense" / f"seed{k}") for k in seeds}
-    dsr = {(s, k): Run("dsr", s, k, out_dir / "dsr" / f"s{s:g}" / f"seed{k}") for s in sparsities for k in seeds}
-    runs: list[Run] = []
-    needs = {dependencies(m) for m in methods}
-    if "dense" in methods or "dense" in needs:
-        runs += dense.values()
-    if "dsr" in methods or "dsr" in needs:
-        runs += dsr.values()
-    for m in methods:
-        if m in ("dense", "dsr"):
-            continue
-        dep = dependencies(m)
-        for s in sparsities:
-            for k in seeds:
-                before = dense[k].folder if dep == "dense" else dsr[(s, k)].folder if dep == "dsr" else None
-                runs.append(Run(m, s, k, out_dir / m.replace(":", "_") / f"s{s:g}" / f"seed{k}", before))
-    return runs
-
-
-def run_config(cfg: C.Config, run: Run, factor: float | None) -> C.Config:
-    """The derived config of one run (its dependency must exist by then)."""
-    data = cfg.to_dict()
-    data["train"]["seed"] = run.seed
-    if run.sparsity is not None:
-        data["sparsity"]["sparsity"] = run.sparsity
-    base = C.from_dict(data)
-    dep = dependencies(run.label)
-    return baseline_config(base, run.label, factor, dsr_run=run.needs if dep == "dsr" else None,
-                           dense_run=run.needs if dep == "dense" else None)
+    return P.default_labels()
 
 
 def _final_record(folder: Path) -> dict:
-    from .train.metrics import read_records
-
-    epochs = [r for r in read_records(folder / "metrics.jsonl") if r.get("kind") == "epoch"]
+    epochs = runfolder.epochs(folder)
     if not epochs:
         raise RuntimeError(f"{folder} has no epoch records")
     return epochs[-1]
 
 
-def status(run: Run, rcfg: C.Config) -> str:
+def status(folder: Path, rcfg: C.Config) -> str:
     """"new", "started" (a checkpoint to resume) or "finished" (result.json)."""
-    folder = run.folder
-    saved = folder / "config.yaml"
-    if not (saved.exists() and (folder / "checkpoint.pt").exists()):
+    saved = folder / runfolder.CONFIG
+    if not (saved.exists() and runfolder.has_run(folder)):
         return "new"
     # compared as configs, not text: a key added to the code since keeps its default
     if C.load(saved).to_dict() != rcfg.to_dict():
         raise CompareError(f"{folder} holds a run with another config; use a new --output folder "
                          "(or delete that folder to redo the run)")
-    return "finished" if (folder / RESULT).exists() else "started"
+    return "finished" if (folder / runfolder.RESULT).exists() else "started"
 
 
-def execute(run: Run, rcfg: C.Config, resume: bool) -> dict:
+def execute(run: P.PlannedRun, folder: Path, rcfg: C.Config, resume: bool, parent: Path | None) -> dict:
     """Train ``run`` (continuing its checkpoint if ``resume``); write and return its result."""
-    from .train import train
+    from ..train import train
 
     t0 = time.perf_counter()
-    train(rcfg, run.folder, resume=resume, progress=False)
-    last = _final_record(run.folder)
+    train(rcfg, folder, resume=resume, progress=False)
+    last = _final_record(folder)
     epochs = rcfg.train.epochs
-    if dependencies(run.label) == "dense":  # GMP's count includes the dense training it starts from
-        epochs += C.load(run.needs / "config.yaml").train.epochs
-    result = {"method": run.label, "sparsity": run.sparsity, "seed": run.seed,
+    if run.row.needs == "dense":  # GMP's count includes the dense training it starts from
+        epochs += C.load(parent / runfolder.CONFIG).train.epochs
+    result = {"method": run.row.label, "sparsity": run.sparsity, "seed": run.seed,
               "epochs": epochs, "test_acc": last["test_acc"],
               "nonzero_params": last["nonzero_params"], "total_params": last["total_params"],
               "time_s": round(time.perf_counter() - t0, 1)}
-    (run.folder / RESULT).write_text(json.dumps(result, indent=1) + "\n")
+    runfolder.write_json(folder / runfolder.RESULT, result)
     return result
 
 
@@ -193,28 +124,32 @@ def compare(cfg: C.Config, out_dir: str | Path, *, sparsities: Sequence[float], 
     baselines' epoch factor (default ``cfg.sparsity.epoch_factor``).
     """
     out_dir = Path(out_dir).resolve()  # run configs name their source runs by absolute path
-    methods = expand_methods(methods or default_methods(), cfg.train.epochs)
+    if factor is not None:
+        cfg = C.replace(cfg, **{"sparsity.epoch_factor": factor})
+    rows = P.rows(methods or default_methods(), cfg.sparsity.epoch_factor, cfg.train.epochs)
     seed_list = [cfg.train.seed + i for i in range(seeds)]
-    runs = plan(out_dir, methods, sparsities, seed_list)
+    runs = P.plan(rows, sparsities, seed_list)
+    folder_of = lambda key: out_dir / key  # noqa: E731
     for run in runs:  # refuse bad configs before any training (dependent ones are checked when due)
-        if run.needs is None:
-            run_config(cfg, run, factor)
+        P.config_for(cfg, run, folder_of)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "compare.yaml").write_text(C.dump(cfg))
+    runfolder.atomic_write(out_dir / "compare.yaml", C.dump(cfg))
+    labels = [r.label for r in rows]
     results = []
     for i, run in enumerate(runs, 1):
         head = f"[{i}/{len(runs)}] {run.name()}"
-        rcfg = run_config(cfg, run, factor)
-        state = status(run, rcfg)
+        folder = folder_of(run.key)
+        rcfg = P.config_for(cfg, run, folder_of)
+        state = status(folder, rcfg)
         if state == "finished":
-            result = json.loads((run.folder / RESULT).read_text())
+            result = runfolder.read_json(folder / runfolder.RESULT)
         else:
             progress(f"{head}: {'resuming' if state == 'started' else 'training'} ({rcfg.train.epochs} epochs) ...")
-            result = execute(run, rcfg, resume=state == "started")
+            result = execute(run, folder, rcfg, state == "started", folder_of(run.needs) if run.needs else None)
         results.append(result)
         how = "finished before, skipped" if state == "finished" else f"{result['time_s']:.1f} s"
         progress(f"{head}: test {100 * result['test_acc']:.2f}%, {result['nonzero_params']:,} non-zero, "
                  f"{result['epochs']} epochs ({how})")
-    rows = summarize(results, methods, sparsities)
-    write_tables(rows, out_dir)
-    return rows
+    rows_out = summarize(results, labels, sparsities)
+    write_tables(rows_out, out_dir)
+    return rows_out

@@ -1,0 +1,249 @@
+"""Reading, overriding, checking and writing configs.
+
+One override parser serves training configs and search spaces:
+``section.key=value`` or deeper (``sparsity.dsr.delta=0.2``), the value read
+as YAML. Files are read with ``yaml.safe_load`` (no code from a file ever
+runs) and must hold a mapping of sections. Checks that involve files on disk
+(data roots, the runs ``mask_from`` / ``init_from`` / ``gmp.dense_from`` point
+at) are not part of validation: :func:`check_paths` is called explicitly where
+training runs (and by the CLI before it starts work on this machine).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import methods
+from ..schema import ConfigError, build, docs
+from .sections import SECTIONS, Config
+
+
+def moved_key(dotted: str) -> str | None:
+    """The new spelling of a key that moved under a method's section:
+    ``sparsity.delta`` -> ``sparsity.dsr.delta``, ``sparsity.gmp_steps`` ->
+    ``sparsity.gmp.steps``, ``sparsity.thin_match`` -> ``sparsity.thin_dense.match``."""
+    section, _, name = dotted.partition(".")
+    if section != "sparsity" or "." in name:
+        return None
+    owners = methods.with_options()
+    for method, cls in owners.items():
+        if name.startswith(f"{method}_") and name[len(method) + 1:] in cls.model_fields:
+            return f"sparsity.{method}.{name[len(method) + 1:]}"
+    for method, cls in owners.items():
+        short = name.removeprefix(method.split("_")[0] + "_")
+        if short in cls.model_fields:
+            hits = [m for m, c in owners.items() if short in c.model_fields]
+            return " or ".join(f"sparsity.{m}.{short}" for m in hits)
+    return None
+
+
+def from_dict(data: Any) -> Config:
+    """Build and validate a :class:`Config` from nested dicts (as read from YAML)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("", f"a config must be a mapping of sections ({', '.join(SECTIONS)}), "
+                              f"got {type(data).__name__}")
+    for section in data:
+        if section not in SECTIONS:
+            import difflib
+
+            close = difflib.get_close_matches(str(section), SECTIONS, n=1)
+            tip = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(str(section), f"unknown section{tip}; allowed: {', '.join(SECTIONS)}")
+        if not isinstance(data[section], (dict, type(None))):
+            raise ConfigError(str(section), f"must be a mapping of keys, got {data[section]!r}")
+    cfg = build(Config, {k: v or {} for k, v in data.items()}, "", moved_key)
+    check(cfg)
+    return cfg
+
+
+def replace(cfg: Config, **dotted: Any) -> Config:
+    """``cfg`` with dotted keys set (``replace(cfg, **{"train.seed": 3})``), validated again."""
+    data = cfg.to_dict()
+    for key, value in dotted.items():
+        set_dotted(data, key, value)
+    return from_dict(data)
+
+
+# ---------------------------------------------------------------- checks across sections
+
+
+def check(cfg: Config) -> None:
+    """Checks that involve more than one key; none reads the file system."""
+    d, t = cfg.data, cfg.train
+    if d.name in ("cifar10", "imagenet", "folder") and not d.root:
+        raise ConfigError("data.root", f"None: data set {d.name!r} needs a root directory")
+    if d.name == "folder" and d.image_size == 0:
+        raise ConfigError("data.image_size", "0: data set 'folder' needs an image size (e.g. 64)")
+    if d.download and d.name != "cifar10":
+        raise ConfigError("data.download", f"true: only cifar10 can be downloaded, not {d.name!r}")
+    if t.precision == "fp16" and t.device in ("cpu", "mps"):
+        raise ConfigError("train.precision", f"'fp16' needs CUDA (device is {t.device!r}); use bf16 on CPU")
+    if cfg.model.name == "resnet50" and d.name == "digits":
+        raise ConfigError("model.name", "'resnet50' cannot take 8x8 digits; use small_cnn or wrn")
+    _check_schedules(cfg)
+    _check_workers(cfg)
+    _check_runs_from(cfg)
+    method = methods.get(cfg.sparsity.method)
+    if method.check is not None:
+        method.check(cfg)
+
+
+def _check_schedules(cfg: Config) -> None:
+    """An epoch a schedule names at or beyond train.epochs would never apply."""
+    from ..methods.registry import epochs_within
+
+    s, epochs = cfg.sparsity, cfg.train.epochs
+    epochs_within("optim.milestones", cfg.optim.milestones, epochs, "milestone")
+    if t_stop := cfg.train.stop_after:
+        if t_stop > epochs:
+            raise ConfigError("train.stop_after", f"{t_stop} is beyond train.epochs={epochs}")
+    if cfg.optim.warmup_epochs > epochs:
+        raise ConfigError("optim.warmup_epochs", f"{cfg.optim.warmup_epochs} is more than train.epochs={epochs}")
+    if "period_schedule" in methods.get(s.method).reads:
+        epochs_within("sparsity.period_schedule", [start for start, _ in s.period_schedule][1:], epochs)
+        if s.stop_epoch > epochs:
+            raise ConfigError("sparsity.stop_epoch", f"{s.stop_epoch} is beyond train.epochs={epochs}, so it "
+                                                     f"would never apply; give an epoch <= {epochs} (or keep "
+                                                     f"train.epochs and stop early with train.stop_after={epochs})")
+
+
+def _check_runs_from(cfg: Config) -> None:
+    s = cfg.sparsity
+    method = methods.get(s.method)
+    if s.mask_from and not method.masks:
+        raise ConfigError("sparsity.mask_from", f"{s.mask_from!r}: method {s.method!r} does not take masks; "
+                                                "use static")
+    if s.mask_from and method.kind == "baseline":
+        raise ConfigError("sparsity.mask_from", f"{s.mask_from!r}: method {s.method!r} builds its own masks; "
+                                                "use static")
+    if s.init_from and (method.model is not None or method.start is not None):
+        raise ConfigError("sparsity.init_from", f"{s.init_from!r}: method {s.method!r} has another "
+                                                "architecture or start")
+
+
+def _check_workers(cfg: Config) -> None:
+    """Ray Train settings (train.workers >= 1): checked before any worker starts."""
+    t = cfg.train
+    if t.workers == 0:
+        if t.use_gpu:
+            raise ConfigError("train.use_gpu", "true needs train.workers >= 1 (Ray Train); in one process set "
+                                               "train.device=cuda")
+        return
+    if cfg.data.batch_size % t.workers:
+        raise ConfigError("data.batch_size", f"{cfg.data.batch_size} is the global batch and must divide by "
+                          f"train.workers={t.workers} (each worker takes batch_size / workers)")
+    if t.device not in ("auto", "cpu"):
+        raise ConfigError("train.device", f"{t.device!r}: under Ray Train each worker uses the device Ray gives "
+                          "it; use train.device=auto (with train.use_gpu=true for GPUs) or cpu")
+    if t.use_gpu and t.device == "cpu":
+        raise ConfigError("train.device", "'cpu' contradicts train.use_gpu=true; use train.device=auto")
+    if t.precision == "fp16" and not t.use_gpu:
+        raise ConfigError("train.precision", "'fp16' needs GPU workers (train.use_gpu=true); use bf16 on CPU "
+                                             "workers")
+
+
+def check_paths(cfg: Config) -> None:
+    """The files the run reads exist: the data set's root and layout, and the
+    runs the ablations and GMP start from. Called where training runs (the
+    trainer) and by the CLI before it starts work on this machine (not when it
+    only launches onto a cluster, whose nodes hold the data)."""
+    from ..data.checks import check as check_data
+    from ..methods.registry import require_run_file
+
+    check_data(cfg.data)
+    s = cfg.sparsity
+    if s.mask_from:
+        require_run_file("sparsity.mask_from", s.mask_from, "checkpoint.pt")
+    if s.init_from:
+        require_run_file("sparsity.init_from", s.init_from, "init.pt")
+    method = methods.get(s.method)
+    if method.check_paths is not None:
+        method.check_paths(cfg)
+
+
+# ---------------------------------------------------------------- files and overrides
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"a.b=value"`` -> ``("a.b", value)``, the value read as YAML (safe)."""
+    key, eq, raw = item.partition("=")
+    key = key.strip()
+    if not eq or not key:
+        raise ConfigError(item, "an override must look like section.key=value (e.g. sparsity.sparsity=0.8)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(key, f"cannot read value {raw!r}: {getattr(exc, 'problem', None) or exc}") from None
+    return key, value
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    """``data[a][b][c] = value`` for ``key = "a.b.c"``, making mappings on the way."""
+    *path, last = key.split(".")
+    node = data
+    for i, part in enumerate(path):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(".".join(path[:i + 1]), f"is not a mapping, so {key} cannot be set")
+    node[last] = value
+
+
+def apply_overrides(data: dict | None, overrides: list[str]) -> dict:
+    data = copy.deepcopy(data or {})
+    for item in overrides:
+        key, value = parse_override(item)
+        if "." not in key:
+            raise ConfigError(key, "an override key must be section.key (e.g. sparsity.sparsity=0.8)")
+        set_dotted(data, key, value)
+    return data
+
+
+def read_yaml(path: str | Path, what: str = "config file", expect: str | None = None) -> dict:
+    """A YAML file that holds a mapping; ConfigError (one line) otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("", f"{what} {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError("", f"{path} is not a text file; a {what} is YAML") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError("", f"{path} is not valid YAML: {problem}{where}") from None
+    allowed = expect or ", ".join(SECTIONS)
+    if data is None:
+        raise ConfigError("", f"{path} is empty; a {what} is a mapping of {allowed}")
+    if not isinstance(data, dict):
+        raise ConfigError("", f"{path} holds a {type(data).__name__}, not a mapping of {allowed}")
+    return data
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read YAML (if given), apply dotted overrides, validate (no file-system checks)."""
+    data = read_yaml(path) if path else {}
+    return from_dict(apply_overrides(data, list(overrides)))
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def describe(section: str | None = None) -> str:
+    """Every key (or one section's) with its default and doc line (``dsr-tune keys``)."""
+    if section is not None and section not in SECTIONS:
+        raise ConfigError(section, f"unknown section; allowed: {', '.join(SECTIONS)}")
+    lines = []
+    for name, cls in SECTIONS.items():
+        if section not in (None, name):
+            continue
+        lines.append(f"{name}:")
+        lines += [f"  {key} = {default!r}  # {doc}" for key, default, doc in docs(cls)]
+    return "\n".join(lines)

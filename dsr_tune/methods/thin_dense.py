@@ -1,0 +1,46 @@
+"""Thin dense: a narrower dense network with the sparse run's parameter count,
+its width solved by bisection (``model.width`` is the reference width).
+Keys: ``sparsity.thin_dense.*``."""
+
+import logging
+from typing import Literal
+
+from ..schema import Section, opt
+from .registry import Method, register
+
+log = logging.getLogger("dsr_tune")
+
+
+class ThinDenseOptions(Section):
+    match: Literal["nonzero", "storage"] = opt("nonzero", "match the sparse run's non-zero count, or 'storage' "
+                                               "(+1 bit per sparse position: the count the paper's widen "
+                                               "factors fit)")
+
+
+def solve(cfg, num_classes: int, in_channels: int):
+    """The thin width for a run config: the target is the sparse run at
+    ``sparsity.sparsity`` on ``cfg.model``. The closest width is used even when
+    it is more than 1% off (a tiny model may have no closer one), with a warning."""
+    from ..baselines.thin import solve_width, sparse_target
+
+    m, s = cfg.model, cfg.sparsity
+    target = sparse_target(m.name, width=m.width, depth=m.depth, num_classes=num_classes, in_channels=in_channels,
+                           sparsity=s.sparsity, distribution=s.distribution, include=m.sparse_layers,
+                           exclude=m.dense_layers, match=s.thin_dense.match)
+    sol = solve_width(m.name, target, depth=m.depth, num_classes=num_classes, in_channels=in_channels, strict=False)
+    (log.warning if sol.rel_error > 0.01 else log.info)(
+        "thin dense: width %.4f has %d params for a target of %d (%.2f%% off)",
+        sol.width, sol.params, target, 100 * sol.rel_error)
+    return sol
+
+
+def model(cfg, num_classes: int, in_channels: int):
+    from ..models import build_model
+
+    return build_model(cfg.model.name, width=solve(cfg, num_classes, in_channels).width, depth=cfg.model.depth,
+                       num_classes=num_classes, in_channels=in_channels)
+
+
+register(Method("thin_dense", "baseline", "a narrower dense network with the sparse run's parameter count",
+                options=ThinDenseOptions, masks=False, controls=True, model=model,
+                masking=lambda cfg, model, optimizer, steps_per_epoch: None))
