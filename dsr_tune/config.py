@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import socket
 import types
 import typing
 from dataclasses import dataclass, field
@@ -93,6 +92,19 @@ def _increasing_ints(v):
     return None
 
 
+def _channel_values(positive: bool):
+    """One number per channel (1 or 3 of them); > 0 with ``positive``."""
+    def check(v):
+        if v is None:
+            return None
+        if len(v) not in (1, 3) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            return "must be a list of 1 or 3 numbers, one per channel"
+        if positive and min(v) <= 0:
+            return "must be > 0"
+        return None
+    return check
+
+
 def _patterns(v):
     if v is None:
         return None
@@ -151,6 +163,17 @@ class DataConfig:
     loader_workers: int = opt(-1, "loader processes per training process (-1: auto, 0: in-process)", in_range(-1, 256))
     test_fraction: float = opt(0.2, "digits only: share held out as the test set (fixed split)", in_range(0.05, 0.5))
     synthetic_size: int = opt(512, "synthetic only: number of random training samples", in_range(16, None))
+    # -- image pipeline, validation split, decoding (dsr_tune/data/): null = the data set's default,
+    # made concrete by dsr_tune.data.resolve(); checks that span keys: dsr_tune/data/checks.py
+    channels: int = opt(0, "folder, imagenet: input channels; 0: from a few files (all grey -> 1, else 3); 1 or 3: converted", one_of(0, 1, 3))
+    mean: list | None = opt(None, "per-channel normalisation mean (0..1 pixels); null: CIFAR-10's / ImageNet's constants, a folder's own (from up to 2,000 training images)", _channel_values(positive=False))
+    std: list | None = opt(None, "per-channel normalisation std (> 0); null: like data.mean", _channel_values(positive=True))
+    hflip: bool | None = opt(None, "cifar10, imagenet, folder: random horizontal flip in training; null: true (set false for digits-like images)")
+    crop_padding: int | None = opt(None, "cifar10, imagenet, folder: random crop after reflect-padding by this many pixels; null: 4 for cifar10, 0 otherwise", in_range(0, 1024))
+    random_resized_crop: bool | None = opt(None, "imagenet, folder: random-resized crop in training, resize to 8/7 and center crop at test; null: true for imagenet, false for folder (square resize)")
+    val_fraction: float | None = opt(None, "share of the training data held out as validation (a fixed-seed slice, the same for every train.seed); 0: none; null: 0.01 for imagenet, 0.1 otherwise", in_range(0, 0.5))
+    decode: str = opt("cpu", "imagenet, folder: decode images in the loader processes (cpu), or only read the files there and decode + augment batches on the training device (gpu)", one_of("cpu", "gpu"))
+    skip_bad_images: bool = opt(False, "imagenet, folder: drop images that fail to decode from their batch, counted as bad_images per epoch (false: stop with an error naming the file)")
 
     def __post_init__(self):
         _check_fields(self, "data")
@@ -337,20 +360,13 @@ SKIP_PATH_CHECKS = "DSR_TUNE_SKIP_PATH_CHECKS"  # "1" on a node that launches on
 
 
 def validate_paths(cfg: Config) -> None:
-    """The data set is where the config says. Part of validation, except on a
+    """The data set is where the config says and holds what training needs
+    (dsr_tune/data/checks.py, torch-free). Part of validation, except on a
     node that only launches onto a cluster (the CLI sets $DSR_TUNE_SKIP_PATH_CHECKS
     there); the trainer calls it again where it runs."""
-    d = cfg.data
-    if d.name not in ("cifar10", "imagenet", "folder") or not d.root:
-        return
-    root = Path(d.root).expanduser()
-    where = f" on {socket.gethostname()}" if os.environ.get(SKIP_PATH_CHECKS) == "1" else ""
-    if d.name == "cifar10" and not d.download and not (root / "cifar-10-batches-py").is_dir():
-        raise ConfigError("data.root", f"{d.root!r} holds no cifar-10-batches-py/{where}; set data.download=true or point at an existing copy")
-    if d.name in ("imagenet", "folder"):
-        for split in ("train", "val"):
-            if not (root / split).is_dir():
-                raise ConfigError("data.root", f"{d.root!r} has no {split}/ folder{where}; expected {d.root}/train/<class>/*.jpg and {d.root}/val/<class>/*.jpg")
+    from .data.checks import check_files
+
+    check_files(cfg.data)
 
 
 def validate_cross(cfg: Config) -> None:
@@ -364,6 +380,9 @@ def validate_cross(cfg: Config) -> None:
         raise ConfigError("data.image_size", "0: data set 'folder' needs an image size (e.g. 64)")
     if cfg.data.download and d.name != "cifar10":
         raise ConfigError("data.download", f"true: only cifar10 can be downloaded, not {d.name!r}")
+    from .data.checks import check_keys  # torch-free: the data keys together
+
+    check_keys(d)
     if cfg.train.precision == "fp16" and cfg.train.device in ("cpu", "mps"):
         raise ConfigError("train.precision", f"'fp16' needs CUDA (device is {cfg.train.device!r}); use bf16 on CPU")
     if cfg.model.name == "resnet50" and d.name == "digits":

@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import config as C
 from ..baselines import setup as baselines
-from ..data import DataBundle, build_data
+from ..data import DataBundle, build_data, resolved_comment
 from ..models import count_params
 from ..sparse import unwrap
 from . import checkpoint as ckpt
@@ -44,13 +44,16 @@ def _autocast(device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device, precision: str, channels_last: bool, num_classes: int) -> dict:
-    """Loss, top-1 and (with more than 5 classes) top-5, summed over ranks."""
+def evaluate(model: nn.Module, loader, device, precision: str, channels_last: bool, num_classes: int,
+             prefix: str = "test_", to_device=None) -> dict:
+    """Loss, top-1 and (with more than 5 classes) top-5, summed over ranks,
+    as ``{prefix}loss`` etc.; ``to_device`` turns a batch into (x, y) on the
+    device (DataBundle.to_device; default: a batch is (x, y))."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top1, top5
     n = 0
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    for batch in loader:
+        x, y = to_device(batch, device) if to_device else (t.to(device, non_blocking=True) for t in batch)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, precision):
@@ -63,9 +66,9 @@ def evaluate(model: nn.Module, loader, device, precision: str, channels_last: bo
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sums)
     loss, top1, top5, n = sums.tolist()
-    out = {"test_loss": loss / max(n, 1), "test_acc": top1 / max(n, 1)}
+    out = {f"{prefix}loss": loss / max(n, 1), f"{prefix}acc": top1 / max(n, 1)}
     if num_classes > 5:
-        out["test_acc5"] = top5 / max(n, 1)
+        out[f"{prefix}acc5"] = top5 / max(n, 1)
     return out
 
 
@@ -145,7 +148,8 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
     start_epoch, step, metrics_path = 0, 0, out_dir / "metrics.jsonl"
     if info.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(C.dump(cfg))
+        # data choices made from the files, as comments: the keys stay as given, so --resume compares equal
+        (out_dir / "config.yaml").write_text(C.dump(cfg) + resolved_comment(data.resolved))  # data edit
     resume_path = (out_dir / ckpt.LATEST) if resume is True else (Path(resume) if resume else None)
     if resume_path is not None:
         state = ckpt.load(resume_path, map_location=device)
@@ -166,7 +170,7 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
 
     loggers = ([JsonlLogger(metrics_path)] + list(loggers)) if info.main else []
     for lg in loggers:
-        lg.log_params(cfg.flat())
+        lg.log_params(cfg.flat() | {f"resolved.data.{k}": v for k, v in data.resolved.items()})  # data edit
     total_params = count_params(model)
     if info.main:
         log.info("%s on %s: %d params dense, %s; %d steps/epoch, %d worker(s), lr %.4g",
@@ -189,8 +193,8 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
             t0, seen = time.perf_counter(), 0
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             correct = torch.zeros((), dtype=torch.float64, device=device)
-            for x, y in _progress(data.train, epoch, cfg.train.epochs, show_bar):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            for batch in _progress(data.train, epoch, cfg.train.epochs, show_bar):
+                x, y = data.to_device(batch, device)  # data edit: decode=gpu decodes and augments here
                 if cfg.train.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with _autocast(device, cfg.train.precision):
@@ -216,7 +220,13 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
                 "kind": "epoch", "epoch": epoch, "step": step,
                 "train_loss": loss_tot / n, "train_acc": correct_tot / n,
                 # the unwrapped model: DDP's forward would add a collective per batch; sums are reduced anyway
-                **evaluate(model, data.test, device, cfg.train.precision, cfg.train.channels_last, data.num_classes),
+                # -- data edit: validation (selection) and test (reported) splits, files dropped as undecodable
+                **(evaluate(model, data.val, device, cfg.train.precision, cfg.train.channels_last, data.num_classes,
+                            "val_", data.to_device) if data.val is not None else {}),
+                **evaluate(model, data.test, device, cfg.train.precision, cfg.train.channels_last, data.num_classes,
+                           "test_", data.to_device),
+                "bad_images": data.pop_bad_images(device),
+                # -- end data edit
                 "nonzero_params": nonzero_params(model, masking), "total_params": total_params,
                 "lr": epoch_lr,
                 "samples_per_s": n / train_time, "epoch_time": time.perf_counter() - t0,
