@@ -68,6 +68,7 @@ def test_unreadable_image_in_a_small_folder_is_named(tmp_path):
     bad.write_bytes(b"this is not a JPEG")
     message = refused(FOLDER + [f"data.root={tmp_path}"])
     assert f"unreadable image {bad} " in message and "skip_bad_images" in message
+    C.load(None, FOLDER + [f"data.root={tmp_path}", "data.skip_bad_images=true"])  # accepted: dropped in training
 
 
 def test_cifar10_without_batches(tmp_path):
@@ -103,11 +104,23 @@ def test_inconsistent_keys(tmp_path, keys, key, words):
     assert words in refused([f"data.root={tmp_path}", *keys], key)
 
 
-def test_mean_length_must_match_forced_channels(tmp_path):
+def test_mean_length_must_match_forced_or_inferred_channels(tmp_path):
     write_tree(tmp_path)
     message = refused(FOLDER + [f"data.root={tmp_path}", "data.channels=1", "data.mean=[0.5, 0.5, 0.5]",
                                 "data.std=[0.2, 0.2, 0.2]"], "data.mean")
     assert "3 values for 1 channel(s) (data.channels)" in message
+    write_tree(tmp_path / "grey", channels=1, ext="png")
+    message = refused(FOLDER + [f"data.root={tmp_path / 'grey'}", "data.mean=[0.5, 0.5, 0.5]",
+                                "data.std=[0.2, 0.2, 0.2]"], "data.mean")
+    assert f"images under {tmp_path / 'grey'}/train/ are grey (1 channel)" in message
+
+
+def test_imagenet_crop_padding_would_be_ignored_by_its_random_resized_crop(tmp_path):
+    write_tree(tmp_path)
+    assert "true by default for imagenet" in refused(
+        ["data.name=imagenet", f"data.root={tmp_path}", "data.crop_padding=4"], "data.crop_padding")
+    C.load(None, ["data.name=imagenet", f"data.root={tmp_path}", "data.crop_padding=4",
+                  "data.random_resized_crop=false"])
 
 
 def test_check_runs_on_the_config_section_without_torch(tmp_path):

@@ -14,11 +14,14 @@ fails to decode at epoch 7) raises :class:`DataError` from the loaders.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 from pathlib import Path
 
-from .files import IMG_EXTENSIONS, is_image, scan_split, tree_key, verify_images
+from .files import IMG_EXTENSIONS, first_images, infer_channels, is_image, scan_split, tree_key, verify_images
+
+log = logging.getLogger("dsr_tune")
 
 IMAGE_TREES = ("imagenet", "folder")
 VERIFY_LIMIT = 20_000  # a tree with at most this many files has every image opened up front
@@ -64,9 +67,11 @@ def check_keys(cfg) -> None:
         raise _error("data.channels", f"{cfg.channels}: {cfg.name!r} has {IN_MEMORY_CHANNELS[cfg.name]} "
                                       "channel(s); leave it 0")
     _check_normalisation(cfg)
-    if cfg.random_resized_crop and cfg.crop_padding:
-        raise _error("data.crop_padding", f"{cfg.crop_padding} with data.random_resized_crop=true: "
-                                          "choose one random crop (set crop_padding to 0 or null)")
+    rrc = cfg.name == "imagenet" if cfg.random_resized_crop is None else cfg.random_resized_crop
+    if rrc and cfg.crop_padding:
+        raise _error("data.crop_padding", f"{cfg.crop_padding} with random-resized crops (data.random_resized_crop, "
+                                          "true by default for imagenet): choose one random crop (crop_padding 0 "
+                                          "or null, or random_resized_crop=false)")
 
 
 def _check_normalisation(cfg) -> None:
@@ -105,7 +110,14 @@ def check_files(cfg) -> None:
         if not (root / split).is_dir():
             raise _error("data.root", f"{cfg.root!r} has no {split}/ folder{where}; expected "
                                       f"{cfg.root}/train/<class>/*.jpg and {cfg.root}/val/<class>/*.jpg")
-    _check_tree(str(root.resolve()), tree_key(root / "train"), tree_key(root / "val"))
+    _check_tree(str(root.resolve()), tree_key(root / "train"), tree_key(root / "val"), cfg.skip_bad_images)
+    if cfg.mean is not None and not cfg.channels:  # one value per channel of what the files are
+        channels = infer_channels(first_images(root / "train"))
+        if len(cfg.mean) != channels:
+            kind = "grey (1 channel)" if channels == 1 else "colour (3 channels)"
+            raise _error("data.mean", f"{cfg.mean}: {len(cfg.mean)} values, but the images under {root}/train/ "
+                                      f"are {kind}; give {channels} values in data.mean and data.std, "
+                                      "or set data.channels")
 
 
 def _check_cifar(cfg, root: Path, where: str) -> None:
@@ -137,9 +149,10 @@ def class_mismatch(train: list[str], val: list[str]) -> str | None:
 
 
 @functools.lru_cache(maxsize=16)
-def _check_tree(root: str, train_key: tuple, val_key: tuple) -> None:
+def _check_tree(root: str, train_key: tuple, val_key: tuple, skip_bad: bool) -> None:
     """Class folders and images of a tree (cached per listing: configs are
-    validated more than once per process, and verifying is the slow part)."""
+    validated more than once per process, and verifying is the slow part).
+    With ``skip_bad`` an unreadable image is only reported: the loaders drop it."""
     train_classes, val_classes = [c for c, _ in train_key], [c for c, _ in val_key]
     if len(train_classes) < 2:
         found = f"only {train_classes[0]!r}" if train_classes else "none"
@@ -158,7 +171,9 @@ def _check_tree(root: str, train_key: tuple, val_key: tuple) -> None:
     if small:
         paths = [p for split in ("train", "val") for p, _ in scan_split(Path(root) / split, train_classes)[1]]
         bad = verify_images(paths)
-        if bad:
+        if bad and skip_bad:
+            log.warning("unreadable image %s; data.skip_bad_images=true drops such files while training", bad)
+        elif bad:
             raise _error("data.root", f"unreadable image {bad}; remove or replace it, or set "
                                       "data.skip_bad_images=true to drop such files while training")
 

@@ -127,7 +127,8 @@ def encoded_batch_to_device(batch: dict, device: torch.device | str, spec: Image
     device = torch.device(device)
     errors = [e for e in batch["error"] if e]
     on_device = [bool(p[10]) for p in batch["params"].tolist()]
-    images, decode_errors = decode_images(batch["data"], on_device, batch["path"], spec.channels, device)
+    files = list(torch.split(batch["data"], batch["lengths"].tolist()))  # views: no copy
+    images, decode_errors = decode_images(files, on_device, batch["path"], spec.channels, device)
     errors += decode_errors
     if errors and not skip_bad:
         raise DataError(errors[0])
@@ -137,4 +138,4 @@ def encoded_batch_to_device(batch: dict, device: torch.device | str, spec: Image
     x = device_transform([images[k] for k in keep], batch["params"][keep], spec) if keep else \
         torch.zeros(0, spec.channels, spec.size, spec.size, device=device)
     y = batch["label"][keep].to(device, non_blocking=True)
-    return x, y, len(batch["data"]) - len(keep)
+    return x, y, len(files) - len(keep)

@@ -153,10 +153,13 @@ class FolderImages(Dataset):
 
 
 def collate_encoded(samples) -> dict:
-    """A batch of encoded :class:`FolderImages` samples: the byte tensors stay a list
-    (their lengths differ); numbers and labels are stacked."""
+    """A batch of encoded :class:`FolderImages` samples. The files' bytes are
+    joined into one flat tensor with their lengths (one shared-memory block
+    per batch from a loader process, not one per file: hundreds of file
+    descriptors a batch would exhaust the limit); numbers and labels are stacked."""
     data, params, labels, paths, errors = zip(*samples)
-    return {"data": list(data), "params": torch.stack(params), "label": torch.tensor(labels, dtype=torch.long),
+    return {"data": torch.cat(data), "lengths": torch.tensor([len(d) for d in data], dtype=torch.int64),
+            "params": torch.stack(params), "label": torch.tensor(labels, dtype=torch.long),
             "path": list(paths), "error": list(errors)}
 
 
