@@ -188,3 +188,23 @@ def test_skip_bad_images_drops_and_counts(tmp_path, decode):
                              "data.batch_size=3"))  # 12 images: 4 full batches, one holds the broken file
     sizes = [len(bundle.to_device(b, "cpu")[1]) for b in bundle.train]
     assert sorted(sizes) == [2, 3, 3, 3] and bundle.pop_bad_images() == 1 and bundle.pop_bad_images() == 0
+
+
+def test_resolved_choices_are_cached_used_and_follow_the_files(tmp_path, monkeypatch):
+    from dsr_tune.data import images
+
+    write_tree(tmp_path, per_class=3, ext="png")
+    cfg = load(tmp_path)
+    first = resolve(cfg)
+    bundle = build_data(cfg)
+    assert bundle.resolved == first  # build_data runs on exactly these values
+    spec = bundle.train.dataset.spec
+    assert (list(spec.mean), list(spec.std), spec.channels, spec.hflip) == (first["mean"], first["std"], 3, True)
+
+    def no_decoding(self, i):
+        raise AssertionError("statistics recomputed")
+    monkeypatch.setattr(images.FolderImages, "__getitem__", no_decoding)
+    assert resolve(cfg) == first  # cached per process: no image decoded again
+    monkeypatch.undo()
+    Image.fromarray(np.zeros((30, 30, 3), dtype=np.uint8)).save(tmp_path / "train" / "class0" / "black.png")
+    assert resolve(cfg)["mean"][0] < first["mean"][0]  # a new file: a new listing, recomputed
