@@ -120,7 +120,7 @@ def test_export_of_a_channels_last_run_round_trips(tmp_path):
     assert stored and all(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
                           for t in stored if t.shape[1] > 1)  # the checkpoint really holds NHWC tensors
     info = export_run(tmp_path)
-    back = decompress(torch.load(info["path"], weights_only=False))
+    back = decompress(torch.load(info["path"], weights_only=True))
     assert back.keys() == state["model"].keys()
     assert all(torch.equal(back[k], state["model"][k]) for k in back)  # logical values, whatever the layout
     x = next(iter(build_data(cfg.data).test))[0]

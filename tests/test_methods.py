@@ -422,6 +422,6 @@ def test_stateful_methods_resume_exactly(tmp_path, method):
     train(C.load(DIGITS, [*overrides, "train.stop_after=2"]), tmp_path / "straight", progress=False)
     train(C.load(DIGITS, [*overrides, "train.stop_after=1"]), tmp_path / "split", progress=False)
     train(C.load(DIGITS, [*overrides, "train.stop_after=2"]), tmp_path / "split", resume=True, progress=False)
-    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=False) for d in ("straight", "split"))
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("straight", "split"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(a["masking"]["masks"][k], b["masking"]["masks"][k]) for k in a["masking"]["masks"])

@@ -82,6 +82,9 @@ def check(cfg: Config) -> None:
         raise ConfigError("data.image_size", "0: data set 'folder' needs an image size (e.g. 64)")
     if d.download and d.name != "cifar10":
         raise ConfigError("data.download", f"true: only cifar10 can be downloaded, not {d.name!r}")
+    from ..data.checks import check_keys  # torch-free: the data keys together, no file read
+
+    check_keys(d)
     if t.precision == "fp16" and t.device in ("cpu", "mps"):
         raise ConfigError("train.precision", f"'fp16' needs CUDA (device is {t.device!r}); use bf16 on CPU")
     if cfg.model.name == "resnet50" and d.name == "digits":
@@ -153,7 +156,7 @@ def check_paths(cfg: Config) -> None:
     runs the ablations and GMP start from. Called where training runs (the
     trainer) and by the CLI before it starts work on this machine (not when it
     only launches onto a cluster, whose nodes hold the data)."""
-    from ..data.checks import check as check_data
+    from ..data.checks import check_files as check_data
     from ..methods.registry import require_run_file
 
     check_data(cfg.data)

@@ -45,6 +45,16 @@ def _increasing(v) -> str | None:
     return None
 
 
+def _channel_values(v) -> str | None:
+    if v is not None and len(v) not in (1, 3):
+        return "must be a list of 1 or 3 numbers, one per channel"
+    return None
+
+
+def _positive_channel_values(v) -> str | None:
+    return _channel_values(v) or (None if v is None or min(v) > 0 else "must be > 0")
+
+
 def _patterns(v) -> str | None:
     if v is not None and not all(x for x in v):
         return "must be a list of parameter-name patterns (fnmatch, e.g. 'layer*.conv*.weight')"
@@ -84,6 +94,29 @@ class DataConfig(Section):
     loader_workers: int = opt(-1, "loader processes per training process (-1: auto, 0: in-process)", ge=-1, le=256)
     test_fraction: Real = opt(0.2, "digits only: share held out as the test set (fixed split)", ge=0.05, le=0.5)
     synthetic_size: int = opt(512, "synthetic only: number of random training samples", ge=16)
+    # -- image pipeline, validation split, decoding (dsr_tune/data/): null = the data set's default,
+    # made concrete by dsr_tune.data.resolve(); checks that span keys: dsr_tune/data/checks.py
+    channels: Literal[0, 1, 3] = opt(0, "folder, imagenet: input channels; 0: from a few files (all grey -> 1, "
+                                     "else 3); 1 or 3: converted")
+    mean: Annotated[list[Real] | None, checked(_channel_values)] = opt(
+        None, "per-channel normalisation mean (0..1 pixels); null: CIFAR-10's / ImageNet's constants, a folder's "
+              "own (from up to 2,000 training images)")
+    std: Annotated[list[Real] | None, checked(_positive_channel_values)] = opt(
+        None, "per-channel normalisation std (> 0); null: like data.mean")
+    hflip: bool | None = opt(None, "cifar10, imagenet, folder: random horizontal flip in training; null: true "
+                             "(set false for digits-like images)")
+    crop_padding: int | None = opt(None, "cifar10, imagenet, folder: random crop after reflect-padding by this "
+                                   "many pixels; null: 4 for cifar10, 0 otherwise", ge=0, le=1024)
+    random_resized_crop: bool | None = opt(None, "imagenet, folder: random-resized crop in training, resize to 8/7 "
+                                           "and center crop at test; null: true for imagenet, false for folder")
+    val_fraction: Real | None = opt(None, "share of the training data held out as validation (a fixed-seed slice, "
+                                    "the same for every train.seed); 0: none; null: 0.01 for imagenet, 0.1 "
+                                    "otherwise", ge=0, le=0.5)
+    decode: Literal["cpu", "gpu"] = opt("cpu", "imagenet, folder: decode images in the loader processes (cpu), or "
+                                        "only read the files there and decode + augment batches on the training "
+                                        "device (gpu)")
+    skip_bad_images: bool = opt(False, "imagenet, folder: drop images that fail to decode from their batch, "
+                                "counted as bad_images per epoch (false: stop with an error naming the file)")
 
 
 class OptimConfig(Section):

@@ -1,22 +1,201 @@
-"""Checks of a data set's files, before any work starts (no torch imported)."""
+"""Data inputs refused before any work starts (no torch, no torchvision).
+
+Each function takes the DataConfig and raises :class:`ConfigError` with one
+line naming the key or path and what is allowed. Two halves, because a node
+that only launches onto a cluster may not hold the data:
+
+- :func:`check_keys` -- the data keys together, without the file system;
+- :func:`check_files` -- the data set on disk where training runs.
+
+:func:`check` runs both. What can only show during training (an image that
+fails to decode at epoch 7) raises :class:`DataError` from the loaders.
+"""
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+import socket
 from pathlib import Path
 
 from ..schema import ConfigError
+from .files import IMG_EXTENSIONS, first_images, infer_channels, is_image, scan_split, tree_key, verify_images
+
+log = logging.getLogger("dsr_tune")
+
+IMAGE_TREES = ("imagenet", "folder")
+VERIFY_LIMIT = 20_000  # a tree with at most this many files has every image opened up front
+CIFAR_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+               "batches.meta")
+IN_MEMORY_CHANNELS = {"digits": 1, "synthetic": 3, "cifar10": 3}
+
+
+def _error(key: str, message: str) -> ConfigError:
+    return ConfigError(key, message)
 
 
 def check(cfg) -> None:
-    """``cfg`` (a DataConfig) names a data set that is where it says."""
-    if cfg.name not in ("cifar10", "imagenet", "folder") or not cfg.root:
+    """Both halves: the keys, then the files."""
+    check_keys(cfg)
+    check_files(cfg)
+
+
+# keys that only some data sets use, with their neutral value: any other
+# value elsewhere would be silently ignored, so it is refused
+ONLY_FOR = {
+    "decode": (IMAGE_TREES, "cpu"),
+    "random_resized_crop": (IMAGE_TREES, None),
+    "skip_bad_images": (IMAGE_TREES, False),
+    "mean": (("cifar10", *IMAGE_TREES), None),
+    "std": (("cifar10", *IMAGE_TREES), None),
+    "hflip": (("cifar10", *IMAGE_TREES), None),
+    "crop_padding": (("cifar10", *IMAGE_TREES), None),
+}
+
+
+def check_keys(cfg) -> None:
+    """The data keys that only make sense together, or for some data sets."""
+    for key, (names, neutral) in ONLY_FOR.items():
+        value = getattr(cfg, key)
+        if value != neutral and cfg.name not in names:
+            raise _error(f"data.{key}", f"{value!r} applies to data.name={' or '.join(names)}, not {cfg.name!r}; "
+                                        f"leave it {'null' if neutral is None else repr(neutral)}")
+    if cfg.name in IN_MEMORY_CHANNELS and cfg.channels not in (0, IN_MEMORY_CHANNELS[cfg.name]):
+        raise _error("data.channels", f"{cfg.channels}: {cfg.name!r} has {IN_MEMORY_CHANNELS[cfg.name]} "
+                                      "channel(s); leave it 0")
+    _check_normalisation(cfg)
+    rrc = cfg.name == "imagenet" if cfg.random_resized_crop is None else cfg.random_resized_crop
+    if rrc and cfg.crop_padding:
+        raise _error("data.crop_padding", f"{cfg.crop_padding} with random-resized crops (data.random_resized_crop, "
+                                          "true by default for imagenet): choose one random crop (crop_padding 0 "
+                                          "or null, or random_resized_crop=false)")
+
+
+def _check_normalisation(cfg) -> None:
+    if (cfg.mean is None) != (cfg.std is None):
+        given, missing = ("mean", "std") if cfg.std is None else ("std", "mean")
+        raise _error(f"data.{missing}", f"null while data.{given} is set: give both (one value per channel) or neither")
+    if cfg.mean is None:
+        return
+    if len(cfg.mean) != len(cfg.std):
+        raise _error("data.std", f"{cfg.std}: {len(cfg.std)} values but data.mean has {len(cfg.mean)}; "
+                                 "one value per channel in both")
+    channels = IN_MEMORY_CHANNELS.get(cfg.name, cfg.channels)
+    if channels and len(cfg.mean) != channels:
+        raise _error("data.mean", f"{cfg.mean}: {len(cfg.mean)} values for {channels} channel(s) "
+                                  f"({'data.channels' if cfg.name in IMAGE_TREES else cfg.name}); one per channel")
+    if not channels and len(cfg.mean) not in (1, 3):
+        raise _error("data.mean", f"{cfg.mean}: {len(cfg.mean)} values; one per channel (1 or 3)")
+
+
+def check_files(cfg) -> None:
+    """The data set is where the config says and holds what training needs.
+    Called through ``config.check_paths`` where training runs (and by the CLI
+    on the machine it starts from, unless it joins a cluster); messages name
+    the host that looked."""
+    if cfg.name not in ("cifar10", *IMAGE_TREES) or not cfg.root:
         return
     root = Path(cfg.root).expanduser()
-    if cfg.name == "cifar10" and not cfg.download and not (root / "cifar-10-batches-py").is_dir():
-        raise ConfigError("data.root", f"{cfg.root!r} holds no cifar-10-batches-py/; set data.download=true or "
-                                       "point at an existing copy")
-    if cfg.name in ("imagenet", "folder"):
-        for split in ("train", "val"):
-            if not (root / split).is_dir():
-                raise ConfigError("data.root", f"{cfg.root!r} has no {split}/ folder; expected "
-                                               f"{cfg.root}/train/<class>/*.jpg and {cfg.root}/val/<class>/*.jpg")
+    where = f" on {socket.gethostname()}"  # a cluster's nodes may differ: say which one looked
+    if cfg.name == "cifar10":
+        _check_cifar(cfg, root, where)
+        return
+    if not root.is_dir():
+        raise _error("data.root", f"{cfg.root!r} does not exist{where}; expected a folder with train/ and val/ "
+                                  "class folders")
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise _error("data.root", f"{cfg.root!r} has no {split}/ folder{where}; expected "
+                                      f"{cfg.root}/train/<class>/*.jpg and {cfg.root}/val/<class>/*.jpg")
+    _check_tree(str(root.resolve()), tree_key(root / "train"), tree_key(root / "val"), cfg.skip_bad_images)
+    if cfg.mean is not None and not cfg.channels:  # one value per channel of what the files are
+        channels = infer_channels(first_images(root / "train"))
+        if len(cfg.mean) != channels:
+            kind = "grey (1 channel)" if channels == 1 else "colour (3 channels)"
+            raise _error("data.mean", f"{cfg.mean}: {len(cfg.mean)} values, but the images under {root}/train/ "
+                                      f"are {kind}; give {channels} values in data.mean and data.std, "
+                                      "or set data.channels")
+
+
+def _check_cifar(cfg, root: Path, where: str) -> None:
+    batches = root / "cifar-10-batches-py"
+    if cfg.download:
+        return  # torchvision fetches what is missing
+    if not root.is_dir():
+        raise _error("data.root", f"{cfg.root!r} does not exist{where}; set data.download=true or point at "
+                                  "an existing copy")
+    if not batches.is_dir():
+        raise _error("data.root", f"{cfg.root!r} holds no cifar-10-batches-py/{where}; set data.download=true "
+                                  "or point at an existing copy")
+    missing = [f for f in CIFAR_FILES if not (batches / f).is_file()]
+    if missing:
+        raise _error("data.root", f"{str(batches)!r} lacks {', '.join(missing)}{where}; expected torchvision's "
+                                  f"CIFAR-10 python layout ({', '.join(CIFAR_FILES)}) or data.download=true")
+
+
+def class_mismatch(train: list[str], val: list[str]) -> str | None:
+    """What differs between train/'s and val/'s class folders, or None."""
+    if list(train) == list(val):
+        return None
+    only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
+
+    def few(names):
+        return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+    return (f"train/ and val/ have different class folders: only in train/: {few(only_train) or '-'}; "
+            f"only in val/: {few(only_val) or '-'}")
+
+
+@functools.lru_cache(maxsize=16)
+def _check_tree(root: str, train_key: tuple, val_key: tuple, skip_bad: bool) -> None:
+    """Class folders and images of a tree (cached per listing: configs are
+    validated more than once per process, and verifying is the slow part).
+    With ``skip_bad`` an unreadable image is only reported: the loaders drop it."""
+    train_classes, val_classes = [c for c, _ in train_key], [c for c, _ in val_key]
+    if len(train_classes) < 2:
+        found = f"only {train_classes[0]!r}" if train_classes else "none"
+        raise _error("data.root", f"{root}/train/ needs at least 2 class folders, found {found}: "
+                                  "one class trains to a meaningless 100%")
+    problem = class_mismatch(train_classes, val_classes)
+    if problem:
+        raise _error("data.root", f"{root}: {problem}")
+    for c in train_classes:
+        if not _has_image(Path(root) / "train" / c):
+            raise _error("data.root", f"{root}/train/{c}/ holds no image (files ending in "
+                                      f"{', '.join(IMG_EXTENSIONS)})")
+    if not any(_has_image(Path(root) / "val" / c) for c in val_classes):
+        raise _error("data.root", f"{root}/val/ holds no image in any class folder")
+    small = _count_files(Path(root), VERIFY_LIMIT + 1) <= VERIFY_LIMIT
+    if small:
+        paths = [p for split in ("train", "val") for p, _ in scan_split(Path(root) / split, train_classes)[1]]
+        bad = verify_images(paths)
+        if bad and skip_bad:
+            log.warning("unreadable image %s; data.skip_bad_images=true drops such files while training", bad)
+        elif bad:
+            raise _error("data.root", f"unreadable image {bad}; remove or replace it, or set "
+                                      "data.skip_bad_images=true to drop such files while training")
+
+
+def _has_image(folder: Path) -> bool:
+    """At least one image below ``folder``. Stops at the first one: scandir
+    reads a directory lazily, so an ImageNet class folder costs one read."""
+    pending = [folder]
+    while pending:
+        with os.scandir(pending.pop()) as it:
+            for entry in it:
+                if entry.is_dir():
+                    pending.append(Path(entry.path))
+                elif is_image(entry.name):
+                    return True
+    return False
+
+
+def _count_files(root: Path, limit: int) -> int:
+    """Image files under train/ and val/, counting no further than ``limit``."""
+    n = 0
+    for split in ("train", "val"):
+        for _, _, files in os.walk(root / split, followlinks=True):
+            n += sum(1 for f in files if is_image(f))
+            if n >= limit:
+                return n
+    return n

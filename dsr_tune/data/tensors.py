@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 
+@functools.lru_cache(maxsize=1)
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     """The digits as (1797, 8, 8) grey levels and their labels.
 
@@ -26,22 +28,41 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
         with gzip.open(path, "rt") as f:
             data = np.loadtxt(f, delimiter=",")
         if data.shape == (1797, 65):
-            return data[:, :64].reshape(-1, 8, 8), data[:, 64].astype(np.int64)
+            return _frozen(data[:, :64].reshape(-1, 8, 8), data[:, 64].astype(np.int64))
     from sklearn.datasets import load_digits  # ships with scikit-learn: no download
 
     d = load_digits()
-    return d.images, d.target
+    return _frozen(d.images, d.target)
 
 
-def digits(test_fraction: float = 0.2):
-    """1,797 real 8x8 digits (0-16 grey levels), standardised, split with a
-    fixed seed so the test set is the same for every run and seed."""
+def _frozen(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Read-only: the arrays are cached and shared by every caller."""
+    for a in arrays:
+        a.setflags(write=False)
+    return arrays
+
+
+def _digits_split(test_fraction: float):
+    """Grey levels in 0..1, labels, and the fixed (train, test) index split."""
     images, target = _load_digits()
     x = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(target, dtype=torch.long)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(12345))
     n_test = int(round(len(y) * test_fraction))
-    test, train = order[:n_test], order[n_test:]
+    return x, y, order[n_test:], order[:n_test]
+
+
+def digits_norm(test_fraction: float = 0.2) -> tuple[float, float]:
+    """The scalar mean and std the digits are standardised with (of the
+    training part, the part the test split leaves)."""
+    x, _, train, _ = _digits_split(test_fraction)
+    return float(x[train].mean()), float(x[train].std())
+
+
+def digits(test_fraction: float = 0.2):
+    """1,797 real 8x8 digits (0-16 grey levels), standardised, split with a
+    fixed seed so the test set is the same for every run and seed."""
+    x, y, train, test = _digits_split(test_fraction)
     mean, std = x[train].mean(), x[train].std()
     x = (x - mean) / std
     return TensorDataset(x[train], y[train]), TensorDataset(x[test], y[test]), 10, 1

@@ -42,8 +42,8 @@ TAG_ROLE = "role"                 # parent | search | baseline | seed | dense
 TAG_GIT = "git_revision"
 TAG_GIT_MLFLOW = "mlflow.source.git.commit"
 TAG_PARENT = "mlflow.parentRunId"
-EPOCH_KEYS = ("test_acc", "test_acc5", "test_loss", "train_loss", "train_acc", "nonzero_params", "lr",
-              "samples_per_s", "epoch_time")
+EPOCH_KEYS = ("val_acc", "val_acc5", "val_loss", "test_acc", "test_acc5", "test_loss", "train_loss", "train_acc",
+              "nonzero_params", "lr", "samples_per_s", "epoch_time", "bad_images")
 REALLOC_KEYS = ("threshold", "pruned", "grown")
 MAX_PARAMS = 100   # MLflow's limits per log_batch call
 MAX_METRICS = 1000

@@ -121,6 +121,7 @@ def epoch_record(run: Run, epoch: int, trained: dict, epoch_lr: float, started: 
     if run.data.val is not None:
         record.update(evaluate(run, run.data.val, "val"))
     record.update(evaluate(run, run.data.test, "test"))
+    record["bad_images"] = run.data.pop_bad_images(run.device)  # files dropped as undecodable (skip_bad_images)
     record.update({"nonzero_params": nonzero_params(run.model, run.masking), "total_params": _count(run.model),
                    "lr": epoch_lr, "epoch_time": time.perf_counter() - started})
     masking = run.masking

@@ -22,6 +22,7 @@ from pathlib import Path
 from .. import checkpoint as ckpt
 from .. import config as C
 from .. import runfolder
+from ..data import resolved_comment
 from ..sparse import unwrap
 from .loop import epoch_record, train_epoch
 from .metrics import JsonlLogger, MetricLogger, progress_line
@@ -75,7 +76,8 @@ def _start_folder(run: Run, fresh: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for stale in runfolder.clean_stale(out):
         log.info("removed %s, left by a run killed while saving", stale.name)
-    runfolder.atomic_write(out / runfolder.CONFIG, C.dump(run.cfg))
+    # the data choices made from the files, as comments: the keys stay as given, so --resume compares equal
+    runfolder.atomic_write(out / runfolder.CONFIG, C.dump(run.cfg) + resolved_comment(run.data.resolved))
     if fresh:
         (out / runfolder.METRICS).unlink(missing_ok=True)  # a fresh run owns its folder's records
         ckpt.save({"model": run.init_state, "masking": run.masking.state_dict() if run.masking else None},
@@ -123,9 +125,10 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
         _start_folder(run, fresh=resume_from is None)
     loggers = ([JsonlLogger(out_dir / runfolder.METRICS)] + list(loggers)) if run.info.main else []
     for lg in loggers:
-        lg.log_params(cfg.flat())
+        lg.log_params(cfg.flat() | {f"resolved.data.{k}": v for k, v in run.data.resolved.items()})
     if run.info.main:
         log.info("%s", _describe(run))
+        log.info("data: %s", ", ".join(f"{k}={v}" for k, v in run.data.resolved.items()))
 
     def emit(record: dict) -> None:
         run.records.append(record)

@@ -1,0 +1,154 @@
+"""Every automatic data choice made concrete: :func:`resolve`.
+
+A null (``None``) or 0 data key means "the data set's default"; resolve()
+turns each into the value used, deterministically from the config and the
+files, so a run folder can record what it trained on and :func:`build_data`
+uses exactly these values. Cheap: the one costly choice (a folder's mean and
+std, computed from up to 2,000 training images) is cached per process.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from .checks import IN_MEMORY_CHANNELS
+from .files import DataError, first_images, infer_channels, scan_split, split_indices, tree_key
+
+STATS_SEED, STATS_IMAGES = 0, 2000  # the sample a folder's mean and std come from
+
+# name: (hflip, crop_padding, random_resized_crop, val_fraction); today's
+# augmentation for cifar10, imagenet and folder; ImageNet's val/ is what papers
+# report as test, so its validation is a 1% slice of train (~12,800 images)
+DEFAULTS = {
+    "digits": (False, 0, False, 0.1),
+    "synthetic": (False, 0, False, 0.1),
+    "cifar10": (True, 4, False, 0.1),
+    "imagenet": (True, 0, True, 0.01),
+    "folder": (True, 0, False, 0.1),
+}
+IMAGE_SIZES = {"digits": 8, "cifar10": 32}
+
+
+def resolve(cfg) -> dict:
+    """The concrete data choices of a DataConfig: name, image_size, channels,
+    mean, std (lists, one value per channel), hflip, crop_padding,
+    random_resized_crop, val_fraction, decode, skip_bad_images.
+
+    Invariants: len(mean) == len(std) == channels; a key the user set is
+    kept as set; the same config and files give the same dict.
+    """
+    hflip, padding, rrc, val_fraction = DEFAULTS[cfg.name]
+    r = {
+        "name": cfg.name,
+        "image_size": _image_size(cfg),
+        "channels": _channels(cfg),
+        "hflip": hflip if cfg.hflip is None else cfg.hflip,
+        "crop_padding": padding if cfg.crop_padding is None else cfg.crop_padding,
+        "random_resized_crop": rrc if cfg.random_resized_crop is None else cfg.random_resized_crop,
+        "val_fraction": val_fraction if cfg.val_fraction is None else cfg.val_fraction,
+        "decode": cfg.decode,
+        "skip_bad_images": cfg.skip_bad_images,
+    }
+    r["mean"], r["std"] = _normalisation(cfg, r)
+    return r
+
+
+def _image_size(cfg) -> int:
+    if cfg.name in IMAGE_SIZES:
+        return IMAGE_SIZES[cfg.name]
+    if cfg.name in ("imagenet", "synthetic"):
+        return cfg.image_size or (224 if cfg.name == "imagenet" else 32)
+    return cfg.image_size
+
+
+def _channels(cfg) -> int:
+    if cfg.name in IN_MEMORY_CHANNELS:
+        return IN_MEMORY_CHANNELS[cfg.name]
+    if cfg.channels:
+        return cfg.channels
+    # a few headers spread over the classes: grey files stay grey
+    return infer_channels(first_images(Path(cfg.root).expanduser() / "train"))
+
+
+def _normalisation(cfg, r: dict) -> tuple[list[float], list[float]]:
+    if cfg.mean is not None:
+        return [float(v) for v in cfg.mean], [float(v) for v in cfg.std]
+    c = r["channels"]
+    if cfg.name == "cifar10":
+        from .images import CIFAR_MEAN, CIFAR_STD
+
+        return list(CIFAR_MEAN), list(CIFAR_STD)
+    if cfg.name == "imagenet" and c == 3:
+        from .images import IMAGENET_MEAN, IMAGENET_STD
+
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    if cfg.name == "digits":
+        from .tensors import digits_norm
+
+        mean, std = digits_norm(cfg.test_fraction)
+        return [mean], [std]
+    if cfg.name == "synthetic":  # standard normal already
+        return [0.0] * c, [1.0] * c
+    root = Path(cfg.root).expanduser().resolve() / "train"
+    mean, std = _folder_stats(root, c, r["image_size"], r["random_resized_crop"], r["val_fraction"],
+                              r["skip_bad_images"], tree_key(root))
+    return list(mean), list(std)
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_stats(train_dir: Path, channels: int, size: int, rrc: bool, val_fraction: float, skip_bad: bool,
+                  listing: tuple) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of the pixels (0..1) the model sees at test
+    time, over a seeded sample of at most STATS_IMAGES images of the train
+    part (validation images excluded), in float64; rounded to 4 decimals.
+    ``listing`` (the tree key) is only part of the cache key."""
+    import torch
+
+    from .images import FolderImages, ImageSpec
+
+    samples = scan_split(train_dir)[1]
+    train_idx, _ = split_indices(len(samples), val_fraction)
+    k = min(STATS_IMAGES, len(train_idx))
+    pick = sorted(np.random.default_rng(STATS_SEED).choice(len(train_idx), k, replace=False).tolist())
+    spec = ImageSpec(size, channels, (0.0,) * channels, (1.0,) * channels, random_resized_crop=rrc)
+    images = FolderImages([samples[train_idx[i]] for i in pick], spec)
+    s1 = torch.zeros(channels, dtype=torch.float64)
+    s2 = torch.zeros(channels, dtype=torch.float64)
+    pixels = 0
+    for x, _, error in images:
+        if error:
+            if skip_bad:
+                continue
+            raise DataError(error)
+        x = x.double()
+        s1 += x.sum((1, 2))
+        s2 += (x * x).sum((1, 2))
+        pixels += x[0].numel()
+    if not pixels:
+        raise DataError(f"{train_dir}: no readable image to compute data.mean and data.std from")
+    mean = s1 / pixels
+    std = (s2 / pixels - mean * mean).clamp_min(0).sqrt()
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))  # a constant channel: leave it unscaled
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+def clear_caches() -> None:
+    """Forget cached listings and statistics (files were changed in place)."""
+    from . import files
+
+    _folder_stats.cache_clear()
+    files._scan.cache_clear()
+
+
+def resolved_comment(resolved: dict) -> str:
+    """:func:`resolve`'s choices as YAML comment lines, to append to a run's
+    config.yaml: a record for the reader that leaves the keys as given (a
+    resumed run's config then compares equal to the one it was started with)."""
+    import yaml
+
+    body = yaml.safe_dump({"data": resolved}, sort_keys=False, default_flow_style=None)
+    return "# data choices as resolved from the files (dsr_tune.data.resolve):\n" + "".join(
+        f"#   {line}\n" for line in body.splitlines())

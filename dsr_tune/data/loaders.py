@@ -1,0 +1,166 @@
+"""Loaders for one training process: train, validation and test, sharded per DDP rank."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from .checks import class_mismatch
+from .files import DataError, class_folders, scan_split
+from .images import ImageSpec, cifar10, image_folder, specs
+from .choices import resolve
+from .files import split_indices
+from .tensors import digits, synthetic
+
+log = logging.getLogger("dsr_tune")
+
+
+@dataclass
+class DataBundle:
+    """The loaders of one process and what the model needs to know of the data.
+
+    Batches are turned into ``(x, y)`` on the device by :meth:`to_device`,
+    whatever the loader yields (tensors; decoded images with per-file errors;
+    encoded files to decode on the device). ``val`` is None without a
+    validation split. ``resolved`` holds every data choice as used.
+    """
+    train: DataLoader
+    test: DataLoader
+    num_classes: int
+    in_channels: int
+    train_sampler: DistributedSampler | None = None
+    val: DataLoader | None = None
+    resolved: dict = field(default_factory=dict)
+    device_spec: ImageSpec | None = None  # decode=gpu: size, channels, mean, std of the device recipe
+    skip_bad_images: bool = False
+    world_size: int = 1
+    bad_images: int = 0  # files dropped in this process since the last pop_bad_images()
+
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        """Make the epoch's shuffle a function of (seed, epoch) alone, so a
+        resumed run sees the same order as an uninterrupted one."""
+        if self.train_sampler is not None:
+            self.train_sampler.set_epoch(epoch)
+        elif self.train.generator is not None:
+            self.train.generator.manual_seed(seed * 100_003 + epoch)
+
+    def to_device(self, batch, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch from any of the loaders as ``(x, y)`` on ``device``.
+
+        An undecodable file raises :class:`DataError` naming it, or with
+        data.skip_bad_images is dropped from the batch and counted.
+        """
+        if isinstance(batch, dict):  # decode=gpu: bytes and recipe numbers
+            from .device import encoded_batch_to_device
+
+            x, y, dropped = encoded_batch_to_device(batch, device, self.device_spec, self.skip_bad_images)
+            self.bad_images += dropped
+            return x, y
+        if len(batch) == 3:  # decoded files, each with its error line ("" when fine)
+            x, y, errors = batch
+            bad = [k for k, e in enumerate(errors) if e]
+            if bad:
+                if not self.skip_bad_images:
+                    raise DataError(errors[bad[0]])
+                log.warning("skipped %d undecodable image(s), first %s", len(bad), errors[bad[0]])
+                keep = [k for k, e in enumerate(errors) if not e]
+                x, y = x[keep], y[keep]
+                self.bad_images += len(bad)
+        else:
+            x, y = batch
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def pop_bad_images(self, device: torch.device | str = "cpu") -> int:
+        """Files dropped since the last call, summed over DDP ranks; resets
+        the count. A collective under DDP: call it on every rank."""
+        n = torch.tensor([self.bad_images], dtype=torch.int64, device=device)
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(n)
+        self.bad_images = 0
+        return int(n.item())
+
+
+def datasets(cfg, r: dict) -> tuple[Dataset, Dataset, Dataset, int, int]:
+    """(train, validation, test, classes, input channels) of the resolved
+    choices ``r``. The validation part is a fixed-seed slice of the training
+    data (:func:`split_indices`), disjoint from the train part."""
+    if cfg.name in ("digits", "synthetic"):
+        if cfg.name == "digits":
+            full, test, classes, channels = digits(cfg.test_fraction)  # the fixed test split stays
+        else:
+            full, test, classes, channels = synthetic(cfg.synthetic_size, r["image_size"])
+        train_idx, val_idx = split_indices(len(full), r["val_fraction"])
+        return Subset(full, train_idx), Subset(full, val_idx), test, classes, channels
+    if cfg.name == "cifar10":
+        return (*cifar10(cfg.root, cfg.download, r), 10, 3)
+    root = Path(cfg.root).expanduser()
+    classes, samples = scan_split(root / "train")
+    problem = class_mismatch(list(classes), class_folders(root / "val"))
+    if problem:
+        from ..schema import ConfigError
+
+        raise ConfigError("data.root", f"{cfg.root}: {problem}")
+    test_samples = scan_split(root / "val", list(classes))[1]
+    train_idx, val_idx = split_indices(len(samples), r["val_fraction"])
+    sets = image_folder(r, [samples[i] for i in train_idx], [samples[i] for i in val_idx], test_samples)
+    return (*sets, len(classes), r["channels"])
+
+
+def auto_workers(cfg) -> int:
+    if cfg.loader_workers >= 0:
+        return cfg.loader_workers
+    if cfg.name in ("digits", "synthetic"):
+        return 0  # already tensors in memory: worker processes only add cost
+    return min(8, max(1, (os.cpu_count() or 2) - 1))
+
+
+def _eval_loader(data: Dataset, batch_size: int, rank: int, world_size: int, **common) -> DataLoader:
+    if world_size > 1:  # strided shard, no padding: counts summed over ranks are exact
+        data = Subset(data, range(rank, len(data), world_size))
+    return DataLoader(data, batch_size, shuffle=False, **common)
+
+
+def build_data(cfg, seed: int = 0, rank: int = 0, world_size: int = 1,
+               pin_memory: bool = False) -> DataBundle:
+    """Loaders for one training process, built from :func:`resolve`'s choices.
+
+    With ``world_size > 1`` each rank gets its shard and ``batch_size /
+    world_size`` samples a step; every rank has the same number of training
+    steps (the sampler drops the remainder), while validation and test are
+    strided shards without padding, so counts summed over ranks are exact.
+    """
+    if cfg.batch_size % world_size:
+        raise ValueError(f"data.batch_size={cfg.batch_size} must divide by the {world_size} workers")
+    r = resolve(cfg)
+    train_set, val_set, test_set, num_classes, in_channels = datasets(cfg, r)
+    per_rank = cfg.batch_size // world_size
+    gpu = r["decode"] == "gpu"
+    # not persistent: loader processes are seeded when an epoch starts, from the
+    # generator set_epoch() reseeds, so a resumed run augments exactly as an
+    # uninterrupted one (persistent ones would carry their random state over)
+    common = dict(num_workers=auto_workers(cfg), pin_memory=pin_memory)
+    if gpu:
+        from .images import collate_encoded
+
+        common["collate_fn"] = collate_encoded
+    sampler = None
+    if world_size > 1:
+        sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=seed, drop_last=True)
+        train = DataLoader(train_set, per_rank, sampler=sampler, drop_last=True, **common)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        train = DataLoader(train_set, per_rank, shuffle=True, drop_last=True, generator=gen, **common)
+    val = _eval_loader(val_set, cfg.eval_batch_size, rank, world_size, **common) if len(val_set) else None
+    test = _eval_loader(test_set, cfg.eval_batch_size, rank, world_size, **common)
+    if rank == 0:
+        log.info("data %s: %d train, %d validation, %d test images; %s", cfg.name, len(train_set), len(val_set),
+                 len(test_set), ", ".join(f"{k}={v}" for k, v in r.items() if k != "name"))
+    return DataBundle(train, test, num_classes, in_channels, sampler, val=val, resolved=r,
+                      device_spec=specs(r)[1] if gpu else None, skip_bad_images=r["skip_bad_images"],
+                      world_size=world_size)
