@@ -681,6 +681,27 @@ def loader_rate(train_set, workers: int, batch: int, images: int, pin: bool, dea
             "batch_shape": shape}
 
 
+def pil_cpu_rate(train_set, images: int, deadline: float) -> dict:
+    """Images per CPU-second of the package's PIL transforms in this process on one thread, as
+    a loader worker runs them: CPU time, so other processes on the cores barely change it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        order = torch.randint(len(train_set), (images + 8,), generator=torch.Generator().manual_seed(0)).tolist()
+        for i in order[:8]:  # warm-up
+            train_set[i]
+        c0, n = time.process_time(), 0
+        for i in order[8:]:
+            train_set[i]
+            n += 1
+            if time.monotonic() > deadline:
+                break
+        cpu = time.process_time() - c0
+    finally:
+        torch.set_num_threads(threads)
+    return {"images": n, "cpu_s": cpu, "img_per_cpu_s": n / cpu}
+
+
 def decode_on_device(datas: list[torch.Tensor], device: torch.device, size: int = 224) -> torch.Tensor:
     """Encoded JPEG bytes -> a normalized, randomly cropped and flipped float batch on ``device``.
 
@@ -746,12 +767,17 @@ def section_data(ctx: Ctx, res: Result) -> None:
     train_set = image_folder(str(root), 224, imagenet=True)[0]  # the package's own training transforms
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     res.details["cores"] = cores
+    cpu = pil_cpu_rate(train_set, 100 if ctx.quick else 400, time.monotonic() + min(15.0, ctx.left() / 4))
+    res.details["pil_cpu"] = cpu
+    res.metric("pil_img_per_cpu_second", cpu["img_per_cpu_s"],
+               f"the same transforms in this process on one thread, {cpu['images']} images / their CPU time "
+               "(time.process_time): the per-core rate, barely touched by other load")
     runs, per_core_for_estimate = [], None
     for n in [w for w in s.loader_workers if w <= cores]:
         if ctx.left() < 15:
             res.note(f"loader with {n} processes: skipped, {ctx.left():.0f} s left")
             break
-        rate1 = runs[0]["img_s"] if runs else 100.0
+        rate1 = runs[0]["img_s"] if runs else 250.0  # a first guess: about 3 s of images
         images = max(8 * s.loader_batch * n, int(rate1 * n * (1.5 if ctx.quick else 3.0)))
         deadline = time.monotonic() + min(20.0, ctx.left() / 3)
         r = loader_rate(train_set, n, s.loader_batch, images, ctx.cuda, deadline)
@@ -767,8 +793,9 @@ def section_data(ctx: Ctx, res: Result) -> None:
     res.check("loader_batches_224", all(r["batch_shape"] == (s.loader_batch, 3, 224, 224) for r in runs),
               f"every loader batch is ({s.loader_batch}, 3, 224, 224): {sorted({r['batch_shape'] for r in runs})}")
     n, per_core = per_core_for_estimate
-    res.metric("loader_cores_for_3000_img_s_pil", FEED_TARGET / per_core,
-               f"{FEED_TARGET:,} / per-core rate with {n} process(es) (the most that leave the training process a core)")
+    res.metric("loader_cores_for_3000_img_s_pil", FEED_TARGET / min(per_core, cpu["img_per_cpu_s"]),
+               f"{FEED_TARGET:,} / the lower of the per-CPU-second rate and the per-process rate with {n} "
+               "process(es) (the most that leave the training process a core)")
     d = device_decode_rate(ctx, files, s.decode_batch, time.monotonic() + min(20.0, max(5.0, ctx.left() - 5)))
     res.details["device_decode"] = d
     res.check("device_decode_batch", d["batch_shape"] == (s.decode_batch, 3, 224, 224) and d["on_device"]
