@@ -248,7 +248,8 @@ def test_channels_last_masks_match_contiguous(device):
     for _ in range(4):  # period 2: reallocations at steps 2 and 4
         for pa, pb in zip(opt_a.param_groups[0]["params"], opt_b.param_groups[0]["params"]):
             grad = torch.randn(pa.shape, generator=g).mul_(0.01).to(device)
-            pa.grad, pb.grad = grad.clone(), grad.clone(memory_format=torch.channels_last if grad.dim() == 4 else torch.preserve_format)
+            # each gradient in its weight's own strides, as autograd leaves it
+            pa.grad, pb.grad = torch.empty_like(pa).copy_(grad), torch.empty_like(pb).copy_(grad)
         opt_a.step(), opt_b.step()
         ma.step(), mb.step()
     assert len(ma.pop_events()) == len(mb.pop_events()) == 2
