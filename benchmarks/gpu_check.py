@@ -989,8 +989,8 @@ def run_sections(names: list[str], table: dict, ctx: Ctx, report: Report, budget
         try:
             with alarm(limit + min(30.0, 0.2 * limit)):
                 table[name][0](ctx, res)
-        except SectionTimeout as exc:
-            res.status, res.error = "timeout", str(exc)
+        except (SectionTimeout, subprocess.TimeoutExpired) as exc:  # the latter: a subprocess given the time left
+            res.status, res.error = "timeout", first_line(exc)
         except torch.cuda.OutOfMemoryError as exc:
             res.status, res.error = "oom", first_line(exc)
         except KeyboardInterrupt as exc:
