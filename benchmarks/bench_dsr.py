@@ -17,6 +17,7 @@ Prints ratios; targets: step overhead under 3%, reallocation at least 5x cheaper
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import time
@@ -26,7 +27,6 @@ import torch.nn.functional as F
 
 from dsr_tune.models import build_model, sparse_names
 from dsr_tune.sparse import Masking, dsr, sample_positions
-from dsr_tune.train.setup import pick_device
 
 
 def sync(device):
@@ -40,6 +40,19 @@ def timed(fn, device) -> float:
     fn()
     sync(device)
     return time.perf_counter() - t0
+
+
+def train_step(model, opt, x, y, masking=None, precision: str = "bf16") -> None:
+    """One step as the trainer takes it: autocast (bf16, or none for fp32), backward, SGD,
+    then the masks."""
+    amp = torch.autocast(x.device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    with amp:
+        loss = F.cross_entropy(model(x).float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if masking is not None:
+        masking.step()
 
 
 def sort_based_reallocation(masking: Masking, fraction: float) -> int:
@@ -80,17 +93,9 @@ def bench_model(name: str, model_kw: dict, input_shape, classes: int, batch: int
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (batch,), device=device)
-    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-           else torch.autocast(device.type, enabled=False))
 
     def step(model, opt, masking=None):
-        with amp:
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if masking is not None:
-            masking.step()
+        train_step(model, opt, x, y, masking, precision)
 
     for _ in range(2):  # warm-up
         step(dense, opt_d)
@@ -132,6 +137,8 @@ def main() -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--channels-last", action="store_true")
     args = p.parse_args()
+    from dsr_tune.train.setup import pick_device  # here: the helpers gpu_check.py imports need torch and the sparse core only
+
     device = pick_device(args.device)
     desc = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {desc}; torch {torch.__version__}; {args.precision}{', channels_last' if args.channels_last else ''}")
