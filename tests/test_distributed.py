@@ -323,10 +323,11 @@ def ray_local():
     import ray
     import ray.cloudpickle
 
+    from dsr_tune.distributed import ray_session
+
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this module is not importable in workers
-    ray.init(address="local", num_cpus=2)
-    yield
-    ray.shutdown()
+    with ray_session(cpus=2):  # the tool's own local Ray (127.0.0.1 only, loopback rendezvous store)
+        yield
 
 
 def _kill_rank0_after(run_dir: Path, storage_path: str, name: str, epochs: int, out: dict) -> None:

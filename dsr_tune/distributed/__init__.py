@@ -8,9 +8,13 @@ as Ray Train's per-worker function. Ray is imported only inside functions.
         summary = fit(cfg, run_dir="runs/digits2", workers=2)
     summary.metrics["test_acc"], summary.checkpoint
 
-See the README section "Many workers and nodes (Ray Train)".
+A local Ray listens on 127.0.0.1 and leaves no process behind (:mod:`.session`,
+:mod:`.reaper`; docs/network.md). See the README section "Many workers and
+nodes (Ray Train)".
 """
 
-from .driver import FitSummary, LoggerSpec, fit, joins_cluster, launch, ray_env, ray_session, worker_resources
+from .driver import FitSummary, LoggerSpec, fit, launch, worker_resources
+from .session import LOCAL_RAY_ENV, TRAIN_ENV, joins_cluster, ray_env, ray_host, ray_session
 
-__all__ = ["FitSummary", "LoggerSpec", "fit", "joins_cluster", "launch", "ray_env", "ray_session", "worker_resources"]
+__all__ = ["FitSummary", "LoggerSpec", "fit", "joins_cluster", "launch", "ray_env", "ray_host", "ray_session",
+           "worker_resources", "TRAIN_ENV", "LOCAL_RAY_ENV"]
