@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from .. import config as C
-from .common import fail, interrupted, joining_cluster
+from .common import fail, interrupted, joining_cluster, ray_host_error
 
 # a finished epoch's checkpoint; named here so the CLI need not import torch (train.checkpoint.LATEST)
 LATEST = "checkpoint.pt"
@@ -63,6 +63,9 @@ RESUMABLE_RAY_KEYS = {"train.workers", "train.use_gpu", "train.cpus_per_worker",
 
 
 def _train_ray(args, cfg: C.Config, out: Path) -> int:
+    host_error = ray_host_error(args.address)
+    if host_error:
+        return fail(host_error)
     from ..distributed import launch  # ray and torch are heavy: import after validation
 
     try:

@@ -88,14 +88,39 @@ def new_session() -> Session:
     return Session(f"{os.getpid()}:{start_time(os.getpid())}:{secrets.token_hex(4)}")
 
 
-def start_time(pid: int) -> int | None:
-    """The start time of a live (not zombie) ``pid`` from /proc/<pid>/stat, or None."""
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on, or None if it is gone or a zombie."""
     try:
         text = (PROC / str(pid) / "stat").read_text()
     except OSError:
         return None
     fields = text[text.rindex(")") + 2:].split()  # the name may hold spaces and parentheses
-    return int(fields[19]) if fields[0] not in ("Z", "X") else None  # fields 3 and 22 of proc(5)
+    return fields if fields[0] not in ("Z", "X") else None
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of a live (not zombie) ``pid``, or None."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None  # field 22 of proc(5)
+
+
+def family(pid: int) -> list[Proc]:
+    """``pid``, its descendants and the other members of its process group (live ones),
+    e.g. a server started in its own session and the workers it forked."""
+    parents: dict[int, int] = {}
+    group, start = [], {}
+    for entry in PROC.iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
+            child = int(entry.name)
+            parents[child], start[child] = int(fields[1]), int(fields[19])  # ppid, start time
+            if int(fields[2]) == pid:  # pgrp
+                group.append(child)
+    found, todo = set(group), [pid]
+    while todo:
+        p = todo.pop()
+        found.add(p)
+        todo += [c for c, parent in parents.items() if parent == p and c not in found]
+    return [Proc(p, start[p], _cmdline(p)[:120]) for p in sorted(found) if p in start]
 
 
 def marker_of(pid: int) -> str | None:

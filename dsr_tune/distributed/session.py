@@ -31,7 +31,7 @@ import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from .. import config as C
@@ -87,7 +87,7 @@ def joins_cluster(address: str | None = None) -> bool:
 def ray_host(value: str | None = None) -> str:
     """Where a local Ray listens: ``value``, else $DSR_TUNE_RAY_HOST, else 127.0.0.1.
 
-    Returns 127.0.0.1 (unset, ``127.0.0.1``, ``localhost``: loopback only),
+    Returns 127.0.0.1 (unset, ``localhost`` or a loopback address: loopback only),
     0.0.0.0 (Ray's own defaults: the IP it detects, servers on every
     interface) or an IP address of this machine (Ray's node IP: what other
     nodes dial). Raises ConfigError for anything else.
@@ -108,7 +108,7 @@ def ray_host(value: str | None = None) -> str:
             s.bind((str(ip), 0))  # only an address of this machine can be bound
         except OSError:
             raise C.ConfigError(HOST_ENV, f"{raw} is not an address of this machine; {allowed}") from None
-    return LOOPBACK if ip.is_loopback and ip.version == 4 else str(ip)
+    return LOOPBACK if ip.is_loopback else str(ip)  # Ray's loopback mode is 127.0.0.1, whichever was named
 
 
 def _bind_kwargs(host: str) -> dict:
@@ -192,9 +192,11 @@ def secure_token(path: Path) -> None:
         log.info("Ray token: %s was mode %o, now 0600", path, st.st_mode & 0o777)
 
 
-def state_dir() -> Path:
-    """Where this package records the local Ray sessions it starts (one small JSON file each)."""
-    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+def state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where this package records the local Ray sessions it starts (one small JSON file
+    each): ``$XDG_STATE_HOME/dsr_tune/ray_sessions``, by default under ``~/.local/state``."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_STATE_HOME") or Path(env.get("HOME") or Path.home()) / ".local" / "state"
     return Path(base) / "dsr_tune" / "ray_sessions"
 
 
