@@ -1,7 +1,8 @@
 """Ray Train: the same trainer on many workers and nodes.
 
 The trainer (:mod:`dsr_tune.train`) knows nothing of Ray; this package runs it
-as Ray Train's per-worker function. Ray is imported only inside functions.
+as Ray Train's per-worker function. Ray is imported only inside functions
+(and at the top of :mod:`.loopback`, which only those functions import).
 
     from dsr_tune.distributed import fit, ray_session
     with ray_session():                  # a local Ray, or RAY_ADDRESS
