@@ -130,13 +130,15 @@ def test_cluster_runs_need_shared_storage_and_overwrite_deletes_only_checkpoints
 @pytest.mark.parametrize("env, arg, expected", [
     ({}, None, "local"), ({"RAY_ADDRESS": "10.0.0.1:6379"}, None, "10.0.0.1:6379"),
     ({"RAY_ADDRESS": "10.0.0.1:6379"}, "auto", "auto")])
-def test_ray_session_joins_or_starts_local(monkeypatch, env, arg, expected):
+def test_ray_session_joins_or_starts_local(monkeypatch, tmp_path, env, arg, expected):
     import ray
 
     from dsr_tune.distributed import ray_session
 
     calls = []
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # the token file and session records a local start writes
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
@@ -325,10 +327,11 @@ def ray_local():
     import ray
     import ray.cloudpickle
 
+    from dsr_tune.distributed import ray_session
+
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this module is not importable in workers
-    ray.init(address="local", num_cpus=2)
-    yield
-    ray.shutdown()
+    with ray_session(cpus=2):  # the tool's own local Ray (127.0.0.1 only, loopback rendezvous store)
+        yield
 
 
 def _kill_rank0_after(run_dir: Path, storage_path: str, name: str, epochs: int, out: dict) -> None:

@@ -28,3 +28,22 @@ def test_head_node_resource_name():
     from dsr_tune.sweep.driver import HEAD_NODE_RESOURCE
 
     assert HEAD_NODE_RESOURCE == HEAD_NODE_RESOURCE_NAME
+
+
+def test_torch_backend_internals_the_loopback_store_builds_on():
+    # distributed/loopback.py: a TCPStore bound to 127.0.0.1 needs its own backend; it subclasses
+    # Ray's torch backend and reuses its env-var setup (no public hook for the rendezvous store)
+    from ray.train._internal.worker_group import WorkerGroup
+    from ray.train.torch.config import TorchConfig, _set_torch_distributed_env_vars, _TorchBackend
+
+    assert callable(_set_torch_distributed_env_vars) and hasattr(_TorchBackend, "on_start")
+    assert hasattr(TorchConfig, "backend_cls") and isinstance(WorkerGroup, type)
+
+
+def test_localhost_switch_of_ray_constants():
+    # distributed/session.py: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is what makes Ray 2.60 keep the
+    # node IP at 127.0.0.1 (every other loopback address is swapped for the external one)
+    from ray._private import ray_constants
+
+    assert ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR == "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    assert isinstance(ray_constants.ENABLE_RAY_CLUSTER, bool)

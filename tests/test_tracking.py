@@ -1,16 +1,14 @@
 """MLflow tracking without Ray: an unreachable server never stops training, and
 ``sync`` puts the lost records into MLflow from the run folder, exactly once.
-Also: the live logger skips what a restarted worker group logs again, and
-``dsr-tune ui`` serves the embedded store on 127.0.0.1."""
+Also: the live logger skips what a restarted worker group logs again, and a
+parent run that ``sync`` creates is the one a live sweep makes (``dsr-tune ui``:
+tests/test_serve.py)."""
 
 from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -211,35 +209,34 @@ def test_embedded_store_paths_are_absolute(tmp_path, monkeypatch):
     assert not store.resolve("http://h:5000").embedded and store.resolve("http://h:5000").remote
 
 
-@pytest.mark.slow
-def test_ui_serves_the_embedded_store(tmp_path):
-    store.client(store.embedded(tmp_path)).search_experiments()  # creates mlruns/mlflow.db
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "dsr_tune.cli", "ui", "--port", str(port)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        first = proc.stdout.readline()
-        assert f"http://127.0.0.1:{port}" in first
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    assert r.read().strip() == b"OK"
-                    break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail("the MLflow UI never answered /health")
-    finally:
-        import os
-        import signal
+def test_sync_creates_the_parent_run_a_live_sweep_makes(tmp_path, monkeypatch):
+    """MLflow down when the sweep started: the parent that sync creates later has the
+    live parent's params and tags (the same sweep, logged once live and once by sync)."""
+    from mlflow import MlflowClient
 
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # it did not stop: leave nothing behind for the next tests
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    from dsr_tune.sweep import driver, space
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    live_uri, later_uri = (f"sqlite:///{tmp_path / name / 'mlflow.db'}" for name in ("live", "later"))
+    sp = space.load(ROOT / "search_spaces" / "digits_demo.yaml", [f"tracking.uri={live_uri}", "search.samples=3"])
+    out = tmp_path / "sweep"
+    meta = driver.prepare(sp, out, resume=False, overwrite=False)
+    live = driver.open_tracker(sp, out, meta, resume=False)  # MLflow up: the parent is made live
+    assert live.parent_id
+    s = sync_sweep(out, uri=later_uri)  # a store that never saw the sweep: sync makes its parent
+    assert s.runs == 0 and not s.failed
+
+    def parent(uri):
+        client = MlflowClient(uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("digits_demo").experiment_id],
+                                    filter_string="tags.role = 'parent'")
+        return run
+
+    a, b = parent(live_uri), parent(later_uri)
+    assert len(a.data.params) > 50 and a.data.params["search.samples"] == "3"
+    assert b.data.params == a.data.params
+    assert b.data.tags == a.data.tags and b.info.run_name == a.info.run_name
+    assert sync_sweep(out, uri=later_uri).params == 0  # the second sync logs nothing again
 
 
 def test_ui_refuses_a_missing_store(tmp_path, monkeypatch, capsys):

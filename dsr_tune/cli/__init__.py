@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import compare, sweep, train
+from . import compare, serve, sweep, train
 from .common import setup_logging
 
 
@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     train.add_parsers(sub)    # train, keys
     compare.add_parsers(sub)  # compare, export
-    sweep.add_parsers(sub)    # sweep, report, sync, ui
+    sweep.add_parsers(sub)    # sweep, report, sync
+    serve.add_parsers(sub)    # ui, dashboard
     return p
 
 

@@ -44,3 +44,18 @@ def joining_cluster(address: str | None) -> bool:
     checked where training runs (the trainer calls ``check_paths`` there),
     not on this node."""
     return bool(address or os.environ.get("RAY_ADDRESS"))
+
+
+def ray_host_error(address: str | None) -> str | None:
+    """The error for a bad $DSR_TUNE_RAY_HOST when the command starts a local
+    Ray (no ``address``, no $RAY_ADDRESS), else None."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return None
+    from .. import config as C
+    from ..distributed.session import ray_host
+
+    try:
+        ray_host()
+    except C.ConfigError as exc:
+        return str(exc)
+    return None

@@ -1,4 +1,4 @@
-"""The ``sweep``, ``report``, ``ui`` and ``sync`` subcommands of ``dsr-tune``.
+"""The ``sweep``, ``report`` and ``sync`` subcommands of ``dsr-tune`` (``ui``: :mod:`.serve`).
 
 Registered by :func:`dsr_tune.cli.build_parser` through :func:`add_parsers`.
 The whole search space is validated before Ray starts: a bad key or range
@@ -10,14 +10,12 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 from .. import config as C
-from .common import fail, interrupted, joining_cluster
-
-UI_PORT = 5000
+from .common import fail, interrupted, joining_cluster, ray_host_error
+from .serve import UI_PORT
 
 
 def _resume_argv(args, out: Path) -> list[str]:
@@ -33,6 +31,9 @@ def cmd_sweep(args) -> int:
         space = S.load(args.space, args.overrides)
     except C.ConfigError as exc:
         return fail(f"search space {exc}")
+    host_error = ray_host_error(args.address)
+    if host_error:
+        return fail(host_error)
     from ..sweep import driver  # ray, optuna and mlflow load after validation
 
     if not args.output and on_cluster:
@@ -133,30 +134,6 @@ def cmd_sync(args) -> int:
     return 0
 
 
-def cmd_ui(args) -> int:
-    from ..tracking import store
-
-    target = store.resolve(args.tracking_uri)
-    if not target.embedded:
-        return fail(f"{target.uri} is a tracking server: open it in a browser (dsr-tune ui serves sqlite stores)")
-    db = Path(target.uri[len("sqlite:///"):])
-    if not db.exists():
-        return fail(f"no MLflow store at {db}; run a sweep from this folder first (or pass --tracking-uri)")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", target.uri,
-           "--default-artifact-root", target.artifact_root, "--host", "127.0.0.1", "--port", str(args.port)]
-    proc = subprocess.Popen(cmd)
-    print(f"MLflow UI for {db}: http://127.0.0.1:{args.port}  (starting; Ctrl-C stops it)", flush=True)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        return 0
-
-
 def add_parsers(sub) -> None:
     s = sub.add_parser("sweep", help="search hyperparameters with Ray Tune + Optuna, baselines paired, MLflow",
                        description=(
@@ -188,8 +165,3 @@ def add_parsers(sub) -> None:
     y.add_argument("--tracking-uri", help="log into this store instead of the sweep's own")
     y.add_argument("--all", action="store_true", help="check every run, not only the ended ones marked unsynced")
     y.set_defaults(func=cmd_sync)
-
-    u = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the embedded store")
-    u.add_argument("--port", type=int, default=UI_PORT, help=f"port (default {UI_PORT})")
-    u.add_argument("--tracking-uri", help="a sqlite store (default: $MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
-    u.set_defaults(func=cmd_ui)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import config as C
 from .. import runfolder
-from .common import fail, interrupted, joining_cluster
+from .common import fail, interrupted, joining_cluster, ray_host_error
 
 
 def _changed_keys(a: C.Config, b: C.Config, allowed: set[str]) -> list[str]:
@@ -60,6 +60,9 @@ RESUMABLE_RAY_KEYS = {"train.workers", "train.use_gpu", "train.cpus_per_worker",
 
 
 def _train_ray(args, cfg: C.Config, out: Path) -> int:
+    host_error = ray_host_error(args.address)
+    if host_error:
+        return fail(host_error)
     from ..distributed import launch  # ray and torch are heavy: import after validation
 
     try:

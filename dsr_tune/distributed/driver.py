@@ -12,11 +12,8 @@ Who calls what:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
-import os
 import re
 import shutil
 import time
@@ -28,43 +25,13 @@ from typing import Any, Protocol
 from .. import config as C
 from .. import runfolder
 from ..train.metrics import MetricLogger
-from . import storage
+from . import session, storage
+# moved to .session; re-exported here for callers of the old place
+from .session import LOCAL_RAY_ENV, TRAIN_ENV, joins_cluster, ray_env, ray_session  # noqa: F401
 
 log = logging.getLogger("dsr_tune")
 
 RUN_FILE = runfolder.RAY_RUN  # in the run folder: where the run's checkpoints live
-# Ray settings for every run this package starts (workers get them through the job's runtime env)
-TRAIN_ENV = {
-    # Train V2 workers wait in ray.train.report until the controller polls (every 2 s by default):
-    # a stall of up to 2 s per epoch, most of a short epoch
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-}
-# Only on a Ray started here: a local machine is never preempted, and the watcher logs an error
-# line per run there. A real cluster keeps it (spot nodes announce their preemption through it).
-LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-
-
-def ray_env(on_cluster: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment variables a run sets for Ray (a value the user already
-    exported wins), also put into this process's environment."""
-    wanted = {**TRAIN_ENV, **(extra or {}), **({} if on_cluster else LOCAL_RAY_ENV)}
-    env = {k: os.environ.get(k, v) for k, v in wanted.items()}
-    for k, v in env.items():
-        os.environ.setdefault(k, v)
-    # a notice that token auth is on for the local cluster (the default we keep), once per run
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    return env
-
-
-_joined = False  # set by ray_session while this process is connected to an existing cluster
-
-
-def joins_cluster(address: str | None = None) -> bool:
-    """True when :func:`ray_session` with ``address`` joins an existing cluster
-    (an address given, or $RAY_ADDRESS, as in a Ray job) rather than starting a
-    local Ray. On an autoscaling cluster that is the question to ask, not how
-    many nodes are up now: nodes join later."""
-    return bool(address or os.environ.get("RAY_ADDRESS"))
 
 
 class LoggerSpec(Protocol):
@@ -112,7 +79,7 @@ def _check_cluster(cfg: C.Config, storage_path: str | None) -> None:
     import ray
 
     alive = [n for n in ray.nodes() if n.get("Alive")]
-    if (_joined or len(alive) > 1) and not storage_path:
+    if (session.joined() or len(alive) > 1) and not storage_path:
         # on a cluster, workers may run on nodes that join later (autoscaler): even
         # one node now is no reason to keep checkpoints on this node's disk
         raise C.ConfigError("train.storage_path", "None: on a Ray cluster checkpoints need storage every node "
@@ -132,11 +99,14 @@ def _trainer(cfg: C.Config, run_dir: Path, name: str, storage_uri: str, resume_f
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from . import loopback
     from .worker import train_loop_per_worker
 
     t = cfg.train
     return TorchTrainer(
         train_loop_per_worker,
+        # a Ray on 127.0.0.1 only: the rendezvous store listens there too (else on every interface)
+        torch_config=loopback.LoopbackTorchConfig() if loopback.wanted() else None,
         train_loop_config={
             "cfg": cfg.to_dict(), "run_dir": str(run_dir), "storage_path": storage_uri, "name": name,
             "resume_from": str(resume_from) if resume_from else None, "logger_specs": list(logger_specs),
@@ -207,36 +177,6 @@ def fit(cfg: C.Config, *, run_dir: str | Path, name: str | None = None, storage_
 
 
 # ---------------------------------------------------------------- the CLI path
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None = None, *, cpus: float = 0.0, **init_kwargs):
-    """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local Ray
-    that stops on exit. A local Ray gets at least ``cpus`` logical CPUs, so a
-    run larger than this machine still starts (its workers share the cores).
-    ``init_kwargs`` go to ``ray.init`` (the sweep's quieter logging, its env vars).
-    Yields True when Ray was started here. Inside an initialised Ray: no-op."""
-    global _joined
-    import ray
-
-    if ray.is_initialized():
-        yield False
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        ray.init(address=address, **init_kwargs)
-        _joined = True
-    else:
-        cores = os.cpu_count() or 1
-        if cpus > cores:
-            log.warning("%g CPUs asked for on a %d-core machine: workers will share cores", cpus, cores)
-        ray.init(**{"address": "local", "num_cpus": max(cores, math.ceil(cpus)), "logging_level": logging.WARNING,
-                    **init_kwargs})
-    try:
-        yield not address
-    finally:
-        _joined = False
-        ray.shutdown()
 
 
 _RUN_NAME = r"-\d{8}-\d{6}"  # launch() names runs <folder>-<date>-<time>

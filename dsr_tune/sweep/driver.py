@@ -105,6 +105,7 @@ def prepare(space: Space, out_dir: Path, *, resume: bool, overwrite: bool) -> di
                                 "to resume")
         # before anything syncs: a sweep.json still saying KILLED would close the parent run
         meta["status"] = "RUNNING"
+        meta.setdefault("parent_params", _parent_params_json(space))  # a sweep.json from before they were kept
         _save(out_dir, meta)
         return meta
     _clear(out_dir, overwrite)
@@ -112,7 +113,9 @@ def prepare(space: Space, out_dir: Path, *, resume: bool, overwrite: bool) -> di
     sweep_id = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     tracker = SweepTracker(store.resolve(space.tracking_uri), space.experiment, sweep_id, store.git_revision())
     meta = {"sweep_id": sweep_id, "space_file": str(space.path), "path": str(out_dir), "space": raw,
-            "phase": "search", "status": "RUNNING", "tracker": tracker.to_json()}
+            "phase": "search", "status": "RUNNING", "tracker": tracker.to_json(),
+            # the parent run's params, for a parent that `dsr-tune sync` creates (MLflow down at the start)
+            "parent_params": _parent_params_json(space)}
     _save(out_dir, meta)
     return meta
 
@@ -146,6 +149,11 @@ def parent_params(space: Space) -> dict:
     out.update({f"space.{p.key}": f"{p.kind} {list(p.endpoints())}" for p in space.params})
     out.update({f"base.{k}": v for k, v in space.base.flat().items()})
     return out
+
+
+def _parent_params_json(space: Space) -> dict[str, str]:
+    """:func:`parent_params` as MLflow stores them (strings, as runs.log_params writes them)."""
+    return {k: str(v) for k, v in parent_params(space).items()}
 
 
 def tune_config(phase: str, space: Space, ctx: SweepContext, n_concurrent: int):
@@ -230,7 +238,7 @@ def open_tracker(space: Space, out_dir: Path, meta: dict, *, resume: bool) -> Sw
     on ``resume`` also logs what MLflow missed of the trials that ended."""
     tracker = SweepTracker.from_json(meta["tracker"])
     tracker.target = store.with_credentials(tracker.target, space.tracking_uri)  # sweep.json keeps none
-    error = tracker.connect(parent_params(space))
+    error = tracker.connect(meta.get("parent_params") or parent_params(space))  # what sync logs, too
     if error:
         log.warning("%s\n  the sweep trains anyway and keeps every record in its run folders; "
                     "log them later with: dsr-tune sync %s", error, out_dir)

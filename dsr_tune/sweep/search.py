@@ -18,6 +18,8 @@ from pathlib import Path
 
 from .space import Param, Space
 
+STUDY_FILE = "optuna.db"  # in the sweep folder: the Optuna study (sqlite), named after the sweep id
+
 
 class OptunaSpace:
     """Define-by-run space: ``__call__(optuna_trial) -> constants``."""
@@ -41,7 +43,7 @@ class OptunaSpace:
 def study_storage(sweep_dir: str | Path):
     import optuna
 
-    return optuna.storages.RDBStorage(f"sqlite:///{Path(sweep_dir).resolve() / 'optuna.db'}")
+    return optuna.storages.RDBStorage(f"sqlite:///{Path(sweep_dir).resolve() / STUDY_FILE}")
 
 
 def searcher(space: Space, sweep_dir: str | Path, study_name: str):

@@ -51,11 +51,13 @@ def sync_sweep(sweep_dir: str | Path, uri: str | None = None, everything: bool =
     RUNNING ones included, with ``everything``; every ended one when moving
     to another store with ``uri``)."""
     tracker = load_tracker(sweep_dir, uri)
-    error = tracker.connect(reopen=False)
+    meta = json.loads((Path(sweep_dir) / SWEEP_FILE).read_text())
+    # a parent created here gets the params the sweep gives a live one (sweep.json keeps them)
+    error = tracker.connect(meta.get("parent_params"), reopen=False)
     if error:
         raise SyncError(error)
     client = store.client(tracker.target)
-    status = json.loads((Path(sweep_dir) / SWEEP_FILE).read_text()).get("status")
+    status = meta.get("status")
     if status in TERMINAL:  # a parent created here (the sweep ran offline) gets the sweep's outcome
         client.set_terminated(tracker.parent_id, status=status)
     summary = SyncSummary()
