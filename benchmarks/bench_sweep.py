@@ -1,8 +1,10 @@
 """Where a sweep's wall time goes: training steps vs Ray/Tune/MLflow overhead.
 
 Runs the demo sweep (search_spaces/digits_demo.yaml, embedded MLflow, local
-Ray) in a fresh folder, or analyses a finished sweep folder, and prints per
-trial:
+Ray) twice in fresh folders, one after the other on the same machine: with
+single-worker trials trained in the Tune trial's own process (the default)
+and through a Ray Train worker group per trial (``search.in_trial=false``,
+the 0.1 path); or analyses a finished sweep folder. It prints per trial:
 
 - start-up: from the trial function's first line to the first training step
   (imports, MLflow run, Ray Train controller and worker group, gloo, data,
@@ -20,7 +22,7 @@ trial:
 then the share of the sweep's trial-time spent in training, and what the
 fixed and per-epoch costs would be for a 2-minute trial.
 
-    .venv/bin/python benchmarks/bench_sweep.py                   # runs the demo (a few minutes)
+    .venv/bin/python benchmarks/bench_sweep.py                   # both paths, side by side (several minutes)
     .venv/bin/python benchmarks/bench_sweep.py --sweep runs/sweeps/digits_demo   # analyse only
     .venv/bin/python benchmarks/bench_sweep.py search.samples=2 seeds=[0]        # a smaller demo
     .venv/bin/python benchmarks/bench_sweep.py --floor --sweep DIR   # + bare TorchTrainer trials alike
@@ -76,7 +78,7 @@ def trial_times(sweep: Path) -> list[dict]:
             continue
         epochs = [r for r in read_records(info_path.parent / "metrics.jsonl") if r.get("kind") == "epoch"]
         run = client.get_run(info["run_id"])
-        ends = sorted(m.timestamp / 1000 for m in client.get_metric_history(info["run_id"], "test_acc"))
+        ends = sorted(m.timestamp / 1000 for m in client.get_metric_history(info["run_id"], "epoch/test_acc"))
         if not epochs or len(ends) != len(epochs) or not run.info.end_time:
             continue
         train = sum(r["epoch_time"] for r in epochs)
@@ -130,6 +132,24 @@ def summarize(rows: list[dict], wall: float | None) -> str:
     return "\n".join(lines)
 
 
+def side_by_side(results: dict[str, tuple[list[dict], float]]) -> str:
+    """The two paths in one table, measured one after the other in this run."""
+    lines = [f"{'':<34}" + "".join(f"{label:>26}" for label in results)]
+
+    def row(name: str, fn) -> None:
+        lines.append(f"{name:<34}" + "".join(f"{fn(rows, wall):>26}" for rows, wall in results.values()))
+
+    med = lambda rows, k: statistics.median(r[k] for r in rows)  # noqa: E731
+    row("sweep wall time", lambda rows, wall: f"{wall:.0f} s")
+    row("trials", lambda rows, wall: str(len(rows)))
+    row("trial start-up, median (max)", lambda rows, wall: f"{med(rows, 'start_up'):.1f} s "
+        f"({max(r['start_up'] for r in rows):.1f} s)")
+    row("per-epoch overhead, median", lambda rows, wall: f"{med(rows, 'per_epoch'):.2f} s")
+    row("tail, median", lambda rows, wall: f"{med(rows, 'tail'):.1f} s")
+    row("trial time in training steps + eval", lambda rows, wall: f"{sum(r['train'] for r in rows) / sum(r['total'] for r in rows):.0%}")
+    return "\n".join(lines)
+
+
 def _bare_trial(config: dict) -> None:
     """A Tune trial that only starts a 1-worker TorchTrainer whose function
     notes when it began and creates an SGD optimizer (its first call imports
@@ -163,7 +183,7 @@ def ray_train_floor(trials: int, concurrency: int, trial_cpus: float, worker_cpu
     from ray import tune
 
     from dsr_tune.distributed import ray_env
-    from dsr_tune.sweep.driver import TUNE_ENV
+    from dsr_tune.sweep.tunephase import TUNE_ENV
 
     env = ray_env(False, TUNE_ENV)
     work = Path(tempfile.mkdtemp(prefix="bench_floor_"))
@@ -192,9 +212,15 @@ def main() -> None:
     args = p.parse_args()
     if args.sweep:
         sweep, wall = Path(args.sweep), None
+        print(summarize(trial_times(sweep), wall))
     else:
-        sweep, wall = run_demo(args.overrides)
-    print(summarize(trial_times(sweep), wall))
+        results = {}
+        for label, extra in (("in the trial's process", []), ("Ray Train worker group", ["search.in_trial=false"])):
+            sweep, wall = run_demo([*args.overrides, *extra])
+            rows = trial_times(sweep)
+            print(f"== {label}\n{summarize(rows, wall)}\n")
+            results[label] = (rows, wall)
+        print(side_by_side(results))
     if args.floor:
         meta = json.loads((sweep / "sweep.json").read_text())
         train = meta["space"]["config"].get("train", {})

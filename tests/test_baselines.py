@@ -3,7 +3,6 @@ rule, the workshop paper's ablations, the method table every list of labels
 comes from, and ``dsr-tune compare``."""
 
 import csv
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -379,22 +378,37 @@ def test_every_list_of_methods_comes_from_the_one_registry():
 # ------------------------------------------------------------------ compare
 
 
-def test_compare_runs_end_to_end_writes_the_table_and_resumes(tmp_path, capsys):
-    out = tmp_path / "cmp"
+def test_compare_runs_every_row_in_mlflow_writes_the_report_and_resumes(tmp_path, capsys, caplog):
+    import logging
+
+    from mlflow import MlflowClient
+
+    caplog.set_level(logging.INFO, logger="dsr_tune")
+    out, uri = tmp_path / "cmp", f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["compare", DIGITS, "train.epochs=1", "optim.milestones=[]", "sparsity.period_schedule=[[0, 15]]",
-            "sparsity.stop_epoch=1", "train.threads=1",
-            "--sparsity", "0.9", "--seeds", "1", "--methods", "dsr,static_2x", "--output", str(out)]
+            "sparsity.stop_epoch=1", "train.threads=1", "--sparsity", "0.9", "--seeds", "2",
+            "--methods", "dsr,static", "--output", str(out), "--tracking-uri", uri]
     assert main(args) == 0
-    text = capsys.readouterr().out
-    assert "[1/2] dsr s=0.9 seed 0" in text and "| static_2x | 0.9 |" in text
-    rows = list(csv.DictReader(open(out / "results.csv")))
-    assert [(r["method"], r["epochs"], r["seeds"]) for r in rows] == [("dsr", "1", "1"), ("static_2x", "2", "1")]
-    assert all(int(r["nonzero_params"]) == dsr_nonzero("small_cnn", 0.9, in_channels=1) for r in rows)
-    assert 0.5 < float(rows[0]["acc_mean"]) <= 1.0
-    assert json.loads((out / "dsr/s0.9/seed0/result.json").read_text())["epochs"] == 1
-    assert (out / "results.md").read_text().startswith("| method |")
-    stamp = (out / "static_2x/s0.9/seed0/checkpoint.pt").stat().st_mtime_ns
-    assert main(args) == 0  # a second call skips finished runs
-    assert "finished before, skipped" in capsys.readouterr().out
-    assert (out / "static_2x/s0.9/seed0/checkpoint.pt").stat().st_mtime_ns == stamp
-    assert main(args[:-4] + ["--methods", "nonsense", "--output", str(out)]) == 2
+    cap = capsys.readouterr()
+    assert "[paired-0 1/6] dsr s0.9 seed0" in caplog.text and "static_1x" in cap.out and "static_2x" in cap.out
+    rows = {r["method"]: r for r in csv.DictReader(open(out / "report.csv"))}
+    assert list(rows) == ["dsr", "static_1x", "static_2x"]  # the 1x control beside the paper's 2x one
+    assert [(rows[m]["epochs"], rows[m]["n"], rows[m]["seeds"]) for m in rows] == [
+        ("1", "2", "0 1"), ("1", "2", "0 1"), ("2", "2", "0 1")]
+    assert all(int(r["nonzero_params"]) == dsr_nonzero("small_cnn", 0.9, in_channels=1) for r in rows.values())
+    assert 0.5 < float(rows["dsr"]["mean"]) <= 1.0 and rows["dsr"]["ci_low"] and rows["static_2x"]["diff_to_dsr"]
+    assert "| static_2x | 2 | no | 2 |" in (out / "report.md").read_text()
+    client = MlflowClient(uri)  # every run of the comparison is a child run under one parent
+    runs = client.search_runs([client.get_experiment_by_name("cmp").experiment_id])
+    parent = [r for r in runs if r.data.tags["role"] == "parent"]
+    children = [r for r in runs if r.data.tags["role"] != "parent"]
+    assert len(parent) == 1 and len(children) == 6 and parent[0].info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent[0].info.run_id}
+    assert all(r.info.status == "FINISHED" and r.data.tags["group"] == "s0.9" for r in children)
+    stamp = (out / "runs/paired/static_2x/s0.9/seed0/checkpoint.pt").stat().st_mtime_ns
+    caplog.clear()
+    assert main(args) == 0  # a second call trains nothing and reports again
+    assert "training" not in caplog.text and "static_2x" in capsys.readouterr().out
+    assert (out / "runs/paired/static_2x/s0.9/seed0/checkpoint.pt").stat().st_mtime_ns == stamp
+    assert main(args[:-6] + ["--methods", "nonsense", "--output", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()

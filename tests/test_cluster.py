@@ -337,7 +337,7 @@ class LoopbackCluster:
 # (tests/test_sweep covers the pairing). Each trial trains on 2 DDP workers of 0.9 CPU, and a
 # node has 1 CPU: every trial must put one worker on each node, whatever the timing. (One
 # worker per trial left it to chance: a trial that ended early freed its node for the next.)
-SHORT_SWEEP = ["search.samples=2", "seeds=[0]", "train.epochs=2", "optim.milestones=[1]", "sparsity.stop_epoch=2",
+SHORT_SWEEP = ["search.samples=2", "seeds=[1]", "train.epochs=2", "optim.milestones=[1]", "sparsity.stop_epoch=2",
                "sparsity.period_schedule=[[0, 15]]", "baselines=[]", "dense=false",
                "train.workers=2", "train.cpus_per_worker=0.9", "search.trial_cpus=0.05"]
 
@@ -401,11 +401,15 @@ def test_two_node_loopback_job():
         runs = client.search_runs([client.get_experiment_by_name("digits_demo").experiment_id])
         parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-        assert len(parents) == 1 and len(children) == 2, ("MLflow runs", [r.data.tags for r in runs])
+        roles = sorted(r.data.tags.get("role") for r in children)
+        search_cells = {r.data.params["sparsity.sparsity"] for r in children if r.data.tags.get("role") == "search"}
+        # the 2 search trials, then the selected config of each sparsity they reached, re-trained on seed 1
+        assert len(parents) == 1 and roles == ["search"] * 2 + ["selected"] * len(search_cells), \
+            ("MLflow runs", [r.data.tags for r in runs])
         assert {r.data.tags.get("method") for r in children} == {"dsr"}
         for child in children:
             assert child.info.status == "FINISHED"
-            history = client.get_metric_history(child.info.run_id, "test_acc")  # one value per epoch
+            history = client.get_metric_history(child.info.run_id, "epoch/test_acc")  # one value per epoch
             assert len(history) == int(child.data.params["train.epochs"]), (child.data.tags, len(history))
     finally:
         t1 = time.time()

@@ -11,7 +11,6 @@ on 2 cores); every process they start is killed at the end, also on failure.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import signal
 import subprocess

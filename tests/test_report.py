@@ -1,29 +1,38 @@
-"""``dsr-tune report``: the right means and spreads from a store the test fills,
-the best trial per sparsity, the Pareto front, the figure logged to the parent."""
+"""``dsr-tune report`` and the results module: the right means, spreads, intervals
+and paired differences from a store the test fills, the selection runs kept
+out of the means, the Pareto front, the files logged to the parent, and a
+sweep that does not exist refused without side effects."""
 
 from __future__ import annotations
 
+import json
+import math
 import statistics
+import subprocess
+import sys
 
 import pytest
 
 from dsr_tune import cli
-from dsr_tune.sweep import report
-from dsr_tune.sweep.report import RunRow
+from dsr_tune.sweep import report, results, tables
+from dsr_tune.sweep.results import RunRow
+from dsr_tune.sweep.selection import best_per_cell
 
 SWEEP = "toy-20260101-000000"
 
 
-def _run(client, exp, parent, key, role, method, sparsity, seed, acc, nonzero, epochs, **tags):
+def _run(client, exp, parent, key, role, method, sparsity, seed, acc, nonzero, epochs, val=None, **tags):
     tags = {"sweep": SWEEP, "role": role, "method": method, "seed": str(seed), "dsr_tune.run": f"{SWEEP}/{key}",
-            "mlflow.parentRunId": parent, **({"sparsity": f"{sparsity:g}"} if sparsity is not None else {}), **tags}
+            "mlflow.parentRunId": parent, "sparsity": "0" if sparsity is None else f"{sparsity:g}", **tags}
     run = client.create_run(exp, run_name=key, tags=tags)
     rid = run.info.run_id
     client.log_param(rid, "train.epochs", str(epochs))
     for step, a in enumerate([acc - 0.1, acc], start=epochs - 1):  # the last value is the final one
-        client.log_metric(rid, "test_acc", a, step=step)
+        client.log_metric(rid, "epoch/test_acc", a, step=step)
         client.log_metric(rid, "epoch", step, step=step)
-    client.log_metric(rid, "nonzero_params", nonzero, step=epochs)
+    if val is not None:
+        client.log_metric(rid, "epoch/val_acc", val, step=epochs)
+    client.log_metric(rid, "epoch/nonzero_params", nonzero, step=epochs)
     client.set_terminated(rid, "FINISHED")
 
 
@@ -37,22 +46,25 @@ def store(tmp_path_factory):
     exp = c.create_experiment("toy", artifact_location=(root / "artifacts").as_uri())
     parent = c.create_run(exp, run_name=SWEEP, tags={"sweep": SWEEP, "role": "parent",
                                                      "dsr_tune.run": f"{SWEEP}/parent"}).info.run_id
-    c.log_param(parent, "search.metric", "test_acc")
+    c.log_param(parent, "search.metric", "val_acc")
     c.log_param(parent, "search.pareto", "True")
     r = lambda *a, **k: _run(c, exp, parent, *a, **k)  # noqa: E731
-    # sparsity 0.9: trial b is best (0.93); repeated on seed 1 (0.91)
-    r("search/a", "search", "dsr", 0.9, 0, 0.90, 5000, 10)
-    r("search/b", "search", "dsr", 0.9, 0, 0.93, 5000, 10)
-    r("paired/dsr_s0.9_seed1", "seed", "dsr", 0.9, 1, 0.91, 5000, 10, repeat_of="search/b")
-    for seed, acc in ((0, 0.85), (1, 0.87)):
-        r(f"paired/static_s0.9_seed{seed}", "baseline", "static", 0.9, seed, acc, 5000, 20, baseline_for="search/b")
-        r(f"paired/thin_dense_s0.9_seed{seed}", "baseline", "thin_dense", 0.9, seed, acc + 0.04, 4990, 20,
-          baseline_for="search/b")
-    # sparsity 0.8: one trial, no repeat
-    r("search/c", "search", "dsr", 0.8, 0, 0.95, 10000, 10)
-    r("paired/static_s0.8_seed0", "baseline", "static", 0.8, 0, 0.94, 10000, 20, baseline_for="search/c")
-    for seed, acc in ((0, 0.97), (1, 0.96)):
-        r(f"paired/dense_seed{seed}", "dense", "dense", None, seed, acc, 50000, 10)
+    # sparsity 0.9: trial b is selected (val 0.93), then re-trained on the fresh seeds 1 and 2
+    r("search/dsr/a", "search", "dsr", 0.9, 0, 0.90, 5000, 10, val=0.90)
+    r("search/dsr/b", "search", "dsr", 0.9, 0, 0.99, 5000, 10, val=0.93)
+    for seed, acc in ((1, 0.91), (2, 0.93)):
+        r(f"paired/dsr/s0.9/seed{seed}", "selected", "dsr", 0.9, seed, acc, 5000, 10, selected_from="search/dsr/b")
+    for seed, acc in ((1, 0.85), (2, 0.89)):
+        r(f"paired/static_2x/s0.9/seed{seed}", "baseline", "static_2x", 0.9, seed, acc, 5000, 20,
+          selected_from="search/dsr/b")
+        r(f"paired/thin_dense_1x/s0.9/seed{seed}", "baseline", "thin_dense_1x", 0.9, seed, acc + 0.04, 4990, 10,
+          selected_from="search/dsr/b")
+    # sparsity 0.8: one trial, one report seed
+    r("search/dsr/c", "search", "dsr", 0.8, 0, 0.95, 10000, 10, val=0.96)
+    r("paired/dsr/s0.8/seed1", "selected", "dsr", 0.8, 1, 0.95, 10000, 10, selected_from="search/dsr/c")
+    r("paired/static_2x/s0.8/seed1", "baseline", "static_2x", 0.8, 1, 0.94, 10000, 20, selected_from="search/dsr/c")
+    for seed, acc in ((1, 0.97), (2, 0.96)):
+        r(f"paired/dense/seed{seed}", "dense", "dense", None, seed, acc, 50000, 10)
     return uri, c, parent
 
 
@@ -60,26 +72,55 @@ def _lines(rep, s):
     return {ln.method: ln for ln in rep.sections[s]}
 
 
-def test_report_means_from_the_store(store, tmp_path):
+def test_report_means_intervals_and_paired_differences_from_the_store(store, tmp_path):
     uri, client, parent = store
     rep, files, source = report.build(SWEEP, uri, out_dir=tmp_path)
-    assert source == uri and rep.searched == 3
+    assert source == uri and rep.searched == 3 and rep.seeds == [1, 2] and rep.metric == "val_acc"
     s9 = _lines(rep, 0.9)
-    assert list(s9) == ["dsr", "static", "thin_dense", "dense"]
-    assert s9["dsr"].acc == [0.93, 0.91]  # the best trial (b, not a) plus its repeat
-    assert s9["dsr"].mean == pytest.approx(0.92) and s9["dsr"].std == pytest.approx(statistics.stdev([0.93, 0.91]))
-    assert s9["static"].mean == pytest.approx(0.86) and s9["static"].epochs == 20
-    assert s9["thin_dense"].mean == pytest.approx(0.90) and s9["thin_dense"].nonzero == 4990
+    assert list(s9) == ["dsr", "thin_dense_1x", "static_2x", "dense"]
+    assert s9["dsr"].acc == [0.91, 0.93] and s9["dsr"].n == 2  # the selection run (0.99) is not in the mean
+    assert [r.key for r in rep.selection[0.9]] == ["search/dsr/b"]
+    # by hand: mean 0.92, std sqrt(2) * 0.01, t(0.975, 1) = 12.706: half width 12.706 * 0.01
+    assert s9["dsr"].mean == pytest.approx(0.92) and s9["dsr"].std == pytest.approx(statistics.stdev([0.91, 0.93]))
+    lo, hi = s9["dsr"].ci
+    assert hi - 0.92 == pytest.approx(12.7062 * 0.01, rel=1e-4) and lo == pytest.approx(0.92 - (hi - 0.92))
+    # paired: static_2x - dsr = (-0.06, -0.04) over seeds 1, 2: mean -0.05, std 0.01*sqrt(2), same t
+    d = s9["static_2x"].diff
+    assert d.n == 2 and d.mean == pytest.approx(-0.05) and d.ci[1] - d.mean == pytest.approx(12.7062 * 0.01, rel=1e-4)
+    assert not d.resolved  # [-0.177, 0.077] contains 0: not resolved at n = 2
+    assert s9["static_2x"].epochs == 20 and s9["thin_dense_1x"].nonzero == 4990
     assert s9["dense"].mean == pytest.approx(0.965) and s9["dense"].nonzero == 50000
     s8 = _lines(rep, 0.8)
-    assert s8["dsr"].acc == [0.95] and s8["dsr"].std == 0.0 and s8["static"].acc == [0.94]
-    # the Pareto front of the search trials: c (more params, better) and b (fewer); a is dominated by b
-    assert [r.key for r in rep.pareto] == ["search/b", "search/c"]
-    text = rep.text()
-    assert "92.00 ± 1.41" in text and "best of 2: search/b" in text and "sparsity 0.8" in text
+    assert s8["dsr"].acc == [0.95] and s8["dsr"].ci is None and s8["static_2x"].diff.ci is None
+    # the Pareto front of the search trials on val_acc: c (more params, better) and b (fewer); a is dominated
+    assert [r.key for r in rep.pareto] == ["search/dsr/b", "search/dsr/c"]
+    md = files["md"].read_text()
+    assert "| method | epochs | tuned | n | mean ± std | 95% CI |" in md and "|---|" in md
+    assert "| static_2x | 20 | no | 2 | 87.00 ± 2.83 |" in md and "~0" in md and "selected on val_acc" in md
+    assert "selection run, not in the means: search/dsr/b" in md
     assert files["png"].stat().st_size > 10_000 and files["png"].read_bytes()[:4] == b"\x89PNG"
+    assert files["csv"].read_text().splitlines()[0].startswith("sparsity,method,epochs,tuned,n,mean,std,ci_low")
     logged = {a.path for a in client.list_artifacts(parent, "report")}
-    assert logged == {f"report/report-{SWEEP}.md", f"report/report-{SWEEP}.png"}
+    assert logged == {f"report/report-{SWEEP}.md", f"report/report-{SWEEP}.png", f"report/report-{SWEEP}.csv"}
+    metrics = client.get_run(parent).data.metrics
+    assert metrics["s0.9/static_2x/n"] == 2 and metrics["s0.9/static_2x/diff_to_dsr"] == pytest.approx(-0.05)
+
+
+def test_t_interval_and_paired_difference_by_hand():
+    values = [0.80, 0.84, 0.83, 0.81, 0.82]
+    s = statistics.stdev(values)
+    lo, hi = results.t_interval(values)
+    assert (hi - lo) / 2 == pytest.approx(2.7764451 * s / math.sqrt(5), rel=1e-6)  # t(0.975, 4)
+    assert results.t_interval([0.5]) is None
+    d = results.paired({1: 0.9, 2: 0.8, 3: 0.7}, {1: 0.8, 2: 0.7, 3: 0.6, 4: 0.0})  # seed 4 has no partner
+    assert d.n == 3 and d.mean == pytest.approx(0.1) and d.ci == pytest.approx((0.1, 0.1)) and d.resolved
+
+
+def test_a_test_metric_selection_is_flagged_in_the_header():
+    rows = [RunRow("paired/dsr/s0.9/seed1", "selected", "dsr", 0.9, 1, "FINISHED", {"test_acc": 0.9}, 10)]
+    t = results.summarize("x", rows, metric="test_acc")
+    assert any("test metric" in w for w in t.warnings) and "WARNING" in tables.text(t)
+    assert not results.summarize("x", rows, metric="val_acc").warnings
 
 
 def test_report_cli_by_experiment_name(store, tmp_path, capsys, monkeypatch):
@@ -87,38 +128,47 @@ def test_report_cli_by_experiment_name(store, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli.main(["report", "toy", "--tracking-uri", uri]) == 0  # the experiment's newest sweep
     out = capsys.readouterr().out
-    assert f"sweep {SWEEP}" in out and "thin_dense" in out and "Pareto front" in out
+    assert f"{SWEEP}: 3 search trials" in out and "thin_dense_1x" in out and "Pareto front" in out
     assert (tmp_path / f"report-{SWEEP}.png").exists()
+
+
+def test_report_of_a_sweep_that_does_not_exist_is_refused_without_side_effects(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "dsr_tune.cli", "report", "no_such_sweep"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "no_such_sweep" in proc.stderr
+    assert not any(tmp_path.iterdir())  # no ./mlruns made as a side effect
 
 
 def test_best_trial_prefers_finished_runs_and_is_order_free():
     mk = lambda key, acc, status="FINISHED", done=10: RunRow(key, "search", "dsr", 0.9, 0, status,  # noqa: E731
-                                                             {"test_acc": acc, "epochs_done": done}, 10)
+                                                             {"val_acc": acc, "epochs_done": done}, 10)
     rows = [mk("search/x", 0.99, "KILLED", 3), mk("search/y", 0.95), mk("search/z", 0.95)]
     for order in (rows, rows[::-1]):
-        assert report.best_per_cell(order, "test_acc", "max")[("dsr", 0.9)].key == "search/y"
-    assert report.best_per_cell(rows, "test_acc", "min")[("dsr", 0.9)].key == "search/y"
+        assert best_per_cell(order, "val_acc", "max")[("dsr", 0.9)].key == "search/y"
+    assert best_per_cell(rows, "val_acc", "min")[("dsr", 0.9)].key == "search/y"
 
 
 def test_report_falls_back_to_the_run_folders_when_mlflow_has_none(store, tmp_path):
     """A sweep folder whose store answers but holds none of its runs (it ran offline,
     or the store was replaced): the numbers come from the run folders."""
-    import json
-
     uri, _, _ = store
     sweep = tmp_path / "sweep"
-    for key, acc in (("search/a", 0.91), ("search/b", 0.94)):
+    runs = (("search/dsr/a", "search", 0, 0.91), ("search/dsr/b", "search", 0, 0.94),
+            ("paired/dsr/s0.9/seed1", "selected", 1, 0.92))
+    for key, role, seed, acc in runs:
         run = sweep / "runs" / key
         run.mkdir(parents=True)
         (run / "config.yaml").write_text("train: {epochs: 3}\n")
-        (run / "metrics.jsonl").write_text(json.dumps({"kind": "epoch", "epoch": 2, "test_acc": acc,
+        (run / "metrics.jsonl").write_text(json.dumps({"kind": "epoch", "epoch": 2, "test_acc": acc, "val_acc": acc,
                                                        "nonzero_params": 700, "mask_hash": "abc"}) + "\n")
         (run / "tracking.json").write_text(json.dumps({"key": key, "status": "FINISHED", "synced": False, "tags": {
-            "method": "dsr", "role": "search", "seed": 0, "sparsity": "0.9"}}))
+            "method": "dsr", "role": role, "seed": seed, "sparsity": "0.9",
+            "selected_from": "search/dsr/b" if role == "selected" else None}}))
     (sweep / "sweep.json").write_text(json.dumps({"sweep_id": "offline-1", "space": {}, "tracker": {
         "target": {"uri": uri, "artifact_root": None}}}))
     rep, files, source = report.build(str(sweep))
     assert "run folders" in source and "holds no run of offline-1" in source
     dsr = _lines(rep, 0.9)["dsr"]
-    assert dsr.acc == [0.94] and dsr.epochs == 3 and rep.searched == 2
+    assert dsr.acc == [0.92] and dsr.epochs == 3 and rep.searched == 2
     assert files["md"] == sweep / "report.md" and files["md"].exists()

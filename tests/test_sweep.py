@@ -36,16 +36,17 @@ TINY = ["train.epochs=2", "optim.milestones=[1]", "sparsity.stop_epoch=2", "spar
 
 
 def test_progress_table_shows_searched_values_and_latest_metrics():
-    from dsr_tune.sweep.driver import progress_table
+    from dsr_tune.sweep.tunephase import progress_table
 
     sp = S.load(DEMO)
-    search = progress_table("search", sp)
+    search = progress_table("search-dsr", sp)
     assert search._parameter_columns == {"sparsity.sparsity": "sparsity", "sparsity.period_scale": "period_scale",
                                          "sparsity.dsr.delta": "delta", "sparsity.dsr.target_pruned": "target_pruned",
                                          "optim.lr": "lr"}
-    assert search._metric_columns == {"epochs_done": "epochs", "test_acc": "test_acc", "nonzero_params": "non-zero"}
-    assert progress_table("paired", sp)._parameter_columns == {"job": "run"}
-    assert not progress_table("search", S.load(DEMO, ["search.pareto=true"]))._sort_by_metric
+    assert search._metric_columns == {"epochs_done": "epochs", "val_acc": "val_acc", "test_acc": "test_acc",
+                                      "nonzero_params": "non-zero"}
+    assert progress_table("paired-0", sp)._parameter_columns == {"job": "run"}
+    assert not progress_table("search-dsr", S.load(DEMO, ["search.pareto=true"]))._sort_by_metric
 
 
 def _data_roots(tmp_path: Path) -> dict[str, list[str]]:
@@ -81,7 +82,11 @@ def test_every_space_file_validates_and_opens_with_its_command(tmp_path):
     ("space.train.epochs={uniform: [2, 5]}", "space.train.epochs"),                # a real range for an int
     ("search.sample=3", "search.sample"),
     ("search.metric=accuracy", "search.metric"),
-    ("baselines=[gmp]", "baselines"),
+    ("baselines=[gmp_magic]", "baselines"),
+    ("search.metric=test_acc", "search.metric"),            # the test split never selects (unless opted in)
+    ("seeds=[0, 1]", "seeds"),                              # 0 is the search's trial seed: not a fresh seed
+    ("data.val_fraction=0", "search.metric"),               # val_acc needs a validation split
+    ("tune_baselines=maybe", "tune_baselines"),
     ("train.epochs=0", "train.epochs"),
     ("bogus=1", "bogus"),
 ])
@@ -100,21 +105,24 @@ def test_space_is_define_by_run_and_picklable():
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from dsr_tune.sweep.space import params_for
+
     sp = S.load(DEMO, ["methods=[dsr, set]"])
-    fn = OptunaSpace(sp.params, sp.methods)
-    fn2 = pickle.loads(pickle.dumps(fn))  # plain pickle: Tune checkpoints the searcher with it
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
-    seen = set()
-    for _ in range(16):
-        t = study.ask()
-        fixed = fn2(t)
-        method = t.params.get("method", fixed.get("method"))
-        seen.add(method)
-        assert ("sparsity.dsr.delta" in t.params) == (method == "dsr")  # DSR-only: never drawn for SET
-        assert "sparsity.dsr.target_pruned" in t.params and "sparsity.period_scale" in t.params
-        assert 0.02 <= t.params["optim.lr"] <= 0.1 and isinstance(t.params["sparsity.dsr.target_pruned"], int)
-        study.tell(t, 0.5)
-    assert seen == {"dsr", "set"}
+    assert [f"search-{m}" for m in S.tuned_methods(sp)] == ["search-dsr", "search-set"]  # a search each
+    for method in ("dsr", "set"):
+        fn = pickle.loads(pickle.dumps(OptunaSpace(params_for(sp, method), method)))  # Tune pickles the searcher
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+        for _ in range(8):
+            t = study.ask()
+            assert fn(t) == {"method": method}
+            assert ("sparsity.dsr.delta" in t.params) == (method == "dsr")  # DSR-only: never drawn for SET
+            assert "sparsity.dsr.target_pruned" in t.params and "sparsity.period_scale" in t.params
+            assert 0.02 <= t.params["optim.lr"] <= 0.1 and isinstance(t.params["sparsity.dsr.target_pruned"], int)
+            study.tell(t, 0.5)
+    # tune_baselines: static and thin dense get their own search, over the keys they read (LR, sparsity)
+    tuned = S.load(DEMO, ["tune_baselines=true"])
+    assert S.tuned_methods(tuned) == ["dsr", "static", "thin_dense"]
+    assert {p.key for p in params_for(tuned, "static")} == {"sparsity.sparsity", "optim.lr"}
     with pytest.raises(C.ConfigError, match="space.sparsity.rigl.drop_fraction"):
         S.load(DEMO, ["space.sparsity.rigl.drop_fraction={uniform: [0.1, 0.5]}"])  # only rigl/snfs read it
 
@@ -144,11 +152,11 @@ def test_sweep_on_a_cluster_needs_a_shared_output(capsys, monkeypatch):
 
 
 def test_output_folder_and_resume_rules(tmp_path):
-    from dsr_tune.sweep import driver
+    from dsr_tune.sweep import folder as driver
 
     sp, out = S.load(DEMO), tmp_path / "sweep"
     meta = driver.prepare(sp, out, resume=False, overwrite=False)
-    assert meta["phase"] == "search" and meta["sweep_id"].startswith("digits_demo-")
+    assert meta["done"] == [] and meta["sweep_id"].startswith("digits_demo-")
     with pytest.raises(C.ConfigError, match="--overwrite"):
         driver.prepare(sp, out, resume=False, overwrite=False)  # never silently over a sweep
     assert driver.prepare(S.load(DEMO), out, resume=True, overwrite=False)["sweep_id"] == meta["sweep_id"]
@@ -187,16 +195,16 @@ def test_pareto_asha_search_builds_without_ray(tmp_path):
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from dsr_tune.sweep import driver
+    from dsr_tune.sweep import tunephase
 
     sp = S.load(DEMO, ["search.pareto=true", "search.asha={grace_period: 2, reduction_factor: 2}"])
     ctx = SweepContext(str(tmp_path), sp.base.to_dict(), 0, SweepTracker(store.resolve("sqlite:///x.db"), "e", "s-1"))
-    tc, param_space = driver.tune_config("search", sp, ctx, n_concurrent=2)
+    tc, param_space = tunephase.tune_config("search-dsr", sp, ctx, 2, None)
     assert param_space is None and tc.num_samples == sp.search.samples and tc.max_concurrent_trials == 2
     assert isinstance(tc.search_alg, OptunaSearch) and isinstance(tc.scheduler, ASHAScheduler)
-    assert tc.search_alg.metric == ["test_acc", "nonzero_params"] and tc.search_alg.mode == ["max", "min"]
+    assert tc.search_alg.metric == ["val_acc", "nonzero_params"] and tc.search_alg.mode == ["max", "min"]
     # ASHA takes one metric (from TuneConfig) and counts the 1-based epochs_done, up to the epochs
-    assert (tc.metric, tc.mode) == ("test_acc", "max") and not tc.reuse_actors
+    assert (tc.metric, tc.mode) == ("val_acc", "max") and not tc.reuse_actors
     assert tc.scheduler._time_attr == "epochs_done" and tc.scheduler._max_t == sp.base.train.epochs
     assert tc.scheduler.set_search_properties(tc.metric, tc.mode)  # what Tune calls: accepted
     assert (tmp_path / "optuna.db").exists()  # the study is kept in the sweep folder
@@ -207,37 +215,45 @@ def _fake_search_run(sweep: Path, key: str, cfg: C.Config, acc: float) -> None:
     run = sweep / "runs" / key
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(C.dump(cfg))
-    (run / "metrics.jsonl").write_text(json.dumps({"kind": "epoch", "epoch": cfg.train.epochs - 1, "test_acc": acc,
-                                                   "nonzero_params": 100}) + "\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "epoch", "epoch": cfg.train.epochs - 1, "val_acc": acc,
+                                                   "test_acc": 1 - acc, "nonzero_params": 100}) + "\n")
     (run / "tracking.json").write_text(json.dumps({"key": key, "run_name": key, "status": "FINISHED", "tags": {
         "method": cfg.sparsity.method, "role": "search", "seed": 0, "sparsity": f"{cfg.sparsity.sparsity:g}"}}))
 
 
-def test_pairing_trains_each_baseline_once_per_sparsity_and_seed(tmp_path):
-    from dsr_tune.sweep.pairing import paired_jobs
+def test_selection_on_validation_plans_every_row_on_fresh_seeds(tmp_path):
+    from dsr_tune.sweep.report import load_local
+    from dsr_tune.sweep.selection import paired_jobs
 
-    sp = S.load(DEMO, ["seeds=[0, 1]", "optim.milestones=[4, 8]"])
+    sp = S.load(DEMO, ["seeds=[1, 2]", "optim.milestones=[4, 8]", "baselines=[static, thin_dense, gmp, final_reinit]"])
     ctx = SweepContext(str(tmp_path), sp.base.to_dict(), 0, SweepTracker(store.resolve("sqlite:///x.db"), "e", "s"))
+    # val_acc decides: b (0.95) at 0.8 and e (0.85) at 0.9, though their test_acc is the lowest
     accs = {("a", 0.8): 0.9, ("b", 0.8): 0.95, ("c", 0.9): 0.8, ("d", 0.9): 0.7, ("e", 0.9): 0.85}
     for (name, s), acc in accs.items():
         data = sp.base.to_dict()
         data["sparsity"]["sparsity"] = s
-        _fake_search_run(tmp_path, f"search/{name}", C.from_dict(data), acc)
-    jobs = {j.key: j for j in paired_jobs(sp, ctx)}
-    expect = {f"paired/{m}_{f}_s{s}_seed{k}" for m in ("static", "thin_dense") for f in ("1x", "2x")
-              for s in ("0.8", "0.9") for k in (0, 1)}  # the controls at 1x and 2x the epochs
-    expect |= {"paired/dsr_s0.8_seed1", "paired/dsr_s0.9_seed1", "paired/dense_seed0", "paired/dense_seed1"}
-    assert set(jobs) == expect  # 5 search trials, but each baseline once per (sparsity, seed)
-    st = jobs["paired/static_2x_s0.9_seed1"]
-    assert st.baseline_for == "search/e" and st.role == "baseline" and st.seed == 1
+        _fake_search_run(tmp_path, f"search/dsr/{name}", C.from_dict(data), acc)
+    jobs = {j.key: j for j in paired_jobs(sp, ctx, load_local(tmp_path))}
+    rows = [f"{m}_{f}" for m in ("thin_dense", "static") for f in ("1x", "2x")] + ["dsr", "gmp", "final_reinit"]
+    expect = {f"paired/{r}/s{s}/seed{k}" for r in rows for s in ("0.8", "0.9") for k in (1, 2)}
+    expect |= {"paired/dense/seed1", "paired/dense/seed2"}
+    assert set(jobs) == expect  # 5 search trials, but each row once per (sparsity, seed); dense once per seed
+    assert all(j.seed in (1, 2) for j in jobs.values())  # the trial seed 0 selected; fresh seeds report
+    dsr = jobs["paired/dsr/s0.8/seed1"]
+    assert dsr.role == "selected" and dsr.selected_from == "search/dsr/b" and dsr.group == "s0.8"
+    assert dsr.config["train"]["seed"] == 1 and dsr.config["train"]["epochs"] == sp.base.train.epochs
+    st = jobs["paired/static_2x/s0.9/seed1"]
+    assert st.selected_from == "search/dsr/e" and st.role == "baseline" and not st.tuned
     assert st.config["train"]["epochs"] == 2 * sp.base.train.epochs and st.config["optim"]["milestones"] == [8, 16]
     assert st.config["sparsity"]["method"] == "static" and st.config["sparsity"]["sparsity"] == 0.9
-    assert jobs["paired/static_1x_s0.9_seed1"].config["train"]["epochs"] == sp.base.train.epochs
-    assert jobs["paired/thin_dense_2x_s0.8_seed0"].baseline_for == "search/b"
-    rep = jobs["paired/dsr_s0.8_seed1"]
-    assert rep.repeat_of == "search/b" and rep.config["train"]["epochs"] == sp.base.train.epochs
-    dense = jobs["paired/dense_seed1"]
-    assert dense.sparsity is None and dense.config["sparsity"]["method"] == "dense" and dense.config["train"]["seed"] == 1
+    assert jobs["paired/static_1x/s0.9/seed1"].config["train"]["epochs"] == sp.base.train.epochs
+    # stage 1: gmp after the dense run of its seed, the ablation after the DSR run of its sparsity and seed
+    gmp, abl = jobs["paired/gmp/s0.9/seed2"], jobs["paired/final_reinit/s0.8/seed1"]
+    assert gmp.stage == abl.stage == 1 and gmp.needs == "paired/dense/seed2" and abl.needs == "paired/dsr/s0.8/seed1"
+    assert gmp.config["sparsity"]["gmp"]["dense_from"] == str(ctx.run_dir("paired/dense/seed2"))
+    assert abl.config["sparsity"]["mask_from"] == str(ctx.run_dir("paired/dsr/s0.8/seed1"))
+    dense = jobs["paired/dense/seed1"]
+    assert dense.sparsity is None and dense.config["sparsity"]["method"] == "dense" and dense.stage == 0
 
 
 def _epoch(e: int, acc: float) -> dict:
@@ -253,24 +269,25 @@ def test_stopped_trial_is_replayed_and_resume_keeps_the_parent_running(tmp_path)
 
     from mlflow import MlflowClient
 
-    from dsr_tune.sweep import driver
+    from dsr_tune.sweep import folder as driver
     from dsr_tune.sweep.callbacks import Finalizer
+    from dsr_tune.sweep.tunephase import open_tracker
     from dsr_tune.tracking import runs
     from dsr_tune.tracking.tracker import read_run_file, update_run_file
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sp, out = S.load(DEMO, [f"tracking.uri={uri}"]), tmp_path / "sweep"
     meta = driver.prepare(sp, out, resume=False, overwrite=False)
-    tracker = driver.open_tracker(sp, out, meta, resume=False)
+    tracker = open_tracker(sp, out, meta, resume=False)
     ctx = SweepContext(str(out), sp.base.to_dict(), 0, tracker)
     client = MlflowClient(uri)
 
     def trial_folder(name: str, records: list[dict]) -> tuple[Path, str]:
-        run_dir = ctx.run_dir(f"search/{name}")
+        run_dir = ctx.run_dir(f"search/dsr/{name}")
         run_dir.mkdir(parents=True)
         (run_dir / "config.yaml").write_text(C.dump(sp.base))
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        identity = {"key": f"search/{name}", "run_name": f"dsr s0.9 seed0 {name}",
+        identity = {"key": f"search/dsr/{name}", "run_name": f"dsr s0.9 seed0 {name}",
                     "tags": {"method": "dsr", "role": "search", "seed": 0, "sparsity": "0.9"}}
         return run_dir, tracker.child(run_dir, identity)
 
@@ -279,9 +296,9 @@ def test_stopped_trial_is_replayed_and_resume_keeps_the_parent_running(tmp_path)
     Finalizer(ctx)._close(SimpleNamespace(config={"method": "dsr"}, trial_id="t1"), "KILLED")
     run = client.get_run(rid)
     assert run.info.status == "KILLED"
-    assert sorted(m.step for m in client.get_metric_history(rid, "test_acc")) == [1, 2]  # epoch 2 replayed
+    assert sorted(m.step for m in client.get_metric_history(rid, "epoch/test_acc")) == [1, 2]  # epoch 2 replayed
     assert {"config.yaml", "density.png"} <= {a.path for a in client.list_artifacts(rid)}
-    assert not client.list_artifacts(rid, "model")  # a stopped trial's model is not a result
+    assert not client.list_artifacts(rid, "export")  # a stopped trial's model is not a result
     assert read_run_file(stopped)["synced"] is True and read_run_file(stopped)["status"] == "KILLED"
 
     # the sweep is interrupted: t2 ended but MLflow missed it, t3 was cut off mid-training
@@ -289,15 +306,15 @@ def test_stopped_trial_is_replayed_and_resume_keeps_the_parent_running(tmp_path)
     update_run_file(ended, status="FINISHED")
     cut, rid3 = trial_folder("t3", [_epoch(0, 0.4)])
     tracker.close_parent("KILLED")
-    driver._save(out, {**meta, "status": "KILLED"})
+    driver.save(out, {**meta, "status": "KILLED"})
 
     meta = driver.prepare(sp, out, resume=True, overwrite=False)
-    resumed = driver.open_tracker(sp, out, meta, resume=True)
+    resumed = open_tracker(sp, out, meta, resume=True)
     assert resumed.parent_id == tracker.parent_id
     assert client.get_run(tracker.parent_id).info.status == "RUNNING"  # the resumed sweep runs
     assert client.get_run(rid2).info.status == "FINISHED" and read_run_file(ended)["synced"] is True
-    assert sorted(m.step for m in client.get_metric_history(rid2, "test_acc")) == [1, 2]
-    assert client.get_run(rid3).info.status == "RUNNING" and not client.get_metric_history(rid3, "test_acc")
+    assert sorted(m.step for m in client.get_metric_history(rid2, "epoch/test_acc")) == [1, 2]
+    assert client.get_run(rid3).info.status == "RUNNING" and not client.get_metric_history(rid3, "epoch/test_acc")
     assert read_run_file(cut)["synced"] is False  # left to its trial, which --resume continues
 
 
@@ -358,7 +375,7 @@ def e2e(tmp_path_factory):
     the search, static and thin dense (6 epochs) and dense (3)."""
     cwd = tmp_path_factory.mktemp("e2e")
     sweep = cwd / "sweep"
-    args = [*TINY, "train.epochs=3", "optim.milestones=[2]", "search.samples=3", "seeds=[0]",
+    args = [*TINY, "train.epochs=3", "optim.milestones=[2]", "search.samples=3", "seeds=[1]",
             "space.sparsity.sparsity=0.9", "--output", str(sweep)]
     log = open(cwd / "first.log", "w")
     # each sweep in a session of its own: whatever happens, its whole process group (the
@@ -369,7 +386,7 @@ def e2e(tmp_path_factory):
     try:
         first, deadline = None, time.time() + 600
         while first is None and time.time() < deadline and proc.poll() is None:
-            for f in (sweep / "runs" / "search").glob("*/tracking.json"):
+            for f in (sweep / "runs" / "search" / "dsr").glob("*/tracking.json"):
                 if json.loads(f.read_text()).get("status") == "FINISHED":
                     first = f.parent
             time.sleep(0.3)
@@ -378,7 +395,7 @@ def e2e(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGINT)
             interrupted["rc"] = proc.wait(timeout=120)
             interrupted["metrics"] = (first / "metrics.jsonl").read_bytes()
-            interrupted["checkpoints"] = sorted(p.name for p in (sweep / "ray_train").glob(f"*{first.name}/epoch_*"))
+            interrupted["checkpoint"] = (first / "checkpoint.pt").stat().st_mtime_ns
     finally:
         kill_group(proc)
     resumed = run_in_group(dsr_tune_cmd(*args, "--resume"), cwd=cwd, env=_env(), timeout=900)
@@ -393,24 +410,25 @@ def test_interrupted_sweep_resumes_every_trial_exactly_once(e2e):
     assert i["rc"] == 130 and "--resume" in i["log"].read_text(), i["log"].read_text()[-3000:]
     proc = e2e["proc"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "[search 3/3 done]" in proc.stderr and "restoring Tune's state" in proc.stderr  # progress: stderr
-    runs = sorted((sweep / "runs" / "search").iterdir())
+    assert "[search-dsr 3/3 done]" in proc.stderr and "restoring Tune's state" in proc.stderr  # progress: stderr
+    runs = sorted((sweep / "runs" / "search" / "dsr").iterdir())
     assert len(runs) == 3
     for run in runs:
         epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()
                   if '"kind": "epoch"' in line]
         assert epochs == [0, 1, 2], run  # each epoch recorded once, cut-off runs continued
     assert (i["first"] / "metrics.jsonl").read_bytes() == i["metrics"]  # the finished trial did not train again
-    assert sorted(p.name for p in (sweep / "ray_train").glob(f"*{i['first'].name}/epoch_*")) == i["checkpoints"]
+    assert (i["first"] / "checkpoint.pt").stat().st_mtime_ns == i["checkpoint"]  # not written again
+    assert not (sweep / "ray_train").exists()  # single-worker trials: no Ray Train worker group at all
     client = _mlflow(e2e["cwd"])
     _, children = _children(client, e2e["meta"]["sweep_id"])
     search = [r for r in children if r.data.tags["role"] == "search"]
     assert len(search) == 3  # one MLflow run per trial, restarts included
     for r in search:
-        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "test_acc")) == [1, 2, 3]
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "epoch/test_acc")) == [1, 2, 3]
     import optuna
 
-    study = optuna.load_study(study_name=e2e["meta"]["sweep_id"], storage=f"sqlite:///{sweep / 'optuna.db'}")
+    study = optuna.load_study(study_name=f"{e2e['meta']['sweep_id']}-dsr", storage=f"sqlite:///{sweep / 'optuna.db'}")
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 3
 
 
@@ -419,21 +437,25 @@ def test_sweep_end_to_end_in_mlflow(e2e):
     proc, cwd = e2e["proc"], e2e["cwd"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout  # the report; progress lines go to stderr
-    assert "[paired 5/5 done]" in proc.stderr, proc.stderr
+    assert "[paired-0 6/6 done]" in proc.stderr, proc.stderr
     for needle in ("sparsity 0.9", "thin_dense", "dense", "http://127.0.0.1:5000"):
         assert needle in out, out
     text = proc.stdout + proc.stderr + e2e["interrupted"]["log"].read_text()
     assert "Failed to query Ray Train Controller" not in text
-    assert len((proc.stdout + proc.stderr).splitlines()) < 40  # readable: no screens of warnings
+    # readable: two lines per trial, the table, no screens of warnings
+    assert len((proc.stdout + proc.stderr).splitlines()) < 55 and "WARNING" not in proc.stderr.upper()
 
     client = _mlflow(cwd)
     parent, children = _children(client, e2e["meta"]["sweep_id"])
     assert parent.info.status == "FINISHED"
-    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {"report/report.md", "report/report.png"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
+        "report/report.md", "report/report.png", "report/report.csv", "report/report_dynamics_s0.9.png"}
+    assert "s0.9/static_2x/mean" in parent.data.metrics  # the table's numbers on the parent run
     by_role = {}
     for r in children:
         by_role.setdefault(r.data.tags["role"], []).append(r)
     assert len(by_role["search"]) == 3 and len(by_role["baseline"]) == 4 and len(by_role["dense"]) == 1
+    assert len(by_role["selected"]) == 1 and by_role["selected"][0].data.tags["seed"] == "1"  # a fresh seed
     search_keys = {r.data.tags["dsr_tune.run"].split("/", 1)[1] for r in by_role["search"]}
     git = store.git_revision()
     for r in children:
@@ -442,27 +464,56 @@ def test_sweep_end_to_end_in_mlflow(e2e):
         assert tags["sweep"] == e2e["meta"]["sweep_id"] and tags["method"] in r.info.run_name
         assert tags["git_revision"] == git and f"seed{tags['seed']}" in r.info.run_name
         assert len(r.data.params) > 50 and tags["method"].startswith(r.data.params["sparsity.method"])  # a row label: static_2x trains static
-        hist = client.get_metric_history(r.info.run_id, "test_acc")
+        hist = client.get_metric_history(r.info.run_id, "epoch/test_acc")
         assert sorted(m.step for m in hist) == list(range(1, epochs + 1))  # every epoch, once
-        for key in ("train_loss", "nonzero_params", "lr", "samples_per_s"):
+        for key in ("epoch/train_loss", "epoch/val_acc", "epoch/nonzero_params", "epoch/lr", "epoch/samples_per_s"):
             assert len(client.get_metric_history(r.info.run_id, key)) == epochs
         arts = {a.path for a in client.list_artifacts(r.info.run_id)}
-        assert {"config.yaml", "model"} <= arts
+        assert {"config.yaml", "export"} <= arts  # the sparse export; the MLflow model is the run's logged model
     for r in by_role["search"]:
         assert r.data.tags["method"] == "dsr" and "s0.9" in r.info.run_name
-        assert client.get_metric_history(r.info.run_id, "threshold")  # per reallocation
+        assert client.get_metric_history(r.info.run_id, "realloc/threshold")  # per reallocation
         assert "density.png" in {a.path for a in client.list_artifacts(r.info.run_id)}
     dsr_epochs = int(by_role["search"][0].data.params["train.epochs"])
-    dsr_nonzero = by_role["search"][0].data.metrics["nonzero_params"]
+    dsr_nonzero = by_role["search"][0].data.metrics["epoch/nonzero_params"]
     for r in by_role["baseline"]:
         label = r.data.tags["method"]
         assert label in ("static_1x", "static_2x", "thin_dense_1x", "thin_dense_2x")
-        assert r.data.tags["baseline_for"] in search_keys
+        assert r.data.tags["selected_from"] in search_keys and r.data.tags["group"] == "s0.9"
         factor = 2 if label.endswith("_2x") else 1  # the paper's 2x control, and the 1x one
         assert int(r.data.params["train.epochs"]) == factor * dsr_epochs
-        assert abs(r.data.metrics["nonzero_params"] - dsr_nonzero) <= 0.05 * dsr_nonzero  # same parameter count
+        assert abs(r.data.metrics["epoch/nonzero_params"] - dsr_nonzero) <= 0.05 * dsr_nonzero  # same parameter count
     assert int(by_role["dense"][0].data.params["train.epochs"]) == dsr_epochs
     assert (cwd / "sweep" / "report.png").exists() and (cwd / "sweep" / "optuna.db").exists()
+    exp = client.get_experiment(parent.info.experiment_id)  # opens on its runs table, says what it holds
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development" and exp.tags["mlflow.note.content"]
+    assert all(r.data.tags["mlflow.note.content"] for r in children)  # every run's description
+    assert by_role["dense"][0].data.tags["sparsity"] == "0"
+
+
+@pytest.mark.slow
+def test_the_logged_mlflow_model_predicts_like_the_checkpoint(e2e):
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    from dsr_tune import checkpoint as ckpt
+    from dsr_tune.tracking.runs import read_run_file
+    from dsr_tune.train.setup import build_run_model
+
+    run_dir = e2e["sweep"] / "runs" / "paired" / "static_2x" / "s0.9" / "seed1"
+    info = read_run_file(run_dir)
+    mlflow.set_tracking_uri(f"sqlite:///{e2e['cwd'] / 'mlruns' / 'mlflow.db'}")
+    logged = mlflow.pytorch.load_model(info["mlflow_model"])
+    state = ckpt.load(run_dir)
+    cfg = C.from_dict(state["config"])
+    model = build_run_model(cfg, 10, 1, resuming=True)
+    model.load_state_dict(state["model"])
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(logged(x), model.eval()(x), rtol=1e-5, atol=1e-6)
+    sig = mlflow.models.get_model_info(info["mlflow_model"]).signature
+    assert list(sig.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 1, 8, 8]
 
 
 @pytest.mark.slow
@@ -470,4 +521,42 @@ def test_report_command_on_the_sweep_folder(e2e, capsys):
     assert e2e["proc"].returncode == 0
     assert cli.main(["report", str(e2e["sweep"])]) == 0
     out = capsys.readouterr().out
-    assert "sparsity 0.9" in out and "static" in out and "± 0.00" in out and "best of 3" in out
+    assert "sparsity 0.9" in out and "static_2x" in out and "± 0.00" in out and "n/a (n = 1)" in out
+    assert "selection run, not in the means: search/dsr/" in out and "selected on val_acc" in out
+
+
+@pytest.mark.slow
+def test_a_trial_in_the_trials_process_resumes_from_its_checkpoint_after_the_driver_is_killed(tmp_path):
+    """SIGKILL the driver and its Ray mid-trial; --resume continues the cut-off run from
+    its last checkpoint (its earlier epochs are not trained again) to the same end."""
+    sweep = tmp_path / "sweep"
+    args = ["train.epochs=8", "optim.milestones=[6]", "sparsity.stop_epoch=8", "sparsity.period_schedule=[[0, 15]]",
+            "search.samples=1", "seeds=[1]", "baselines=[]", "dense=false", "space.sparsity.sparsity=0.9",
+            "--output", str(sweep)]
+    proc = subprocess.Popen(dsr_tune_cmd(*args), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    run = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            found = list((sweep / "runs" / "search" / "dsr").glob("*/checkpoint.pt"))
+            lines = (found[0].parent / "metrics.jsonl").read_text().splitlines() if found else []
+            if sum('"kind": "epoch"' in ln for ln in lines) >= 3:
+                run = found[0].parent
+                break
+            time.sleep(0.2)
+    finally:
+        kill_group(proc)  # SIGKILL: the driver and the Ray it started, trial included
+    assert run is not None, "the trial never reached its third epoch"
+    from dsr_tune import checkpoint as ckpt
+
+    done = ckpt.load(run)["epoch"]
+    assert 2 <= done < 8
+    init = (run / "init.pt").stat().st_mtime_ns
+    resumed = run_in_group(dsr_tune_cmd(*args, "--resume"), cwd=tmp_path, env=_env(), timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r["epoch"] for r in records if r["kind"] == "epoch"]
+    assert epochs == list(range(8))  # every epoch once: the cut-off one again, none of the finished ones
+    assert (run / "init.pt").stat().st_mtime_ns == init  # continued, not started over
+    assert ckpt.load(run)["epoch"] == 8

@@ -120,19 +120,20 @@ def test_sync_restores_the_records_exactly_once(offline_sweep, tmp_path):
     assert run.info.status == "FINISHED" and run.data.tags["method"] == "dsr"
     assert run.data.tags["mlflow.parentRunId"] and run.data.tags["git_revision"] == "abc123"
     assert run.data.params["sparsity.method"] == "dsr"
-    hist = c.get_metric_history(rid, "test_acc")
+    hist = c.get_metric_history(rid, "epoch/test_acc")
     assert sorted(m.step for m in hist) == [1, 2]  # epoch 1 was there already: not logged twice
     assert [m.value for m in sorted(hist, key=lambda m: m.step)] == pytest.approx([r["test_acc"] for r in epochs])
-    assert sorted(m.step for m in c.get_metric_history(rid, "threshold")) == [r["step"] for r in reallocs]
-    arts = {a.path for a in c.list_artifacts(rid)} | {a.path for a in c.list_artifacts(rid, "model")}
-    assert {"config.yaml", "density.png", "model/model.sparse.pt"} <= arts
+    assert sorted(m.step for m in c.get_metric_history(rid, "realloc/threshold")) == [r["step"] for r in reallocs]
+    arts = {a.path for a in c.list_artifacts(rid)} | {a.path for a in c.list_artifacts(rid, "export")}
+    assert {"config.yaml", "density.png", "export/model.sparse.pt"} <= arts
+    assert read_run_file(o["run_dir"])["mlflow_model"].startswith("models:/")  # and the MLflow model
     assert read_run_file(o["run_dir"])["synced"] is True and not (o["run_dir"] / OFFLINE_FILE).exists()
     parent = c.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["role"] == "parent" and parent.info.status == "FINISHED"
 
     again = sync_sweep(o["root"], uri=uri, everything=True)
     assert again.runs == 1 and again.created == again.metrics == again.params == again.artifacts == 0
-    assert len(c.get_metric_history(rid, "test_acc")) == 2
+    assert len(c.get_metric_history(rid, "epoch/test_acc")) == 2
 
 
 def test_live_logger_skips_what_a_restart_logs_again(tmp_path):
@@ -156,8 +157,8 @@ def test_live_logger_skips_what_a_restart_logs_again(tmp_path):
         second.log_record(r)
     second.close()
     c = MlflowClient(uri)
-    assert sorted(m.step for m in c.get_metric_history(rid, "test_acc")) == [1, 2, 3]
-    assert [(m.step, m.value) for m in c.get_metric_history(rid, "pruned")] == [(30, 7.0)]
+    assert sorted(m.step for m in c.get_metric_history(rid, "epoch/test_acc")) == [1, 2, 3]
+    assert [(m.step, m.value) for m in c.get_metric_history(rid, "realloc/pruned")] == [(30, 7.0)]
     assert c.get_metric_history(rid, "density/conv.weight")[0].value == pytest.approx(0.1)
     assert first.online and second.online
 
@@ -178,7 +179,7 @@ def test_a_server_that_died_mid_sweep_costs_a_trial_one_quick_probe(tmp_path):
 
 
 def test_credentials_in_a_tracking_uri_are_never_written_down(tmp_path, monkeypatch):
-    from dsr_tune.sweep import driver, space
+    from dsr_tune.sweep import folder as driver, space
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     secret_uri = f"http://alice:s3cret@127.0.0.1:{free_port()}"  # nothing listens there
@@ -214,14 +215,15 @@ def test_sync_creates_the_parent_run_a_live_sweep_makes(tmp_path, monkeypatch):
     live parent's params and tags (the same sweep, logged once live and once by sync)."""
     from mlflow import MlflowClient
 
-    from dsr_tune.sweep import driver, space
+    from dsr_tune.sweep import folder as driver, space
+    from dsr_tune.sweep.tunephase import open_tracker
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     live_uri, later_uri = (f"sqlite:///{tmp_path / name / 'mlflow.db'}" for name in ("live", "later"))
     sp = space.load(ROOT / "search_spaces" / "digits_demo.yaml", [f"tracking.uri={live_uri}", "search.samples=3"])
     out = tmp_path / "sweep"
     meta = driver.prepare(sp, out, resume=False, overwrite=False)
-    live = driver.open_tracker(sp, out, meta, resume=False)  # MLflow up: the parent is made live
+    live = open_tracker(sp, out, meta, resume=False)  # MLflow up: the parent is made live
     assert live.parent_id
     s = sync_sweep(out, uri=later_uri)  # a store that never saw the sweep: sync makes its parent
     assert s.runs == 0 and not s.failed
@@ -258,4 +260,4 @@ def test_logger_waits_for_the_run_the_trial_creates(tmp_path):
     rid = runs.find_or_create(client, exp, "s-1/search/t", "t", {})
     logger.close()
     assert logger.online and logger.run_id == rid
-    assert [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(rid, "test_acc")] == [(1, 0.5)]
+    assert [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(rid, "epoch/test_acc")] == [(1, 0.5)]

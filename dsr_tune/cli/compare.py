@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import config as C
 from .. import runfolder
-from .common import fail
+from .common import fail, joining_cluster, starting
 
 def _floats(text: str) -> list[float]:
     try:
@@ -29,34 +29,47 @@ def _floats(text: str) -> list[float]:
 def cmd_compare(args) -> int:
     try:
         cfg = C.load(args.config, args.overrides)
+        if args.epoch_factor is not None:
+            cfg = C.replace(cfg, **{"sparsity.epoch_factor": args.epoch_factor})
+        if not joining_cluster(args.address):
+            C.check_paths(cfg)
     except C.ConfigError as exc:
         return fail(f"config {exc}")
     if args.seeds < 1:
         return fail(f"--seeds {args.seeds}: need at least 1")
-    if args.epoch_factor is not None and args.epoch_factor <= 0:
-        return fail(f"--epoch-factor {args.epoch_factor}: must be > 0")
+    if args.concurrency < 0:
+        return fail(f"--concurrency {args.concurrency}: must be >= 0 (0: one run at a time, in this process)")
     out = Path(args.output or Path("runs") / f"compare_{Path(args.config).stem}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    if not args.verbose:  # the per-epoch lines of every run would drown the progress lines
-        logging.getLogger("dsr_tune").setLevel(logging.WARNING)
-
-    from ..sweep.compare import CompareError, compare, markdown  # torch is heavy: import after validation
+    from ..sweep import plan
 
     try:
-        rows = compare(cfg, out, sparsities=args.sparsity, seeds=args.seeds, methods=methods,
-                       factor=args.epoch_factor, progress=lambda line: print(line, flush=True))
+        plan.rows(methods or plan.default_labels(), cfg.sparsity.epoch_factor, cfg.train.epochs)
     except C.ConfigError as exc:
-        return fail(f"config {exc}")
-    except CompareError as exc:
         return fail(str(exc))
+    if (out / "sweep.json").exists() is False and out.exists() and any(out.iterdir()):
+        return fail(f"--output {out} already holds files that are not a comparison; pick another folder")
+    if not args.verbose:  # the per-epoch lines of every run would drown the progress lines
+        for name in ("dsr_tune.train", "dsr_tune.data"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+    starting(f"compare {', '.join(methods or plan.default_labels())} at sparsity "
+             f"{', '.join(f'{x:g}' for x in args.sparsity)} on {args.seeds} seed(s) -> {out}")
+    from ..sweep.compare import compare  # torch, mlflow: import after validation
+    from .sweep import finish
+
+    argv = ["dsr-tune", "compare", args.config, *args.overrides, "--output", str(out)]
+    try:
+        outcome = compare(cfg, out, sparsities=args.sparsity, seeds=args.seeds, methods=methods,
+                          address=args.address, concurrency=args.concurrency, tracking_uri=args.tracking_uri,
+                          verbose=args.verbose)
+    except C.ConfigError as exc:
+        return fail(str(exc) if exc.key.startswith("--") else f"config {exc}")
     except KeyboardInterrupt:
         print("\ninterrupted; finished runs are kept. Run the same command again to continue "
               "(it skips them and resumes the cut-off one from its checkpoint).", file=sys.stderr)
         return 130
-    print()
-    print(markdown(rows), end="")
-    print(f"\ntables: {out / 'results.csv'} and {out / 'results.md'}")
-    return 0
+    return finish(outcome, argv)
 
 
 def cmd_export(args) -> int:
@@ -78,18 +91,25 @@ def cmd_export(args) -> int:
 
 def add_parsers(sub) -> None:
     c = sub.add_parser("compare", help="run every baseline against DSR and tabulate", description=(
-        "Run the comparison for CONFIG.yaml (the DSR run's config) one run at a time: every method "
-        "at every sparsity and seed, static baselines at sparsity.epoch_factor x the epochs. Writes "
-        "each run under --output and results.csv / results.md there. Run it again to continue."))
+        "Run the comparison for CONFIG.yaml (the DSR run's config, as the selected configuration): every "
+        "row at every sparsity and seed, static sparse and thin dense at 1x and sparsity.epoch_factor x the "
+        "epochs, GMP after its dense run, the ablations after their DSR run. Every run is an MLflow child run "
+        "under one parent; the report (mean, std, n, 95%% CI, paired difference to DSR) is written to "
+        "--output as report.md, report.png and report.csv. Run it again to continue."))
     c.add_argument("config", help="YAML config of the DSR run (see configs/)")
     c.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=20")
     c.add_argument("--sparsity", type=_floats, default=[0.9], help="comma-separated sparsities (default 0.9)")
     c.add_argument("--seeds", type=int, default=3, help="seeds per cell: train.seed, +1, ... (default 3)")
-    c.add_argument("--methods", help="comma-separated: dense, thin_dense, static, dsr, gmp, hashednet, dsd, "
-                   "the sparse registry's methods (set, rigl, ...), final_reinit, final_init, random_control, "
-                   "dsr_stop:E, or 'ablations' (default: every method, no ablations)")
-    c.add_argument("--epoch-factor", type=float, help="static baselines' epoch factor (default: sparsity.epoch_factor)")
+    c.add_argument("--methods", help="comma-separated rows: any method (dsr, set, rigl, gmp, hashednet, ...; "
+                   "static and thin_dense give their 1x and 2x controls, static_2x one of them), final_reinit, "
+                   "final_init, random_control, dsr_stop:E, or 'ablations' (default: every method, no ablations)")
+    c.add_argument("--epoch-factor", type=float, help="the controls' long budget (default: sparsity.epoch_factor)")
     c.add_argument("--output", "-o", help="output folder (default: runs/compare_<config name>)")
+    c.add_argument("--address", help="run on this Ray cluster through Tune (default: in this process, one run at "
+                   "a time)")
+    c.add_argument("--concurrency", type=int, default=0, help="runs at once on a local Ray (0: one at a time, in "
+                   "this process, no Ray)")
+    c.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlruns)")
     c.set_defaults(func=cmd_compare)
 
     e = sub.add_parser("export", help="write a trained sparse model in compressed form", description=(

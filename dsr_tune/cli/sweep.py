@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .. import config as C
-from .common import fail, interrupted, joining_cluster, ray_host_error
+from .common import fail, interrupted, joining_cluster, ray_host_error, starting
 from .serve import UI_PORT
 
 
@@ -34,24 +34,31 @@ def cmd_sweep(args) -> int:
     host_error = ray_host_error(args.address)
     if host_error:
         return fail(host_error)
-    from ..sweep import driver  # ray, optuna and mlflow load after validation
+    starting(f"sweep {space.name}: {len(space.methods)} searched method(s) x {space.search.samples} trials, "
+             f"then {', '.join(space.baselines) or 'no baselines'} on seeds {space.seeds}")
+    from ..sweep import phases
+    from ..sweep.folder import default_output
 
     if not args.output and on_cluster:
         return fail(f"--output: on a Ray cluster give a sweep folder every node shares, e.g. --output "
-                     f"/mnt/shared/sweeps/{space.name} (the default, {driver.default_output(space)}, is on this "
+                     f"/mnt/shared/sweeps/{space.name} (the default, {default_output(space)}, is on this "
                      "node only)")
-    out = Path(args.output or driver.default_output(space))
+    out = Path(args.output or default_output(space))
     try:
-        outcome = driver.run(space, out, resume=args.resume, overwrite=args.overwrite, address=args.address,
+        outcome = phases.run(space, out, resume=args.resume, overwrite=args.overwrite, address=args.address,
                              verbose=args.verbose, table=args.table)
     except C.ConfigError as exc:
         return fail(str(exc))
     except KeyboardInterrupt:
         return interrupted("finished trials are kept", _resume_argv(args, out))
+    return finish(outcome, _resume_argv(args, out))
+
+
+def finish(outcome, resume_argv: list[str]) -> int:
+    """After a sweep or comparison: the report, what MLflow lacks, where to browse it."""
     if outcome.status == "KILLED":
         outcome.tracker.close_parent("KILLED")
-        return interrupted("finished trials are kept, cut-off ones continue from their checkpoints",
-                           _resume_argv(args, out))
+        return interrupted("finished runs are kept, cut-off ones continue from their checkpoints", resume_argv)
     code = _print_report(str(outcome.sweep_dir), outcome)
     target, prog = outcome.tracker.target, _program()
     uri = _redact(target.uri)
@@ -93,17 +100,20 @@ def _ui_store_arg(target) -> str:
 
 
 def _print_report(sweep: str, outcome=None, uri: str | None = None) -> int:
+    from ..sweep import tables
     from ..sweep.report import build
 
     try:
         try:
-            report, files, source = build(sweep, uri)
+            table, files, source = build(sweep, uri)
         except (LookupError, RuntimeError) as exc:
+            if outcome is None:  # `dsr-tune report` of something that is not a sweep: bad input
+                return fail(f"report: {exc}")
             print(f"dsr-tune: no report: {exc}", file=sys.stderr)
             return 1
         print()
-        print(report.text(), end="")
-        print(f"\nreport: {files['md']} and {files['png']} (from {source})")
+        print(tables.text(table), end="")
+        print(f"\nreport: {files['md']}, {files['png']} and {files['csv']} (from {source})")
         return 0
     finally:  # the sweep's parent run is closed whatever the report does
         if outcome is not None and outcome.tracker.parent_id:  # else sync has closed it, or MLflow is down
@@ -137,9 +147,11 @@ def cmd_sync(args) -> int:
 def add_parsers(sub) -> None:
     s = sub.add_parser("sweep", help="search hyperparameters with Ray Tune + Optuna, baselines paired, MLflow",
                        description=(
-        "Run the sweep of SPACE.yaml (see search_spaces/): Optuna proposes trials, each trained with Ray "
-        "Train; then every evaluated sparsity gets its baselines (2x epochs) and the dense reference. "
-        "Every run goes to MLflow (default: ./mlruns). Ends with the comparison table."))
+        "Run the sweep of SPACE.yaml (see search_spaces/): for each searched method, Optuna proposes "
+        "search.samples trials on search.trial_seed, selected on the validation split; then at every "
+        "sparsity the selection is re-trained on the fresh seeds beside every baseline (static and thin "
+        "dense at 1x and 2x the epochs, GMP, ablations...) and the dense reference. Every run goes to "
+        "MLflow (default: ./mlruns). Ends with the comparison table (n, 95%% CI, paired differences)."))
     s.add_argument("space", help="search-space YAML (see search_spaces/)")
     s.add_argument("overrides", nargs="*", help="dotted overrides: config keys (train.epochs=3) or the space "
                    "file's own (search.samples=4, seeds=[0], space.optim.lr={loguniform: [0.01, 0.1]})")
@@ -153,14 +165,19 @@ def add_parsers(sub) -> None:
     s.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("report", help="table and figure of a sweep from MLflow", description=(
-        "Per sparsity: the best trial of each method, its baselines and dense, test accuracy mean and std "
-        "over seeds, non-zero params, epochs; plus accuracy vs parameters as PNG (logged to the parent run)."))
+        "Per sparsity: each row's test accuracy over the report's seeds (mean, std, n, 95%% CI, the "
+        "seed-paired difference to DSR with its CI), the selection runs apart, epochs, non-zero params; "
+        "written as report.md, report.png (accuracy vs parameters, with the intervals) and report.csv, "
+        "and logged to the sweep's parent run."))
     r.add_argument("sweep", help="a sweep folder, a sweep id, or an experiment name (its newest sweep)")
     r.add_argument("--tracking-uri", help="MLflow store (default: the sweep's own, else $MLFLOW_TRACKING_URI "
                    "or ./mlruns)")
     r.set_defaults(func=cmd_report)
 
-    y = sub.add_parser("sync", help="log to MLflow what a sweep's run folders hold and MLflow missed")
+    y = sub.add_parser("sync", help="log to MLflow what a sweep's run folders hold and MLflow missed", description=(
+        "Make MLflow hold every run of SWEEP_DIR: find each run by its key (or create it, and the parent, "
+        "with the params and tags a live sweep gives them), log the params, metric steps and artifacts it "
+        "lacks and its final status. Running it twice logs nothing the second time."))
     y.add_argument("sweep_dir", help="a sweep folder")
     y.add_argument("--tracking-uri", help="log into this store instead of the sweep's own")
     y.add_argument("--all", action="store_true", help="check every run, not only the ended ones marked unsynced")

@@ -17,7 +17,7 @@ import time
 
 from ray.tune import Callback
 
-from ..tracking.tracker import read_run_file
+from ..tracking.runs import read_run_file
 from .jobs import SweepContext
 
 log = logging.getLogger("dsr_tune")
@@ -58,8 +58,13 @@ class Finalizer(Callback):
     def _close(self, trial, status: str) -> None:
         run_dir = self.ctx.run_dir_of(trial.config, trial.trial_id)
         info = read_run_file(run_dir)
-        if info and info.get("status") == "RUNNING":
+        if not info:
+            return
+        if info.get("status") == "RUNNING":
             self.ctx.tracker.finish(run_dir, info.get("run_id"), status, replay=True)
+        elif not self.ctx.live_logging and not info.get("synced") and info.get("status") in ("FINISHED", "KILLED"):
+            # the trial ran where this sweep's store is out of reach: the driver logs it now
+            self.ctx.tracker.finish(run_dir, info.get("run_id"), info["status"], replay=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._close(trial, "KILLED")  # still RUNNING here: stopped early by the scheduler
@@ -113,12 +118,16 @@ class Progress(Callback):
         what = trial.config.get("job") or f"{trial.config.get('method')} {trial.trial_id}"
         log.info("[%s %d/%d done] start %s%s", self.phase, self.done, self.total, what, self._params(trial))
 
+    def _scores(self, r: dict) -> str:
+        val = f"val {_pct(r.get('val_acc'))}, " if "val_acc" in r else ""
+        return f"{val}test {_pct(r.get('test_acc'))}"
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         now = time.monotonic()
         if now - self.last_line.get(trial.trial_id, now) >= self.every_s:
             self.last_line[trial.trial_id] = now
-            log.info("[%s %d/%d done]   %s: epoch %s  test %s", self.phase, self.done, self.total,
-                     self._name(trial), result.get("epochs_done", "?"), _pct(result.get("test_acc")))
+            log.info("[%s %d/%d done]   %s: epoch %s  %s", self.phase, self.done, self.total,
+                     self._name(trial), result.get("epochs_done", "?"), self._scores(result))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._count(trials, trial)
@@ -130,11 +139,11 @@ class Progress(Callback):
             if better:
                 self.best = (value, self._name(trial))
         best = ""
-        if self.best and self.phase == "search":
+        if self.best and self.phase.startswith("search"):
             shown = _pct(self.best[0]) if "acc" in self.metric else f"{self.best[0]:.4g}"
-            best = f"; best so far {shown} ({self.best[1]})"
-        log.info("[%s %d/%d done] end   %s: test %s after %s epochs, %s non-zero, %.0f s%s", self.phase,
-                 self.done, self.total, self._name(trial), _pct(r.get("test_acc")), r.get("epochs_done", "?"),
+            best = f"; best {self.metric} so far {shown} ({self.best[1]})"
+        log.info("[%s %d/%d done] end   %s: %s after %s epochs, %s non-zero, %.0f s%s", self.phase,
+                 self.done, self.total, self._name(trial), self._scores(r), r.get("epochs_done", "?"),
                  f"{r.get('nonzero_params', 0):,}", took, best)
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -2,21 +2,22 @@
 
 A :class:`Job` is a resolved training config plus its identity in the sweep:
 
-- ``search/<trial id>``: a hyperparameter set the searcher proposed (role
-  ``search``, on the sweep's first seed);
-- ``paired/<method>_s<sparsity>_seed<k>``: a baseline paired with the best
-  search trial at that sparsity (role ``baseline``), or that best trial
-  repeated on another seed (role ``seed``);
-- ``paired/dense_seed<k>``: the full dense reference (role ``dense``).
+- ``search/<method>/<trial id>``: a hyperparameter set the searcher proposed
+  for ``method`` (role ``search``, on ``search.trial_seed``);
+- ``paired/<row>/s<sparsity>/seed<k>``: a row of the comparison on a report
+  seed: the selected configuration re-trained (role ``selected``), a
+  baseline or ablation (``baseline``), or ``paired/dense/seed<k>`` (``dense``).
 
-Folders of a sweep (``SweepContext.sweep_dir``)::
+Every paired job of one sparsity shares a ``group`` (``s0.9``): the selected
+configuration, its seed repeats and its baselines. Folders of a sweep
+(``SweepContext.sweep_dir``)::
 
     sweep.json      the sweep's identity, phase and tracker
-    optuna.db       the Optuna study (persistent across resumes)
+    optuna.db       the Optuna studies (one per searched method; persistent across resumes)
     paired.json     the paired jobs, fixed when the search ends
     runs/<key>/     one per job: config.yaml, metrics.jsonl, checkpoint.pt, tracking.json
-    ray_train/      Ray Train checkpoints of every run (what a restarted trial resumes from)
-    tune/search/, tune/paired/   Tune's experiment state (what --resume restores)
+    ray_train/      Ray Train checkpoints of multi-worker runs
+    tune/<phase>/   Tune's experiment state of each phase (what --resume restores)
 """
 
 from __future__ import annotations
@@ -32,34 +33,44 @@ from ..tracking import SweepTracker
 PAIRED_FILE = "paired.json"
 
 
-def key_of(config: dict, trial_id: str) -> str:
-    """The job key of a Tune trial: ``{"job": key}`` in the paired phase, else ``search/<trial id>``."""
-    return config["job"] if "job" in config else f"search/{trial_id}"
-
-
 @dataclass
 class Job:
     key: str
-    role: str                       # search | baseline | seed | dense
-    method: str
+    role: str                       # search | selected | baseline | dense
+    method: str                     # the row label (dsr, static_2x, dsr_stop:5, ...) or the searched method
     sparsity: float | None          # None: dense
     seed: int
     config: dict                    # the resolved config (nested dict)
-    baseline_for: str | None = None  # baselines: the search trial whose config they derive from
-    repeat_of: str | None = None     # role seed: the search trial repeated
+    stage: int = 0                  # 1: starts from a stage-0 run (gmp, the ablations)
+    group: str | None = None        # s<sparsity>: a selection, its repeats and its baselines
+    selected_from: str | None = None  # the search trial whose configuration this re-trains or derives from
+    tuned: bool = False             # its hyperparameters come from its own search
+    needs: str | None = None        # the job key of the run it starts from
 
     @property
     def run_name(self) -> str:
         s = "" if self.sparsity is None else f" s{self.sparsity:g}"
-        tail = f" {self.key.split('/', 1)[1]}" if self.role == "search" else ""
+        tail = f" {self.key.rsplit('/', 1)[1]}" if self.role == "search" else ""
         return f"{self.method}{s} seed{self.seed}{tail}"
+
+    def description(self) -> str:
+        """A sentence for the MLflow run's description."""
+        what = {"search": f"a search trial of {self.method} (selection on the validation split)",
+                "selected": f"the selected {self.method} configuration re-trained on a fresh seed",
+                "baseline": f"the {self.method} row, derived from the selected DSR configuration"
+                            + (" with its own tuned hyperparameters" if self.tuned else ""),
+                "dense": "the full dense reference"}[self.role]
+        at = "" if self.sparsity is None else f" at sparsity {self.sparsity:g}"
+        return f"{what}{at}, seed {self.seed}, {self.config['train']['epochs']} epochs."
 
     def identity(self) -> dict:
         """What tracking.json and the MLflow tags say about this run."""
-        return {"key": self.key, "run_name": self.run_name,
-                "tags": {"method": self.method, "role": self.role, "seed": self.seed,
-                         "sparsity": None if self.sparsity is None else f"{self.sparsity:g}",
-                         "baseline_for": self.baseline_for, "repeat_of": self.repeat_of}}
+        row = self.config["sparsity"]["method"]
+        return {"key": self.key, "run_name": self.run_name, "description": self.description(),
+                "tags": {"method": self.method, "trains": row, "role": self.role, "seed": self.seed,
+                         "sparsity": "0" if self.sparsity is None else f"{self.sparsity:g}",
+                         "group": self.group, "selected_from": self.selected_from,
+                         "tuned": str(self.tuned).lower(), "stage": str(self.stage)}}
 
 
 def with_values(base: dict, values: dict, method: str | None = None, seed: int | None = None) -> dict:
@@ -80,9 +91,10 @@ class SweepContext:
 
     sweep_dir: str
     base: dict          # the space's resolved base config
-    search_seed: int
+    trial_seed: int
     tracker: SweepTracker
     live_logging: bool = True  # False: workers may not reach the store (sqlite on a cluster); log at trial end
+    in_trial: bool = True      # single-worker jobs train in the trial's process (search.in_trial)
 
     @property
     def train_storage(self) -> str:
@@ -101,23 +113,25 @@ class SweepContext:
     def search_job(self, params: dict, trial_id: str) -> Job:
         """The job of a search trial from the searcher's ``params``
         (``method`` plus dotted config keys)."""
+        method = params["method"]
         values = {k: v for k, v in params.items() if k != "method" and "." in k}
-        cfg = with_values(self.base, values, method=params["method"], seed=self.search_seed)
-        return Job(key=key_of({}, trial_id), role="search", method=params["method"],
-                   sparsity=cfg["sparsity"]["sparsity"], seed=self.search_seed, config=cfg)
+        cfg = with_values(self.base, values, method=method, seed=self.trial_seed)
+        return Job(key=f"search/{method}/{trial_id}", role="search", method=method,
+                   sparsity=cfg["sparsity"]["sparsity"], seed=self.trial_seed, config=cfg)
 
     def paired_jobs(self) -> dict[str, Job]:
         path = Path(self.sweep_dir) / PAIRED_FILE
         return {j["key"]: Job(**j) for j in json.loads(path.read_text())}
 
     def job(self, config: dict, trial_id: str) -> Job:
-        """The job of a Tune trial: ``{"job": key}`` in the paired phase, else searched params."""
+        """The job of a Tune trial: ``{"job": key}`` in the paired phases, else searched params."""
         if "job" in config:
             return self.paired_jobs()[config["job"]]
         return self.search_job(config, trial_id)
 
     def run_dir_of(self, config: dict, trial_id: str) -> Path:
-        return self.run_dir(key_of(config, trial_id))
+        key = config["job"] if "job" in config else f"search/{config['method']}/{trial_id}"
+        return self.run_dir(key)
 
 
 def write_paired(sweep_dir: str | Path, jobs: list[Job]) -> None:

@@ -1,43 +1,38 @@
 """The searcher: Optuna's TPE through Ray Tune, define-by-run, seeded.
 
-The space is a define-by-run function (:class:`OptunaSpace`): the method is
-drawn first (when several are searched) and a parameter only some methods
-read (DSR's Np, delta, ...; see ``space.METHOD_KEYS``) is drawn only for
-them, so Optuna never models a value the trial ignored. It is a plain class
+Every searched (or tuned) method has its own search of ``search.samples``
+trials, so each gets the same budget: the space is a define-by-run function
+(:class:`OptunaSpace`) drawing only the keys that method reads (DSR's Np and
+delta are never drawn for a static baseline). It is a plain class
 instance, so Tune can pickle it with the rest of the experiment state.
 
-The study lives in ``<sweep>/optuna.db`` (sqlite), named after the sweep.
-Multi-objective (``search.pareto``): maximise test_acc and minimise
-nonzero_params; the report lists the Pareto front of the finished trials.
-ASHA (``search.asha``) stops poor trials at rungs of ``epochs_done``.
+The studies live in ``<sweep>/optuna.db`` (sqlite), one per method, named
+``<sweep id>-<method>`` (``dsr-tune dashboard`` opens them). Multi-objective
+(``search.pareto``): maximise the search metric and minimise nonzero_params;
+the report lists the Pareto front. ASHA (``search.asha``) stops poor trials
+at rungs of ``epochs_done``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .space import Param, Space
+from .space import Param, Space, params_for
 
-STUDY_FILE = "optuna.db"  # in the sweep folder: the Optuna study (sqlite), named after the sweep id
+STUDY_FILE = "optuna.db"
 
 
 class OptunaSpace:
-    """Define-by-run space: ``__call__(optuna_trial) -> constants``."""
+    """Define-by-run space of one method: ``__call__(optuna_trial) -> constants``."""
 
-    def __init__(self, params: list[Param], methods: list[str]):
+    def __init__(self, params: list[Param], method: str):
         self.params = list(params)
-        self.methods = list(methods)
+        self.method = method
 
     def __call__(self, trial) -> dict:
-        fixed = {}
-        if len(self.methods) > 1:
-            method = trial.suggest_categorical("method", self.methods)
-        else:
-            method = fixed["method"] = self.methods[0]
         for p in self.params:
-            if not p.methods or method in p.methods:
-                p.suggest(trial)
-        return fixed
+            p.suggest(trial)
+        return {"method": self.method}
 
 
 def study_storage(sweep_dir: str | Path):
@@ -46,17 +41,21 @@ def study_storage(sweep_dir: str | Path):
     return optuna.storages.RDBStorage(f"sqlite:///{Path(sweep_dir).resolve() / STUDY_FILE}")
 
 
-def searcher(space: Space, sweep_dir: str | Path, study_name: str):
-    """OptunaSearch over ``space`` with its study in the sweep folder."""
+def study_name(sweep_id: str, method: str) -> str:
+    return f"{sweep_id}-{method}"
+
+
+def searcher(space: Space, method: str, sweep_dir: str | Path, sweep_id: str):
+    """OptunaSearch over the keys ``method`` reads, its study in the sweep folder."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per study and trial otherwise
     s = space.search
-    metric, mode = (["test_acc", "nonzero_params"], ["max", "min"]) if s.pareto else (s.metric, s.mode)
+    metric, mode = ([s.metric, "nonzero_params"], [s.mode, "min"]) if s.pareto else (s.metric, s.mode)
     # metric and mode go here: with a define-by-run space, TuneConfig's are not passed on
-    return OptunaSearch(space=OptunaSpace(space.params, space.methods), metric=metric, mode=mode,
-                        seed=s.seed, storage=study_storage(sweep_dir), study_name=study_name)
+    return OptunaSearch(space=OptunaSpace(params_for(space, method), method), metric=metric, mode=mode,
+                        seed=s.seed, storage=study_storage(sweep_dir), study_name=study_name(sweep_id, method))
 
 
 def scheduler(space: Space):

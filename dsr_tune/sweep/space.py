@@ -10,11 +10,20 @@ A sweep is one YAML file (see ``search_spaces/``)::
       sparsity.sparsity: {choice: [0.8, 0.9]}
       sparsity.dsr.delta: {uniform: [0.05, 0.3]}      # DSR's own key: drawn only for DSR trials
       optim.lr: {loguniform: [0.02, 0.1]}
-    search: {samples: 6, metric: test_acc, mode: max, seed: 0, pareto: false, asha: null}
-    seeds: [0, 1]                     # the search runs on the first
-    baselines: [static, thin_dense]   # rows paired per sparsity (any method; controls at 1x and 2x)
+    search: {samples: 6, metric: val_acc, mode: max, seed: 0, trial_seed: 0, pareto: false, asha: null}
+    seeds: [1, 2]                     # fresh seeds: the selection re-trained, every baseline (not trial_seed)
+    baselines: [static, thin_dense]   # rows per sparsity: any method or ablation (controls at 1x and 2x)
     dense: true                       # the full dense reference, once per seed
+    tune_baselines: false             # true: each baseline gets its own search of the same size
     tracking: {uri: null, experiment: null}
+
+Selection is honest by construction: every searched method (and, with
+``tune_baselines``, every baseline) has its own Optuna search of
+``search.samples`` trials on ``search.trial_seed``, selected on
+``search.metric`` of the validation split; the selected configuration and
+every baseline are then trained on ``seeds``, which must not include the
+trial seed. Selecting on a test metric is refused unless
+``search.select_on_test: true`` (the report then says so).
 
 Which method reads which key comes from the method registry: a key under
 ``sparsity.<method>.`` is that method's, the period-schedule keys belong to
@@ -26,64 +35,31 @@ and the config modules are imported here.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel
 
 from .. import config as C
 from .. import methods
 from ..schema import Real, Section, build, opt
 from . import plan
+from .params import DISTRIBUTIONS, Param, _check_values, parse_param, readers, searchable_methods  # noqa: F401
 
-DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "logint")
 METRICS = ("test_acc", "test_acc5", "test_loss", "train_loss", "train_acc", "val_acc", "val_acc5", "val_loss")
-TOP_KEYS = ("name", "base", "config", "methods", "space", "search", "seeds", "baselines", "dense", "tracking")
-
-
-def searchable_methods() -> tuple[str, ...]:
-    """Methods a sweep may search: every trainable one that starts from scratch."""
-    return tuple(m for m in methods.trainable() if methods.get(m).needs is None)
-
-
-def readers(dotted: str) -> tuple[str, ...]:
-    """The searchable methods that read ``dotted`` (all of them for a key no method owns)."""
-    owners = tuple(m for m in searchable_methods() if dotted in methods.get(m).searchable)
-    if dotted.startswith("sparsity."):
-        return owners
-    return ()  # optim.*, train.*, data.*, model.*: every method
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched key: ``kind`` in DISTRIBUTIONS; ``values`` for choice,
-    ``low``/``high`` otherwise; ``methods``: the methods that read it (empty: all)."""
-
-    key: str
-    kind: str
-    values: tuple = ()
-    low: float = 0.0
-    high: float = 0.0
-    methods: tuple = ()
-
-    def endpoints(self) -> list:
-        return list(self.values) if self.kind == "choice" else [self.low, self.high]
-
-    def suggest(self, trial) -> Any:
-        """Draw this parameter from an ``optuna.Trial`` (define-by-run)."""
-        if self.kind == "choice":
-            return trial.suggest_categorical(self.key, list(self.values))
-        if self.kind in ("int", "logint"):
-            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.kind == "logint")
-        return trial.suggest_float(self.key, self.low, self.high, log=self.kind == "loguniform")
+TOP_KEYS = ("name", "base", "config", "methods", "space", "search", "seeds", "baselines", "dense", "tune_baselines",
+            "tracking")
 
 
 class Search(Section):
-    samples: int = opt(8, "trials the searcher proposes", ge=1)
-    metric: Literal[METRICS] = opt("test_acc", "what the searcher (and ASHA) optimises")
+    samples: int = opt(8, "trials the searcher proposes, per searched (or tuned) method", ge=1)
+    metric: Literal[METRICS] = opt("val_acc", "what the searcher (and ASHA) optimises: a validation metric "
+                                   "(a test one only with select_on_test)")
+    select_on_test: bool = opt(False, "allow search.metric to be a test metric (the report says so; the test "
+                               "numbers of the selection are then optimistic)")
+    trial_seed: int | None = opt(None, "train.seed of the search trials (null: the base config's); the report's "
+                                 "seeds must differ from it", ge=0)
     mode: Literal["max", "min"] = opt("max", "maximise or minimise the metric")
     seed: int = opt(0, "TPE sampler seed")
     pareto: bool = opt(False, "also minimise nonzero_params: Optuna's multi-objective TPE, a Pareto front")
@@ -92,6 +68,8 @@ class Search(Section):
                               "(set it on an autoscaling cluster: nodes that are not up yet do not count)", ge=0)
     trial_cpus: Real = opt(0.1, "CPUs of each trial's own process (its Ray Train workers come on top)", gt=0, le=64)
     max_failures: int = opt(1, "Tune restarts of a failed trial (it resumes from its checkpoint)", ge=-1)
+    in_trial: bool = opt(True, "a single-worker job trains in the Tune trial's own process; false: through a "
+                         "Ray Train worker group per trial (the 0.1 path, kept to measure the difference)")
 
 
 class Tracking(Section):
@@ -113,113 +91,11 @@ class Space:
     seeds: list[int]
     baselines: list[str]
     dense: bool
+    tune_baselines: bool
     tracking_uri: str | None
     experiment: str
     raw: dict = field(default_factory=dict)
-
-
-def _field(dotted: str):
-    """The config field at ``dotted`` (``sparsity.dsr.delta``); ConfigError naming ``space.<key>``."""
-    key = f"space.{dotted}"
-    if "." not in dotted:
-        raise C.ConfigError(key, "a searched key must be section.key (e.g. sparsity.dsr.delta)")
-    holder: type[BaseModel] = C.Config
-    parts = dotted.split(".")
-    for i, part in enumerate(parts):
-        fields = holder.model_fields
-        if part not in fields:
-            import difflib
-
-            prefix = ".".join(parts[:i])
-            moved = C.moved_key(dotted)
-            close = difflib.get_close_matches(part, list(fields), n=1)
-            tip = f" (did you mean {moved}?)" if moved else (f" (did you mean {prefix}.{close[0]}?)" if close else "")
-            allowed = ", ".join(f"{prefix + '.' if prefix else ''}{n}" for n in fields)
-            raise C.ConfigError(key, f"unknown key{tip}; allowed: {allowed}")
-        info = fields[part]
-        ann = info.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            if i == len(parts) - 1:
-                raise C.ConfigError(key, f"{dotted} is a section; search one of its keys")
-            holder = ann
-            continue
-        if i != len(parts) - 1:
-            raise C.ConfigError(key, f"{'.'.join(parts[:i + 1])} is a key, not a section")
-        return info
-    raise C.ConfigError(key, "not a key")
-
-
-def _number(key: str, v, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise C.ConfigError(key, f"{what} {v!r} is not a number")
-    try:
-        return float(v)  # YAML reads 1e-3 as a string
-    except ValueError:
-        raise C.ConfigError(key, f"{what} {v!r} is not a number") from None
-
-
-def parse_param(dotted: str, spec: Any) -> Param:
-    """``{uniform: [lo, hi]}`` etc. (optionally ``methods: [...]``) -> Param."""
-    key = f"space.{dotted}"
-    info = _field(dotted)
-    if dotted == "sparsity.method":
-        raise C.ConfigError(key, "search methods with the top-level 'methods' list, not in space")
-    if not isinstance(spec, dict):  # a bare value: one fixed choice
-        spec = {"choice": [spec]}
-    spec = dict(spec)
-    found = readers(dotted)
-    if dotted.startswith("sparsity.") and not found:
-        raise C.ConfigError(key, f"no searchable method reads {dotted}")
-    chosen = spec.pop("methods", found)
-    kinds = [k for k in spec if k in DISTRIBUTIONS]
-    if [k for k in spec if k not in DISTRIBUTIONS] or len(kinds) != 1:
-        raise C.ConfigError(key, f"{spec!r}: give exactly one of {', '.join(DISTRIBUTIONS)} "
-                            "(and optionally methods: [...])")
-    kind, arg = kinds[0], spec[kinds[0]]
-    if dotted == "sparsity.sparsity" and kind != "choice":
-        # the paired baselines, the report's sections and the run keys group trials by
-        # sparsity: a continuous draw would give every trial its own
-        raise C.ConfigError(key, f"{kind}: the sparsity is grouped on (baselines, report), so give "
-                            "a few values with choice, e.g. {choice: [0.8, 0.9]}")
-    if not isinstance(chosen, (list, tuple)) or any(m not in searchable_methods() for m in chosen):
-        raise C.ConfigError(f"{key}.methods", f"{chosen!r}: a list of methods among "
-                                              f"{', '.join(searchable_methods())}")
-    if kind == "choice":
-        if not isinstance(arg, list) or not arg:
-            raise C.ConfigError(key, f"choice needs a non-empty list of values, got {arg!r}")
-        if any(isinstance(v, (list, dict)) for v in arg):
-            raise C.ConfigError(key, f"choice values must be single values (numbers, strings, booleans), got {arg!r}")
-        return Param(dotted, kind, values=tuple(arg), methods=tuple(chosen))
-    if not (isinstance(arg, list) and len(arg) == 2):
-        raise C.ConfigError(key, f"{kind} needs [low, high], got {arg!r}")
-    low, high = (_number(key, v, w) for v, w in zip(arg, ("low", "high")))
-    if not low < high:
-        raise C.ConfigError(key, f"{kind} [{arg[0]}, {arg[1]}]: low must be below high")
-    if kind in ("loguniform", "logint") and low <= 0:
-        raise C.ConfigError(key, f"{kind} [{arg[0]}, {arg[1]}]: a log range needs low > 0")
-    ann = info.annotation
-    if kind in ("int", "logint") and not (low.is_integer() and high.is_integer()):
-        raise C.ConfigError(key, f"{kind} [{arg[0]}, {arg[1]}]: integer ranges need integer ends")
-    if kind in ("uniform", "loguniform") and ann is not float:
-        raise C.ConfigError(key, f"{kind}: {dotted} is {getattr(ann, '__name__', ann)}, not a real number; "
-                                 "use int, logint or choice")
-    if kind in ("int", "logint") and ann not in (int, float):
-        raise C.ConfigError(key, f"{kind}: {dotted} is {getattr(ann, '__name__', ann)}, not a number; use choice")
-    return Param(dotted, kind, low=low, high=high, methods=tuple(chosen))
-
-
-def _check_values(base: dict, p: Param, first_method: str) -> None:
-    """Each end of the range (each choice) must make a valid config on its own."""
-    for v in p.endpoints():
-        data = copy.deepcopy(base)
-        C.set_dotted(data, p.key, int(v) if p.kind in ("int", "logint") else v)
-        if p.methods and first_method not in p.methods:
-            data.setdefault("sparsity", {})["method"] = p.methods[0]
-        try:
-            C.from_dict(data)
-        except C.ConfigError as exc:
-            where = "value" if p.kind == "choice" else ("low" if v == p.low else "high")
-            raise C.ConfigError(f"space.{p.key}", f"{where} {v!r} is refused: {exc}") from None
+    sparsities: list[float] | None = None  # a comparison without search: its sparsities
 
 
 def _int_list(key: str, v: Any) -> list[int]:
@@ -292,27 +168,77 @@ def load(path: str | Path, overrides: list[str] = ()) -> Space:
             raise C.ConfigError(f"space.{p.key}", f"only {', '.join(p.methods)} read(s) it, and methods is {searched}")
         _check_values(base_data, p, searched[0])
     search = build(Search, raw.get("search"), "search")
-    if search.pareto and search.metric != "test_acc":
-        raise C.ConfigError("search.pareto", f"true optimises test_acc and nonzero_params; search.metric is "
-                                             f"{search.metric!r}")
+    if search.metric.startswith("test_") and not search.select_on_test:
+        raise C.ConfigError("search.metric", f"{search.metric!r} selects on the test split, which must only be "
+                                             "reported; select on val_acc (or val_loss, val_acc5), or set "
+                                             "search.select_on_test: true to do it anyway")
+    if search.metric.startswith("val_") and not _has_validation(base):
+        raise C.ConfigError("search.metric", f"{search.metric!r} but data.val_fraction is 0: there is no "
+                                             "validation split to select on")
+    if search.trial_seed is None:
+        search.trial_seed = base.train.seed
     _check_asha(search.asha)
     labels = _str_list("baselines", raw.get("baselines", ["static", "thin_dense"]),
                        plan.known_labels(base.sparsity.epoch_factor), empty_ok=True)
-    for row in plan.rows(labels, base.sparsity.epoch_factor, base.train.epochs):
-        if row.needs:
-            raise C.ConfigError("baselines", f"{row.label!r} needs another finished run ({row.needs}); "
-                                             "use dsr-tune compare")
+    plan.rows(labels, base.sparsity.epoch_factor, base.train.epochs)  # every label names rows
     both = [b for b in labels if b in searched]
     if both:
         raise C.ConfigError("baselines", f"{both[0]!r} is also searched (methods); a method is either searched "
                                          "or paired")
-    dense = raw.get("dense", True)
-    if not isinstance(dense, bool):
-        raise C.ConfigError("dense", f"{dense!r} must be true or false")
+    dense, tune = _flag(raw, "dense", True), _flag(raw, "tune_baselines", False)
+    seeds = _int_list("seeds", raw.get("seeds", [search.trial_seed + 1, search.trial_seed + 2]))
+    if search.trial_seed in seeds:
+        raise C.ConfigError("seeds", f"{seeds} include the search's trial seed {search.trial_seed}: the report's "
+                                     "rows must be trained on fresh seeds (or set search.trial_seed)")
     tracking = build(Tracking, raw.get("tracking"), "tracking")
-    return Space(name=name, path=path, base=base, methods=searched, params=params, search=search,
-                 seeds=_int_list("seeds", raw.get("seeds", [base.train.seed])), baselines=labels,
-                 dense=dense, tracking_uri=tracking.uri, experiment=tracking.experiment or name, raw=raw)
+    return Space(name=name, path=path, base=base, methods=searched, params=params, search=search, seeds=seeds,
+                 baselines=labels, dense=dense, tune_baselines=tune, tracking_uri=tracking.uri,
+                 experiment=tracking.experiment or name, raw=raw)
+
+
+def _flag(raw: dict, key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise C.ConfigError(key, f"{value!r} must be true or false")
+    return value
+
+
+def _has_validation(cfg: C.Config) -> bool:
+    return cfg.data.val_fraction is None or cfg.data.val_fraction > 0
+
+
+def tuned_methods(space: Space) -> list[str]:
+    """The methods that get a search: the searched ones, and with tune_baselines
+    every baseline's method that can be searched (the ablations and GMP derive
+    from DSR's selection; dense keeps the base config)."""
+    out = list(space.methods)
+    if space.tune_baselines:
+        for row in plan.rows(space.baselines, space.base.sparsity.epoch_factor, space.base.train.epochs):
+            entry = methods.get(row.method)
+            if entry.runs is None and entry.needs is None and row.method not in out and row.method != "dense":
+                out.append(row.method)
+    return out
+
+
+def params_for(space: Space, method: str) -> list[Param]:
+    """The searched keys ``method`` reads: its own, and the ones every method reads."""
+    return [p for p in space.params if not p.methods or method in p.methods]
+
+
+def for_compare(cfg: C.Config, *, name: str, sparsities: list[float], seeds: list[int], labels: list[str],
+                tracking_uri: str | None = None, experiment: str | None = None) -> Space:
+    """The comparison of ``cfg`` with no search: the config as given is the
+    selected one at every sparsity; every row trains on ``seeds``."""
+    plan.rows(labels, cfg.sparsity.epoch_factor, cfg.train.epochs)  # refuse unknown labels before any work
+    search = Search(trial_seed=cfg.train.seed, metric="val_acc" if _has_validation(cfg) else "test_acc",
+                    select_on_test=True)
+    raw = {"name": name, "compare": {"config": cfg.to_dict(), "sparsities": sparsities, "seeds": seeds,
+                                     "labels": labels}}
+    space = Space(name=name, path=Path(name), base=cfg, methods=[], params=[], search=search, seeds=seeds,
+                  baselines=labels, dense=False, tune_baselines=False, tracking_uri=tracking_uri,
+                  experiment=experiment or name, raw=raw)
+    space.sparsities = list(sparsities)
+    return space
 
 
 def _check_asha(asha: dict | None) -> None:

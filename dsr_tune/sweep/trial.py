@@ -1,16 +1,23 @@
-"""The Tune trial function: one job trained with Ray Train, tracked in MLflow.
+"""The Tune trial function: one job, trained in the trial's own process or with Ray Train.
 
-Train V2 style: the trial function builds the ``TorchTrainer`` (through
-:func:`dsr_tune.distributed.fit`) and waits for it. Rank 0's per-epoch
-reports reach Tune through Ray's ``TuneReportCallback``; they carry
-``epochs_done`` (1-based, what ASHA counts: Tune's own training_iteration
-restarts when a trial is restored).
+A single-worker job (``train.workers <= 1``, the common case: one GPU per
+trial) trains right in the trial's process through public Tune APIs: no
+Ray Train controller or worker group is started, and with
+``reuse_actors`` the next trial reuses the same process (torch, MLflow
+already imported). Each epoch goes to Tune with ``tune.report`` (with
+``epochs_done``, what ASHA counts: Tune's training_iteration restarts when
+a trial is restored). Its checkpoints are the run folder's, in the sweep
+folder (shared by every node on a cluster): a trial restarted by Tune (its
+FailureConfig, or ``--resume`` after a killed driver) continues from the
+last one; handing Tune a copy every epoch would only double the writes and
+force a snapshot of Tune's state each time. The trial reserves
+``search.trial_cpus + train.cpus_per_worker`` CPUs (and one GPU with
+``train.use_gpu``): Tune's placement is the device training uses.
 
-A trial is idempotent. Its Ray Train run has a stable name (the job key) in
-the sweep's storage, so a restarted trial (Tune's FailureConfig, or
-``--resume``) continues from its newest checkpoint; one whose training had
-already finished (the driver died before Tune wrote it down) only reports
-its final record again instead of training anything.
+A job with ``train.workers >= 2`` builds a ``TorchTrainer`` (Train V2 style,
+through :func:`dsr_tune.distributed.fit`); rank 0's reports reach Tune
+through ``TuneReportCallback``. Either way the trial is idempotent: a job
+whose training had already finished only reports its final record again.
 """
 
 from __future__ import annotations
@@ -18,52 +25,61 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 
 from .. import config as C
-from ..tracking.runs import last_epoch
-from ..tracking.tracker import update_run_file
-from .jobs import SweepContext
+from .. import runfolder
+from ..tracking.runs import epoch_scalars, update_run_file
+from .execute import finished, run_job
+from .jobs import Job, SweepContext
 
 log = logging.getLogger("dsr_tune")
 
 
-def _already_trained(ctx: SweepContext, name: str, run_dir: Path, cfg: C.Config) -> bool:
-    """True when storage holds this run's final checkpoint and the run folder its records."""
-    from ..distributed import storage
-
-    found = storage.newest_complete(ctx.train_storage, name)
-    last = last_epoch(run_dir)
-    return (found is not None and found[1] >= cfg.train.epochs and last is not None
-            and last["epochs_done"] >= cfg.train.epochs)
+def in_process(cfg: dict, in_trial: bool = True) -> bool:
+    """Jobs that train in the trial's process (no worker group)."""
+    return in_trial and cfg["train"]["workers"] <= 1
 
 
 def run_trial(config: dict, ctx: SweepContext) -> None:
     """Tune's trainable (wrapped with ``tune.with_parameters(run_trial, ctx=...)``)."""
     started = time.time()  # the benchmark's start-up time counts from here
     from ray import tune
+
+    job = ctx.job(config, tune.get_context().get_trial_id())
+    if in_process(job.config, ctx.in_trial):
+        _local_trial(ctx, job, started)
+    else:
+        _worker_group_trial(ctx, job, started)
+
+
+def _local_trial(ctx: SweepContext, job: Job, started: float) -> None:
+    from ray import tune
+
+    def report(record: dict, path) -> None:
+        tune.report(epoch_scalars(record))
+
+    record, trained = run_job(ctx, job, on_epoch_end=report, started=started, close_on_error=False)
+    if not trained:  # the driver died before Tune wrote the end down: report the final record again
+        tune.report(epoch_scalars(record))
+
+
+def _worker_group_trial(ctx: SweepContext, job: Job, started: float) -> None:
+    from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ..distributed import fit
+    from ..distributed import fit, storage
     from ..tracking import MlflowLoggerSpec
     from ..tracking.runs import run_key
 
-    trial_id = tune.get_context().get_trial_id()
-    job = ctx.job(config, trial_id)
-    run_dir = ctx.run_dir(job.key)
-    cfg = C.from_dict(job.config)
+    run_dir, cfg, tracker = ctx.run_dir(job.key), C.from_dict(job.config), ctx.tracker
     name = job.key.replace("/", "-")  # the Ray Train run: <sweep>/ray_train/<name>
-    tracker = ctx.tracker
-
-    if _already_trained(ctx, name, run_dir, cfg):
+    found = storage.newest_complete(ctx.train_storage, name)
+    if found is not None and found[1] >= cfg.train.epochs and finished(run_dir, cfg):
         log.info("%s: already trained, reporting its final epoch", job.key)
         run_id = tracker.child(run_dir, job.identity())
-        # no live logger runs on this path, and the one that did may have been cut off with
-        # the driver: log what the folder has and MLflow lacks (idempotent)
         tracker.finish(run_dir, run_id, "FINISHED", replay=True)
-        tune.report(last_epoch(run_dir))
+        tune.report(runfolder.last_epoch(run_dir))
         return
-
     # the MLflow run is made while Ray Train starts the worker group (mlflow takes seconds to
     # import); the worker's logger finds it by its tag
     created: dict = {}

@@ -2,10 +2,12 @@
 
 Built from the run folder alone (config.yaml, metrics.jsonl, checkpoint.pt),
 so the trial that just finished and ``dsr-tune sync`` log the same files.
-The model is the compressed sparse export (values + positions, see
-:mod:`dsr_tune.train.export`), much smaller than the checkpoint with its optimizer
-state; the checkpoint itself is logged only if the export fails. A run
-stopped early (KILLED by ASHA) gets the same files but no model.
+The model is logged twice: as an MLflow model of the run (``models:/...``,
+loadable with ``mlflow.pytorch.load_model``) and as the compressed sparse
+export under ``export/`` (values + positions, see :mod:`dsr_tune.train.export`),
+much smaller than the checkpoint with its optimizer state; the checkpoint is
+logged there only if the export fails. A run stopped early (KILLED by ASHA)
+gets the same files but no model.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ log = logging.getLogger("dsr_tune")
 
 DENSITY_PNG = "density.png"
 EXPORT = runfolder.EXPORT
+# the sparse export's artifact folder: "model" is the MLflow model's name (runs:/<id>/model resolves to it)
+EXPORT_DIR = "export"
 
 
 def density_plot(records: list[dict], out: str | Path, title: str = "") -> Path | None:
@@ -66,27 +70,71 @@ def files(run_dir: str | Path, title: str = "", skip: set[str] | frozenset = fro
         plot = density_plot(runfolder.read_records(run_dir), run_dir / DENSITY_PNG, title)
         if plot is not None:
             out[DENSITY_PNG] = plot
-    models = {f"model/{EXPORT}", f"model/{runfolder.CHECKPOINT}"}
+    models = {f"{EXPORT_DIR}/{EXPORT}", f"{EXPORT_DIR}/{runfolder.CHECKPOINT}"}
     if model and not models & set(skip) and runfolder.has_run(run_dir):
         try:
             from ..train.export import export_run  # torch: only when a model is logged
 
             export_run(run_dir, run_dir / EXPORT)
-            out[f"model/{EXPORT}"] = run_dir / EXPORT
+            out[f"{EXPORT_DIR}/{EXPORT}"] = run_dir / EXPORT
         except Exception as exc:  # noqa: BLE001 (a model the export does not know: keep the checkpoint)
             log.warning("sparse export of %s failed (%s); logging the checkpoint instead", run_dir, exc)
-            out[f"model/{runfolder.CHECKPOINT}"] = run_dir / runfolder.CHECKPOINT
+            out[f"{EXPORT_DIR}/{runfolder.CHECKPOINT}"] = run_dir / runfolder.CHECKPOINT
     return out
+
+
+def log_model(uri: str, run_id: str, run_dir: Path) -> str:
+    """The trained model as an MLflow model of ``run_id`` (MLflow's PyTorch flavour,
+    with the input signature of the run's images; loadable with
+    ``mlflow.pytorch.load_model`` where dsr_tune is installed), built from the
+    sparse export. Returns its URI."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    from .. import config as C
+    from ..data.choices import image_size
+    from ..train.export import load_exported
+
+    model = load_exported(run_dir / EXPORT)
+    cfg = C.load(run_dir / runfolder.CONFIG)
+    size = image_size(cfg.data)
+    example = torch.zeros(2, model.conv1.in_channels, size, size)
+    mlflow.set_tracking_uri(uri)
+    logging.getLogger("mlflow.utils.requirements_utils").setLevel(logging.ERROR)
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        signature = infer_signature(example.numpy(), model(example).numpy())
+    try:
+        with mlflow.start_run(run_id=run_id):  # ends the run FINISHED: the caller sets its real status after
+            # no input_example: MLflow would load the model back to check it, and a loaded model
+            # becomes the process's "active model", to which MLflow then ties every later metric
+            info = mlflow.pytorch.log_model(model, name="model", signature=signature, serialization_format="pickle",
+                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    finally:
+        mlflow.clear_active_model()
+    return info.model_uri
 
 
 def log_files(client, run_id: str, run_dir: str | Path, title: str = "", model: bool = True) -> int:
     """Log the run's artifacts that ``run_id`` does not hold yet (the model
     only with ``model``: a finished run). Returns how many."""
     have = {a.path for a in client.list_artifacts(run_id)}
-    have |= {a.path for a in client.list_artifacts(run_id, "model")}
+    have |= {a.path for a in client.list_artifacts(run_id, EXPORT_DIR)}
     n = 0
     for name, path in files(run_dir, title, skip=have, model=model).items():
         folder = str(Path(name).parent) if "/" in name else None
         client.log_artifact(run_id, str(path), artifact_path=folder)
         n += 1
+    from .runs import read_run_file, update_run_file
+
+    run_dir = Path(run_dir)
+    if model and (run_dir / EXPORT).exists() and not (read_run_file(run_dir) or {}).get("mlflow_model"):
+        try:
+            update_run_file(run_dir, mlflow_model=log_model(client.tracking_uri, run_id, run_dir))
+            n += 1
+        except Exception as exc:  # noqa: BLE001 (a model torch.export cannot trace: the export is logged)
+            log.warning("the MLflow model of %s was not logged (%s); its sparse export is", run_dir,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     return n

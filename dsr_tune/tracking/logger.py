@@ -137,13 +137,13 @@ class MlflowLogger:
             else:
                 time.sleep(0.5)
         self._params = dict(self._client.get_run(self.run_id).data.params)
-        self._done = runs.logged_steps(self._client, self.run_id, ("epoch", "pruned"))
+        self._done = runs.logged_steps(self._client, self.run_id, ("epoch", runs.REALLOC + "pruned"))
 
     def _handle(self, kind: str, payload: dict) -> None:
         if kind == "params":
             runs.log_params(self._client, self.run_id, payload, existing=self._params)
         elif payload.get("kind") == "realloc":
-            if self._new("pruned", int(payload["step"])):
+            if self._new(runs.REALLOC + "pruned", int(payload["step"])):
                 self._buffer += runs.record_metrics(payload)
         elif payload.get("kind") == "epoch" and self._new("epoch", int(payload["epoch"]) + 1):
             self._buffer += runs.record_metrics(payload)

@@ -45,6 +45,7 @@ TAG_PARENT = "mlflow.parentRunId"
 EPOCH_KEYS = ("val_acc", "val_acc5", "val_loss", "test_acc", "test_acc5", "test_loss", "train_loss", "train_acc",
               "nonzero_params", "lr", "samples_per_s", "epoch_time", "bad_images")
 REALLOC_KEYS = ("threshold", "pruned", "grown")
+EPOCH, REALLOC = "epoch/", "realloc/"  # metric-name prefixes: per epoch, per reallocation
 MAX_PARAMS = 100   # MLflow's limits per log_batch call
 MAX_METRICS = 1000
 
@@ -116,24 +117,30 @@ def last_epoch(run_dir: str | Path) -> dict | None:
 
 
 def record_metrics(record: dict) -> list[tuple[str, float, int]]:
-    """(key, value, step) triples of one trainer record."""
+    """(key, value, step) triples of one trainer record. Their names say the
+    x-axis: ``epoch/<key>`` at step = epochs done, ``realloc/<key>`` at step =
+    the training iteration, ``density/<tensor>`` per epoch; ``epoch`` is the
+    epochs done (what a chart of anything against epochs plots)."""
     out: list[tuple[str, float, int]] = []
     if record.get("kind") == "epoch":
         step = int(record["epoch"]) + 1
-        out += [(k, float(record[k]), step) for k in EPOCH_KEYS if isinstance(record.get(k), (int, float))]
+        out += [(EPOCH + k, float(record[k]), step) for k in EPOCH_KEYS if isinstance(record.get(k), (int, float))]
         out.append(("epoch", float(step), step))
         for layer, d in (record.get("density") or {}).items():
             out.append((f"density/{layer}", float(d), step))
     elif record.get("kind") == "realloc":
         step = int(record["step"])
         if isinstance(record.get("threshold"), (int, float)):
-            out.append(("threshold", float(record["threshold"]), step))
+            out.append((REALLOC + "threshold", float(record["threshold"]), step))
         layers = (record.get("layers") or {}).values()
         for k in ("pruned", "grown"):
             total = record.get(k)
             if total is None:
                 total = sum(int(layer.get(k, 0)) for layer in layers)
-            out.append((k, float(total), step))
+            out.append((REALLOC + k, float(total), step))
+        budget = sum(int(layer.get("nonzero", 0)) for layer in layers)
+        if budget:  # the share of the budget this reallocation moved
+            out.append((REALLOC + "turnover", float(record.get("pruned") or 0) / budget, step))
     return out
 
 

@@ -139,19 +139,32 @@ def client(target: Target):
     return MlflowClient(tracking_uri=target.uri)
 
 
-def experiment_id(mlflow_client, name: str, target: Target) -> str:
-    """The id of experiment ``name``, created (with the embedded artifact root) if missing."""
+# MLflow 3's UI opens an experiment on the page its kind says: the runs table for model training
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+DESCRIPTION_TAG = "mlflow.note.content"  # the description MLflow shows for an experiment or a run
+
+
+def experiment_id(mlflow_client, name: str, target: Target, description: str | None = None) -> str:
+    """The id of experiment ``name``, created (with the embedded artifact root) if missing; the
+    experiment the tool makes opens on its runs table and carries ``description``."""
     exp = mlflow_client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = f"{target.artifact_root}/{name}" if target.artifact_root else None
-    try:
-        return mlflow_client.create_experiment(name, artifact_location=location)
-    except Exception:  # another process created it meanwhile
-        exp = mlflow_client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        location = f"{target.artifact_root}/{name}" if target.artifact_root else None
+        try:
+            exp_id = mlflow_client.create_experiment(name, artifact_location=location,
+                                                     tags=dict([EXPERIMENT_KIND]))
+        except Exception:  # another process created it meanwhile
+            exp = mlflow_client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            exp_id = exp.experiment_id
+    else:
+        exp_id = exp.experiment_id
+        if EXPERIMENT_KIND[0] not in exp.tags:  # made by someone else: the kind only if it has none
+            mlflow_client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
+    if description and (exp is None or DESCRIPTION_TAG not in exp.tags):
+        mlflow_client.set_experiment_tag(exp_id, DESCRIPTION_TAG, description)
+    return exp_id
 
 
 def git_revision() -> str | None:

@@ -59,11 +59,17 @@ class SweepTracker:
             return self.error
         try:
             client = self._client()
-            self.experiment_id = store.experiment_id(client, self.experiment, self.target)
+            self.experiment_id = store.experiment_id(client, self.experiment, self.target, description=(
+                "dsr_tune: dynamic sparse reparameterization against its baselines. A parent run per sweep "
+                "(its report: report.md, report.png), a child run per trial and per reported run; the "
+                "group tag joins a selected configuration, its seed repeats and its baselines."))
             self.parent_id = runs.find_or_create(
                 client, self.experiment_id, runs.run_key(self.sweep_id, "parent"), self.sweep_id,
                 tags={runs.TAG_SWEEP: self.sweep_id, runs.TAG_ROLE: "parent", runs.TAG_GIT: self.git,
-                      runs.TAG_GIT_MLFLOW: (self.git or "").removesuffix("-dirty") or None}, reopen=reopen)
+                      runs.TAG_GIT_MLFLOW: (self.git or "").removesuffix("-dirty") or None,
+                      store.DESCRIPTION_TAG: f"The sweep {self.sweep_id}: its settings are this run's params, "
+                                             "its comparison table the report/ artifacts and s<sparsity>/<row>/* "
+                                             "metrics."}, reopen=reopen)
             if params:
                 runs.log_params(client, self.parent_id, params)
         except Exception as exc:  # noqa: BLE001 (any MLflow or network failure)
@@ -75,6 +81,8 @@ class SweepTracker:
         tags = {runs.TAG_SWEEP: self.sweep_id, runs.TAG_GIT: self.git,
                 runs.TAG_GIT_MLFLOW: (self.git or "").removesuffix("-dirty") or None}
         tags.update({k: v for k, v in identity.get("tags", {}).items() if v is not None})
+        if identity.get("description"):
+            tags[store.DESCRIPTION_TAG] = identity["description"]
         return tags
 
     def child(self, run_dir: str | Path, identity: dict) -> str | None:

@@ -1,0 +1,116 @@
+"""A sweep's folder: its sweep.json, made or taken up again, and what may be deleted.
+
+``sweep.json`` holds the sweep's identity (id, the space as resolved, where it
+runs), the phases done, its status and its tracker (store URI without
+credentials, experiment), and the parent run's params (so a parent that
+``dsr-tune sync`` creates after MLflow was down gets them too). A comparison
+without search (``dsr-tune compare``) keeps the same folder, ``kind: compare``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from .. import config as C
+from .. import runfolder
+from ..tracking import SweepTracker, store
+from ..tracking.sync import SWEEP_FILE
+from .jobs import PAIRED_FILE
+from .search import STUDY_FILE
+from .space import Space
+
+
+def default_output(space: Space) -> Path:
+    return Path("runs") / "sweeps" / space.name
+
+
+def _diff(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+# What a sweep folder holds (see .jobs): --overwrite deletes a folder only if it holds nothing else
+SWEEP_LAYOUT = {SWEEP_FILE, STUDY_FILE, f"{STUDY_FILE}-journal", f"{STUDY_FILE}-wal", f"{STUDY_FILE}-shm",
+                PAIRED_FILE, "runs", "ray_train", "tune", "report.md", "report.png", "results.csv", "results.md"}
+
+
+def prepare(space: Space, out_dir: Path, *, resume: bool, overwrite: bool) -> dict:
+    """The sweep's sweep.json: a new one, or the one to resume (same space, same
+    place), marked RUNNING again. Raises ConfigError for a folder that cannot
+    be used as asked."""
+    meta_path = out_dir / SWEEP_FILE
+    raw = json.loads(json.dumps(space.raw, default=str))
+    if isinstance((raw.get("tracking") or {}).get("uri"), str):  # written down without credentials
+        raw["tracking"]["uri"] = store.redact(raw["tracking"]["uri"])
+    if resume:
+        if not meta_path.exists():
+            raise C.ConfigError("--resume", f"{out_dir} holds no sweep to resume (no {SWEEP_FILE})")
+        meta = json.loads(meta_path.read_text())
+        changed = _diff(meta["space"], raw)
+        if changed:
+            raise C.ConfigError("--resume", f"the space differs from the sweep's own in {', '.join(changed)}; "
+                                "resume with the same file and overrides")
+        if meta.get("path", str(out_dir)) != str(out_dir):
+            # Tune's experiment state (trial folders) and the pickled searcher (its Optuna storage)
+            # hold absolute paths: a restored sweep would read and write the old place
+            raise C.ConfigError("--resume", f"the sweep was started in {meta['path']} and has moved to {out_dir}; "
+                                "Tune's saved state points to the old place: move it back (or link it there) "
+                                "to resume")
+        # before anything syncs: a sweep.json still saying KILLED would close the parent run
+        meta["status"] = "RUNNING"
+        meta.setdefault("parent_params", _parent_params_json(space))  # a sweep.json from before they were kept
+        save(out_dir, meta)
+        return meta
+    _clear(out_dir, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sweep_id = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tracker = SweepTracker(store.resolve(space.tracking_uri), space.experiment, sweep_id, store.git_revision())
+    meta = {"sweep_id": sweep_id, "space_file": str(space.path), "path": str(out_dir), "space": raw,
+            "kind": "compare" if space.sparsities is not None else "sweep", "done": [],
+            "status": "RUNNING", "tracker": tracker.to_json(),
+            # the parent run's params, for a parent that `dsr-tune sync` creates (MLflow down at the start)
+            "parent_params": _parent_params_json(space)}
+    save(out_dir, meta)
+    return meta
+
+
+def _clear(out_dir: Path, overwrite: bool) -> None:
+    """Make room for a new sweep: an empty or missing folder is fine; with
+    ``overwrite`` a sweep folder (and nothing else) is deleted."""
+    if not (out_dir.exists() and any(out_dir.iterdir())):
+        return
+    is_sweep = (out_dir / SWEEP_FILE).exists()
+    if not overwrite:
+        raise C.ConfigError("--output", f"{out_dir} already holds {'a sweep' if is_sweep else 'files'}; pass "
+                            "--resume to continue a sweep or --overwrite to start over in a sweep folder")
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in SWEEP_LAYOUT and ".tmp-" not in p.name)
+    if foreign or not is_sweep:
+        shown = ", ".join(foreign[:5]) or f"no {SWEEP_FILE}"
+        raise C.ConfigError("--overwrite", f"{out_dir} is not a sweep folder ({shown}); refusing to delete it: "
+                            "pick another --output")
+    shutil.rmtree(out_dir)
+
+
+def save(out_dir: Path, meta: dict) -> None:
+    runfolder.write_json(out_dir / SWEEP_FILE, meta)
+
+
+def parent_params(space: Space) -> dict:
+    """The sweep's settings as the parent run's params."""
+    out = {"space_file": str(space.path), "methods": ",".join(space.methods), "seeds": space.seeds,
+           "baselines": ",".join(space.baselines), "dense": space.dense, "tune_baselines": space.tune_baselines}
+    if space.sparsities is not None:
+        out["sparsities"] = ",".join(f"{s:g}" for s in space.sparsities)
+    out.update({f"search.{k}": v for k, v in space.search.to_dict().items()})
+    out.update({f"space.{p.key}": f"{p.kind} {list(p.endpoints())}" for p in space.params})
+    out.update({f"base.{k}": v for k, v in space.base.flat().items()})
+    return out
+
+
+def _parent_params_json(space: Space) -> dict[str, str]:
+    """:func:`parent_params` as MLflow stores them (strings, as runs.log_params writes them)."""
+    return {k: str(v) for k, v in parent_params(space).items()}

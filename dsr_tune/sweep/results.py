@@ -1,0 +1,200 @@
+"""The one results module: the comparison's table, with its statistics.
+
+Used by ``dsr-tune compare`` and ``dsr-tune sweep`` / ``report`` alike. A
+table holds, per sparsity, one row per comparison label (``dsr``,
+``static_1x``, ``static_2x``, ...) over the report's seeds:
+
+- mean and sample std (n - 1) of the test metric, n, and a 95% confidence
+  interval of the mean (Student t, n - 1 degrees of freedom; none for n = 1);
+- the seed-paired difference to DSR: the mean of (row - DSR) over the seeds
+  both have, with its own 95% t interval, marked ``~0`` when that interval
+  contains 0 (not resolved at this n);
+- epochs, non-zero parameters, and whether the row's hyperparameters were tuned.
+
+The selection runs (search trials) are listed on their own lines, never
+averaged into a row. Pure: :func:`summarize` takes plain :class:`RunRow`\\s.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+
+def order_key(label: str) -> tuple:
+    """A row's place in a section: DSR first, then the registry's order (the
+    controls 1x before the long one, dense last)."""
+    from .. import methods
+
+    names = list(methods.REGISTRY)
+    base, _, arg = label.partition(":")
+    factor = 0.0
+    for name in names:
+        if base.startswith(name + "_") and base.endswith("x"):
+            base, factor = name, float(base[len(name) + 1:-1] or 0)
+    place = -1 if base == "dsr" else (len(names) if base == "dense" else names.index(base) if base in names else 99)
+    return place, factor, int(arg) if arg.isdigit() else 0, label
+
+
+@dataclass
+class RunRow:
+    """One run as MLflow (or its run folder) holds it."""
+
+    key: str
+    role: str                 # search | selected | baseline | dense
+    method: str               # the row label: dsr, static_2x, dsr_stop:5, ...
+    sparsity: float | None
+    seed: int
+    status: str
+    metrics: dict             # final values: test_acc, val_acc, nonzero_params, epochs_done, ...
+    epochs: int
+    tuned: bool = False
+    selected_from: str | None = None
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """The ``level`` confidence interval of the mean (Student t); None for n < 2."""
+    n = len(values)
+    if n < 2:
+        return None
+    from scipy.stats import t
+
+    m, s = statistics.mean(values), statistics.stdev(values)
+    half = t.ppf(0.5 + level / 2, n - 1) * s / math.sqrt(n)
+    return m - half, m + half
+
+
+@dataclass
+class Diff:
+    """A seed-paired difference (row - reference) over ``n`` common seeds."""
+
+    mean: float
+    n: int
+    ci: tuple[float, float] | None
+
+    @property
+    def resolved(self) -> bool:
+        """The interval excludes 0 (False without an interval)."""
+        return self.ci is not None and (self.ci[0] > 0 or self.ci[1] < 0)
+
+
+def paired(row: dict[int, float], ref: dict[int, float]) -> Diff | None:
+    seeds = sorted(set(row) & set(ref))
+    if not seeds:
+        return None
+    d = [row[k] - ref[k] for k in seeds]
+    return Diff(statistics.mean(d), len(d), t_interval(d))
+
+
+@dataclass
+class Line:
+    """One row of a section: a label at a sparsity over seeds."""
+
+    method: str
+    sparsity: float | None
+    by_seed: dict[int, float]
+    nonzero: float
+    epochs: int
+    tuned: bool = False
+    note: str = ""
+    diff: Diff | None = None
+
+    @property
+    def acc(self) -> list[float]:
+        return [self.by_seed[k] for k in sorted(self.by_seed)]
+
+    @property
+    def n(self) -> int:
+        return len(self.by_seed)
+
+    @property
+    def mean(self) -> float:
+        return statistics.mean(self.acc)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.acc) if self.n > 1 else 0.0
+
+    @property
+    def ci(self) -> tuple[float, float] | None:
+        return t_interval(self.acc)
+
+
+@dataclass
+class Table:
+    title: str
+    metric: str                    # what was selected on
+    mode: str
+    reported: str = "test_acc"     # what the rows show
+    sections: dict[float, list[Line]] = field(default_factory=dict)
+    selection: dict[float, list[RunRow]] = field(default_factory=dict)  # the chosen search trial(s)
+    searched: int = 0
+    seeds: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    pareto: list[RunRow] = field(default_factory=list)
+
+
+def _epochs(r: RunRow) -> int:
+    """Epochs trained: the configured ones, or fewer for a run stopped early."""
+    return r.epochs if r.status == "FINISHED" else int(r.metrics.get("epochs_done") or r.epochs)
+
+
+def _line(label: str, sparsity, runs: list[RunRow], reported: str) -> Line:
+    runs = [r for r in runs if reported in r.metrics]
+    stopped = sum(r.status != "FINISHED" for r in runs)
+    from .. import methods
+
+    notes = [f"{stopped} stopped early"] if stopped else []
+    entry = methods.REGISTRY.get(label.partition(":")[0])
+    if entry is not None and entry.needs:
+        notes.append(f"starts from the trained {entry.needs} run of its seed")
+    return Line(label, sparsity, {r.seed: r.metrics[reported] for r in runs},
+                statistics.mean(r.metrics.get("nonzero_params", 0) for r in runs), max(_epochs(r) for r in runs),
+                tuned=any(r.tuned for r in runs), note="; ".join(notes))
+
+
+def summarize(title: str, rows: list[RunRow], metric: str = "val_acc", mode: str = "max",
+              reported: str = "test_acc", reference: str = "dsr") -> Table:
+    """The table of ``rows`` (search trials and report runs of one comparison)."""
+    table = Table(title, metric, mode, reported, searched=sum(r.role == "search" for r in rows))
+    report = [r for r in rows if r.role != "search" and reported in r.metrics]
+    table.seeds = sorted({r.seed for r in report})
+    dense = [r for r in report if r.role == "dense"]
+    sparsities = sorted({r.sparsity for r in report if r.sparsity is not None})
+    chosen = {r.selected_from for r in report if r.selected_from}
+    for s in sparsities:
+        labels: dict[str, list[RunRow]] = {}
+        for r in report:
+            if r.sparsity == s and r.role != "dense":
+                labels.setdefault(r.method, []).append(r)
+        lines = [_line(m, s, labels[m], reported) for m in sorted(labels, key=order_key)]
+        if dense:
+            lines.append(_line("dense", None, dense, reported))
+        ref = next((ln for ln in lines if ln.method == reference), None)
+        for ln in lines:
+            if ref is not None and ln is not ref:
+                ln.diff = paired(ln.by_seed, ref.by_seed)
+        table.sections[s] = lines
+        table.selection[s] = sorted((r for r in rows if r.role == "search" and r.key in chosen and r.sparsity == s),
+                                    key=lambda r: r.method)
+    if metric.startswith("test_"):
+        table.warnings.append(f"selected on {metric}, a test metric (search.select_on_test: true): the selected "
+                              f"rows' test numbers are optimistic")
+    return table
+
+
+def pareto_front(rows: list[RunRow], metric: str = "val_acc") -> list[RunRow]:
+    """Finished search runs no other one beats on both ``metric`` (higher) and
+    nonzero_params (lower)."""
+    pts = [r for r in rows if r.role == "search" and r.status == "FINISHED"
+           and {metric, "nonzero_params"} <= set(r.metrics)]
+
+    def beats(o, r):
+        a, b = (o.metrics[metric], -o.metrics["nonzero_params"]), (r.metrics[metric], -r.metrics["nonzero_params"])
+        return a[0] >= b[0] and a[1] >= b[1] and a != b
+
+    front = [r for r in pts if not any(beats(o, r) for o in pts)]
+    return sorted(front, key=lambda r: r.metrics["nonzero_params"])
