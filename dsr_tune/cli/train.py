@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import config as C
 from .. import runfolder
-from .common import fail, interrupted, joining_cluster, ray_host_error
+from .common import fail, interrupted, joining_cluster, ray_host_error, starting
 
 
 def _changed_keys(a: C.Config, b: C.Config, allowed: set[str]) -> list[str]:
@@ -37,10 +37,14 @@ def cmd_train(args) -> int:
     elif (latest.exists() or ray_run) and not args.overwrite:
         return fail(f"--output {out} already holds a run; pass --resume to continue it or --overwrite to start over")
 
-    if cfg.train.workers >= 1:  # Ray Train: N DDP workers (dsr_tune/distributed)
+    starting(f"train {cfg.sparsity.method} at sparsity {cfg.sparsity.sparsity:g}, {cfg.model.name} on "
+             f"{cfg.data.name}, {cfg.train.epochs} epochs -> {out}")
+    if cfg.train.workers >= 2:  # Ray Train: N DDP workers (dsr_tune/distributed); one worker trains here
         return _train_ray(args, cfg, out)
 
     from ..train import train  # torch is heavy: import after validation
+
+    from ..data import DataError
 
     try:
         record = train(cfg, out, resume=args.resume)
@@ -48,6 +52,10 @@ def cmd_train(args) -> int:
         return interrupted("the last finished epoch is saved", _resume_argv(args, out))
     except C.ConfigError as exc:
         return fail(str(exc) if exc.key.startswith("--") else f"config {exc}")
+    except DataError as exc:  # found only while training: the last finished epoch's checkpoint is intact
+        print(f"dsr-tune: error: {exc} (set data.skip_bad_images=true to skip such files; the last finished "
+              f"epoch is saved in {out})", file=sys.stderr)
+        return 1
     summary = f"test accuracy {100 * record['test_acc']:.2f}%" if record else "nothing left to train"
     print(f"done: {summary}; run folder {out}")
     return 0

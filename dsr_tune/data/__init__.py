@@ -29,12 +29,12 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .checks import check, check_files, check_keys
-    from .device import decode_images, device_transform, encoded_batch_to_device
-    from .files import DataError
-    from .loaders import DataBundle, auto_workers, build_data, datasets
-    from .choices import resolve, resolved_comment
-    from .files import split_indices
+    from .checks import check, check_files, check_keys  # noqa: F401
+    from .device import decode_images, device_transform, encoded_batch_to_device  # noqa: F401
+    from .files import DataError  # noqa: F401
+    from .loaders import DataBundle, auto_workers, build_data, datasets  # noqa: F401
+    from .choices import resolve, resolved_comment  # noqa: F401
+    from .files import split_indices  # noqa: F401
 
 # name -> module: imported when first used, so `import dsr_tune.data.checks`
 # (the CLI's pre-check) does not pull in torch

@@ -43,7 +43,7 @@ def resolve(cfg) -> dict:
     hflip, padding, rrc, val_fraction = DEFAULTS[cfg.name]
     r = {
         "name": cfg.name,
-        "image_size": _image_size(cfg),
+        "image_size": image_size(cfg),
         "channels": _channels(cfg),
         "hflip": hflip if cfg.hflip is None else cfg.hflip,
         "crop_padding": padding if cfg.crop_padding is None else cfg.crop_padding,
@@ -56,7 +56,8 @@ def resolve(cfg) -> dict:
     return r
 
 
-def _image_size(cfg) -> int:
+def image_size(cfg) -> int:
+    """The side of the images the model sees for a DataConfig (no file read)."""
     if cfg.name in IMAGE_SIZES:
         return IMAGE_SIZES[cfg.name]
     if cfg.name in ("imagenet", "synthetic"):
@@ -144,11 +145,16 @@ def clear_caches() -> None:
 
 
 def resolved_comment(resolved: dict) -> str:
-    """:func:`resolve`'s choices as YAML comment lines, to append to a run's
-    config.yaml: a record for the reader that leaves the keys as given (a
-    resumed run's config then compares equal to the one it was started with)."""
+    """Resolved choices (``{"data.channels": 1, "thin_dense.width": 0.66, ...}``) as
+    YAML comment lines to append to a run's config.yaml: a record for the reader
+    that leaves the keys as given (a resumed run's config then compares equal to
+    the one it was started with)."""
     import yaml
 
-    body = yaml.safe_dump({"data": resolved}, sort_keys=False, default_flow_style=None)
-    return "# data choices as resolved from the files (dsr_tune.data.resolve):\n" + "".join(
+    nested: dict = {}
+    for key, value in resolved.items():
+        head, _, tail = key.partition(".")
+        nested.setdefault(head, {})[tail] = value
+    body = yaml.safe_dump(nested, sort_keys=False, default_flow_style=None)
+    return "# choices resolved from the files and the run (data: dsr_tune.data.resolve):\n" + "".join(
         f"#   {line}\n" for line in body.splitlines())

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .files import DataError, open_image
 from .images import ImageSpec
 
-log = logging.getLogger("dsr_tune")
+log = logging.getLogger("dsr_tune.data")
 
 
 def _decode_jpeg(data, channels: int, device: torch.device):

@@ -18,7 +18,7 @@ from .choices import resolve
 from .files import split_indices
 from .tensors import digits, synthetic
 
-log = logging.getLogger("dsr_tune")
+log = logging.getLogger("dsr_tune.data")
 
 
 @dataclass

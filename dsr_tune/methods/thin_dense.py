@@ -37,8 +37,12 @@ def solve(cfg, num_classes: int, in_channels: int):
 def model(cfg, num_classes: int, in_channels: int):
     from ..models import build_model
 
-    return build_model(cfg.model.name, width=solve(cfg, num_classes, in_channels).width, depth=cfg.model.depth,
-                       num_classes=num_classes, in_channels=in_channels)
+    sol = solve(cfg, num_classes, in_channels)
+    net = build_model(cfg.model.name, width=sol.width, depth=cfg.model.depth, num_classes=num_classes,
+                      in_channels=in_channels)
+    net.dsr_tune_info = {"thin_dense.width": round(sol.width, 6), "thin_dense.params": sol.params,
+                         "thin_dense.target": sol.target}  # the trainer logs these beside the config
+    return net
 
 
 register(Method("thin_dense", "baseline", "a narrower dense network with the sparse run's parameter count",

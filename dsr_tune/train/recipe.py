@@ -28,7 +28,7 @@ from .loop import epoch_record, train_epoch
 from .metrics import JsonlLogger, MetricLogger, progress_line
 from .setup import Run, setup
 
-log = logging.getLogger("dsr_tune")
+log = logging.getLogger("dsr_tune.train")  # a child of the package logger: a caller can quiet epochs
 
 EpochCallback = Callable[[dict, "Path | None"], None]
 
@@ -77,11 +77,17 @@ def _start_folder(run: Run, fresh: bool) -> None:
     for stale in runfolder.clean_stale(out):
         log.info("removed %s, left by a run killed while saving", stale.name)
     # the data choices made from the files, as comments: the keys stay as given, so --resume compares equal
-    runfolder.atomic_write(out / runfolder.CONFIG, C.dump(run.cfg) + resolved_comment(run.data.resolved))
+    runfolder.atomic_write(out / runfolder.CONFIG, C.dump(run.cfg) + resolved_comment(resolved(run)))
     if fresh:
         (out / runfolder.METRICS).unlink(missing_ok=True)  # a fresh run owns its folder's records
         ckpt.save({"model": run.init_state, "masking": run.masking.state_dict() if run.masking else None},
                   out / runfolder.INIT)
+
+
+def resolved(run: Run) -> dict:
+    """The choices made from the files and the run itself: the data set's
+    (``data.channels``, mean, std, ...) and the method's (thin dense's solved width)."""
+    return {**{f"data.{k}": v for k, v in run.data.resolved.items()}, **getattr(run.model, "dsr_tune_info", {})}
 
 
 def save_checkpoint(run: Run, epoch: int) -> Path:
@@ -125,10 +131,9 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
         _start_folder(run, fresh=resume_from is None)
     loggers = ([JsonlLogger(out_dir / runfolder.METRICS)] + list(loggers)) if run.info.main else []
     for lg in loggers:
-        lg.log_params(cfg.flat() | {f"resolved.data.{k}": v for k, v in run.data.resolved.items()})
+        lg.log_params(cfg.flat() | {f"resolved.{k}": v for k, v in resolved(run).items()})
     if run.info.main:
         log.info("%s", _describe(run))
-        log.info("data: %s", ", ".join(f"{k}={v}" for k, v in run.data.resolved.items()))
 
     def emit(record: dict) -> None:
         run.records.append(record)

@@ -26,7 +26,7 @@ from ..data import DataBundle, build_data
 from ..models import build_model, count_params
 from ..sparse import Masking
 
-log = logging.getLogger("dsr_tune")
+log = logging.getLogger("dsr_tune.train")
 
 
 @dataclass

@@ -1,0 +1,138 @@
+"""Hard edges of a run folder: no record lost after any kill, stale temporary
+files removed, a folder without a complete checkpoint starting afresh, and
+no code run from a crafted file (checkpoint, init.pt, export, mask_from)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsr_tune import checkpoint as ckpt
+from dsr_tune import cli, config as C, runfolder
+from dsr_tune.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = str(ROOT / "configs" / "digits.yaml")
+FAST = ["train.epochs=3", "optim.milestones=[2]", "sparsity.period_schedule=[[0, 7]]", "sparsity.stop_epoch=3",
+        "sparsity.dsr.target_pruned=100", "train.threads=1"]
+TIMING = {"samples_per_s", "epoch_time"}  # the only fields two runs of the same config may differ in
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in runfolder.read_records(run_dir)]
+
+
+class _Killed(BaseException):
+    """A kill at a chosen instant (BaseException: nothing in the trainer catches it)."""
+
+
+def test_a_kill_between_the_checkpoint_and_the_log_loses_no_record(tmp_path, monkeypatch):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    train(C.load(DIGITS, FAST), straight, progress=False)
+
+    from dsr_tune.train import metrics
+
+    real = metrics.JsonlLogger.log_record
+
+    def dies_on_epoch_1(self, record):
+        if record.get("kind") == "epoch" and record["epoch"] == 1:
+            raise _Killed  # epoch 1's checkpoint is on disk, its record not yet in metrics.jsonl
+        real(self, record)
+
+    monkeypatch.setattr(metrics.JsonlLogger, "log_record", dies_on_epoch_1)
+    with pytest.raises(_Killed):
+        train(C.load(DIGITS, FAST), killed, progress=False)
+    monkeypatch.undo()
+    assert ckpt.load(killed)["epoch"] == 2 and [r["epoch"] for r in runfolder.epochs(killed)] == [0]
+    train(C.load(DIGITS, FAST), killed, resume=True, progress=False)
+    got, want = _records(killed), _records(straight)
+    assert [r["epoch"] for r in got if r["kind"] == "epoch"] == [0, 1, 2]  # exactly one record per epoch
+    assert got == want  # and per reallocation: the same log as the run that was never killed
+
+
+def test_stale_temporary_files_are_removed_at_the_next_start(tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    stale = tmp_path / ".checkpoint.pt.tmp-999999"  # a pid that is not running
+    stale.write_bytes(b"half a checkpoint")
+    mine = tmp_path / f".notes.txt.tmp-{os.getpid()}"  # a live writer's: kept
+    mine.write_text("in use")
+    train(C.load(DIGITS, [*FAST, "train.stop_after=1"]), tmp_path, progress=False)
+    assert not stale.exists() and mine.exists()
+
+
+def test_a_folder_without_a_complete_checkpoint_starts_afresh_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text(C.dump(C.load(DIGITS, FAST)))  # killed during its very first save
+    (out / ".checkpoint.pt.tmp-999999").write_bytes(b"cut")
+    args = ["train", DIGITS, *FAST, "train.stop_after=1", "--output", str(out)]
+    assert cli.main(args + ["--resume"]) == 0  # nothing to resume: it starts from scratch
+    assert ckpt.load(out)["epoch"] == 1 and not (out / ".checkpoint.pt.tmp-999999").exists()
+    assert cli.main(args) == 2 and "--resume" in capsys.readouterr().err  # now it holds a run
+
+
+class _Payload:
+    """A pickle that would create ``marker`` when loaded by an unrestricted unpickler."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _crafted(path: Path, marker: Path) -> Path:
+    with open(path, "wb") as f:
+        torch.save({"model": _Payload(marker), "masking": {"masks": _Payload(marker)}}, f)
+    return path
+
+
+@pytest.mark.parametrize("where", ["resume", "mask_from", "export", "init_from"])
+def test_a_crafted_pickle_is_refused_and_runs_nothing(tmp_path, capsys, where):
+    marker = tmp_path / "PWNED"
+    run = tmp_path / "run"
+    if where == "resume":
+        train(C.load(DIGITS, [*FAST, "train.stop_after=1"]), run, progress=False)
+        _crafted(run / "checkpoint.pt", marker)
+        argv = ["train", DIGITS, *FAST, "--output", str(run), "--resume"]
+    elif where == "export":
+        run.mkdir()
+        _crafted(run / "checkpoint.pt", marker)
+        argv = ["export", str(run)]
+    else:
+        src = tmp_path / "src"
+        src.mkdir()
+        _crafted(src / ("checkpoint.pt" if where == "mask_from" else "init.pt"), marker)
+        argv = ["train", DIGITS, *FAST, "sparsity.method=static", f"sparsity.{where}={src}", "--output", str(run)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a checkpoint this tool wrote" in err, err
+    assert not marker.exists()  # nothing in the file ran
+    if where in ("mask_from", "init_from"):
+        assert not run.exists()  # refused before the run folder was made
+
+
+def test_the_tools_own_files_load_with_the_restricted_unpickler(tmp_path):
+    train(C.load(DIGITS, [*FAST, "train.stop_after=1"]), tmp_path, progress=False)
+    for name in ("checkpoint.pt", "init.pt"):
+        state = torch.load(tmp_path / name, weights_only=True)  # no error: only tensors and plain data
+        assert "model" in state
+
+
+def test_an_image_that_fails_only_during_training_is_one_line_naming_it(tmp_path, capsys):
+    from datafiles import write_tree
+
+    root = write_tree(tmp_path / "data", classes=2, per_class=6, size=(12, 12), channels=1)
+    victim = sorted((root / "train" / "class1").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:-40])  # a cut-off file: its header passes the pre-check
+    code = cli.main(["train", DIGITS, "data.name=folder", f"data.root={root}", "data.image_size=8",
+                     "data.channels=1", "data.val_fraction=0", "data.batch_size=4", "model.width=0.25", "train.epochs=1",
+                     "optim.milestones=[]", "sparsity.period_schedule=[[0, 5]]", "sparsity.stop_epoch=1",
+                     "--output", str(tmp_path / "run")])
+    text = capsys.readouterr().err
+    errors = [ln for ln in text.splitlines() if ln.startswith("dsr-tune: error")]
+    assert code == 1 and len(errors) == 1 and "Traceback" not in text, text
+    assert victim.name in errors[0] and "skip_bad_images" in errors[0], errors

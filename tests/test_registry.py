@@ -1,0 +1,102 @@
+"""Tests parametrized over the method registry (timm-style): every registered
+method trains, resumes, documents its keys, validates them, and plans as a
+comparison row; adding a method to dsr_tune/methods/ brings it under test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsr_tune import checkpoint as ckpt
+from dsr_tune import config as C
+from dsr_tune import methods
+from dsr_tune.sweep import plan as P
+from dsr_tune.sweep.space import searchable_methods
+from dsr_tune.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = str(ROOT / "configs" / "digits.yaml")
+SHORT = ["train.epochs=3", "optim.milestones=[]", "sparsity.period_schedule=[[0, 10]]", "sparsity.stop_epoch=3",
+         "sparsity.dsr.target_pruned=100", "data.batch_size=64", "train.threads=1"]
+TRAINABLE = [m for m in methods.trainable() if methods.get(m).needs is None]
+ROWS = list(methods.REGISTRY)
+
+
+@pytest.fixture(scope="module")
+def dense_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dense")
+    train(C.load(DIGITS, [*SHORT, "sparsity.method=dense"]), out, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_every_method_trains_keeps_its_budget_and_resumes_exactly(name, tmp_path):
+    keys = [*SHORT, f"sparsity.method={name}"]
+    straight = train(C.load(DIGITS, keys), tmp_path / "straight", progress=False)
+    train(C.load(DIGITS, [*keys, "train.stop_after=2"]), tmp_path / "split", progress=False)
+    split = train(C.load(DIGITS, keys), tmp_path / "split", resume=True, progress=False)
+    a, b = ckpt.load(tmp_path / "straight"), ckpt.load(tmp_path / "split")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), name
+    assert straight["nonzero_params"] == split["nonzero_params"]
+    entry = methods.get(name)
+    if a["masking"] is not None and entry.kind != "baseline":  # a fixed budget for every sparse method
+        masks = a["masking"]["masks"]
+        assert sum(int(m.sum()) for m in masks.values()) == a["masking"]["budget"]
+        assert all(not a["model"][n][~m].any() for n, m in masks.items())  # inactive weights exactly zero
+    assert (a["masking"] is None) == (not entry.masks)
+
+
+def test_gmp_trains_from_its_dense_parent(dense_run, tmp_path):
+    cfg = C.load(DIGITS, [*SHORT, "sparsity.method=gmp", f"sparsity.gmp.dense_from={dense_run}",
+                          "sparsity.gmp.steps=1"])
+    last = train(cfg, tmp_path, progress=False)
+    assert last["nonzero_params"] < last["total_params"]
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_every_row_plans_and_derives_a_valid_config(name, dense_run, tmp_path):
+    entry = methods.get(name)
+    label = f"{name}:1" if entry.parametric else name
+    cfg = C.load(DIGITS, SHORT)
+    rows = P.parse(label, cfg.sparsity.epoch_factor)
+    assert rows and all(r.method == name for r in rows)
+    assert len(rows) == (2 if entry.controls else 1)  # the controls at 1x and epoch_factor x
+    for row in rows:
+        parent = dense_run if row.needs else None
+        derived = P.row_config(cfg, row, parent)
+        assert derived.sparsity.method == entry.trains_as
+        assert derived.train.epochs == (round(cfg.train.epochs * row.factor) if name != "gmp" else derived.train.epochs)
+
+
+@pytest.mark.parametrize("name", [m for m, e in methods.REGISTRY.items() if e.options is not None])
+def test_every_method_section_is_documented_and_validated(name):
+    entry = methods.get(name)
+    described = C.describe("sparsity")
+    for field, info in entry.options.model_fields.items():
+        assert f"{name}.{field} = " in described and info.description, (name, field)
+    with pytest.raises(C.ConfigError, match=rf"sparsity\.{name}\.no_such_key"):
+        C.load(None, [f"sparsity.{name}.no_such_key=1"])
+
+
+@pytest.mark.parametrize("name", searchable_methods())
+def test_every_searchable_method_lists_keys_it_really_reads(name):
+    entry = methods.get(name)
+    for key in entry.searchable:
+        C.load(None, [f"sparsity.method={name}"]).flat()  # the method's own config validates
+        assert key.startswith("sparsity.") and key in C.load(None, []).flat(), (name, key)
+
+
+def test_every_method_file_registers_itself_and_nothing_else_lists_methods():
+    """One file per method: its registration is the only place its name is written
+    (the trainer, the config, the CLI and the sweeps read the registry)."""
+    pkg = Path(methods.__file__).parent
+    files = {p.stem for p in pkg.glob("*.py")} - {"__init__", "registry", "ablations"}
+    assert files == set(methods.trainable())
+    lib = Path(methods.__file__).parents[1]
+    for path in lib.rglob("*.py"):
+        if path.parent == pkg:
+            continue
+        text = path.read_text()
+        assert '"hashednet"' not in text and "'hashednet'" not in text, path  # no second list of methods
