@@ -100,7 +100,7 @@ def test_run_record_comes_home_from_storage(tmp_path):
 
 
 def test_cluster_runs_need_shared_storage_and_overwrite_deletes_only_checkpoints(tmp_path, monkeypatch):
-    import dsr_tune.distributed.driver as D
+    import dsr_tune.distributed.launcher as D
 
     def no_ray(*a, **k):
         raise AssertionError("Ray started")

@@ -14,7 +14,7 @@ A local Ray listens on 127.0.0.1 and leaves no process behind (:mod:`.session`,
 nodes (Ray Train)".
 """
 
-from .driver import FitSummary, LoggerSpec, fit, launch, worker_resources
+from .launcher import FitSummary, LoggerSpec, fit, launch, worker_resources
 from .session import LOCAL_RAY_ENV, TRAIN_ENV, joins_cluster, ray_env, ray_host, ray_session
 
 __all__ = ["FitSummary", "LoggerSpec", "fit", "joins_cluster", "launch", "ray_env", "ray_host", "ray_session",

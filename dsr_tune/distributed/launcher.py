@@ -1,4 +1,4 @@
-"""The driver side: build a ``TorchTrainer`` around the per-worker function,
+"""Launching a Ray Train run: build a ``TorchTrainer`` around the per-worker function,
 start or join Ray, and bring the run record home.
 
 Who calls what:
