@@ -113,7 +113,14 @@ def test_t_interval_and_paired_difference_by_hand():
     assert (hi - lo) / 2 == pytest.approx(2.7764451 * s / math.sqrt(5), rel=1e-6)  # t(0.975, 4)
     assert results.t_interval([0.5]) is None
     d = results.paired({1: 0.9, 2: 0.8, 3: 0.7}, {1: 0.8, 2: 0.7, 3: 0.6, 4: 0.0})  # seed 4 has no partner
-    assert d.n == 3 and d.mean == pytest.approx(0.1) and d.ci == pytest.approx((0.1, 0.1)) and d.resolved
+    # three equal differences: a zero-width t interval, which says nothing; the sign test needs n >= 6
+    assert d.n == 3 and d.mean == pytest.approx(0.1) and d.ci == pytest.approx((0.1, 0.1)) and d.degenerate
+    assert not d.resolved and "+10.00 [+10.00, +10.00] ~0 (no spread)" in tables._diff(
+        results.Line("static_2x", 0.9, {1: 0.9, 2: 0.8, 3: 0.7}, 100, 20, diff=d))
+    six = results.paired({k: 0.5 for k in range(6)}, {k: 0.4 for k in range(6)})
+    assert six.degenerate and six.resolved  # 2 * 0.5**6 = 0.031 < 0.05
+    spread = results.paired({1: 0.9, 2: 0.85, 3: 0.7}, {1: 0.8, 2: 0.7, 3: 0.6})
+    assert not spread.degenerate and spread.resolved  # [0.03, 0.20] excludes 0
 
 
 def test_a_test_metric_selection_is_flagged_in_the_header():

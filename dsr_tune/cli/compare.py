@@ -94,7 +94,7 @@ def add_parsers(sub) -> None:
         "Run the comparison for CONFIG.yaml (the DSR run's config, as the selected configuration): every "
         "row at every sparsity and seed, static sparse and thin dense at 1x and sparsity.epoch_factor x the "
         "epochs, GMP after its dense run, the ablations after their DSR run. Every run is an MLflow child run "
-        "under one parent; the report (mean, std, n, 95%% CI, paired difference to DSR) is written to "
+        "under one parent; the report (mean, std, n, 95% CI, paired difference to DSR) is written to "
         "--output as report.md, report.png and report.csv. Run it again to continue."))
     c.add_argument("config", help="YAML config of the DSR run (see configs/)")
     c.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=20")

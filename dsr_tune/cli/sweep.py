@@ -151,7 +151,7 @@ def add_parsers(sub) -> None:
         "search.samples trials on search.trial_seed, selected on the validation split; then at every "
         "sparsity the selection is re-trained on the fresh seeds beside every baseline (static and thin "
         "dense at 1x and 2x the epochs, GMP, ablations...) and the dense reference. Every run goes to "
-        "MLflow (default: ./mlruns). Ends with the comparison table (n, 95%% CI, paired differences)."))
+        "MLflow (default: ./mlruns). Ends with the comparison table (n, 95% CI, paired differences)."))
     s.add_argument("space", help="search-space YAML (see search_spaces/)")
     s.add_argument("overrides", nargs="*", help="dotted overrides: config keys (train.epochs=3) or the space "
                    "file's own (search.samples=4, seeds=[0], space.optim.lr={loguniform: [0.01, 0.1]})")
@@ -165,7 +165,7 @@ def add_parsers(sub) -> None:
     s.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("report", help="table and figure of a sweep from MLflow", description=(
-        "Per sparsity: each row's test accuracy over the report's seeds (mean, std, n, 95%% CI, the "
+        "Per sparsity: each row's test accuracy over the report's seeds (mean, std, n, 95% CI, the "
         "seed-paired difference to DSR with its CI), the selection runs apart, epochs, non-zero params; "
         "written as report.md, report.png (accuracy vs parameters, with the intervals) and report.csv, "
         "and logged to the sweep's parent run."))

@@ -29,6 +29,8 @@ def _diff(ln: Line) -> str:
     if d is None:
         return "reference" if ln.method == "dsr" else "-"
     mark = "" if d.resolved else " ~0"
+    if d.degenerate:
+        mark += " (no spread)"
     ci = f" [{100 * d.ci[0]:+.2f}, {100 * d.ci[1]:+.2f}]" if d.ci else " (n = 1)"
     return f"{100 * d.mean:+.2f}{ci}{mark}"
 
@@ -48,7 +50,8 @@ def header(t: Table) -> list[str]:
     lines = [f"{t.title}: {chose}.",
              f"Rows: {what} in % over the seeds {t.seeds} (n per row; selection runs are not among them): "
              "mean ± std, the 95% interval of the mean (Student t), and the seed-paired difference to DSR "
-             "with its 95% interval (~0: the interval contains 0, not resolved at this n)."]
+             "with its 95% interval (~0: the interval contains 0, not resolved at this n; no spread: every "
+             "paired difference equal, judged by a sign test, which needs n >= 6)."]
     return lines + [f"WARNING: {w}" for w in t.warnings]
 
 
