@@ -138,3 +138,27 @@ def test_quick_cpu_run_fills_every_section(tmp_path):
     train = data["sections"]["train"]["checks"]
     assert {"ckpt_budget_exact", "ckpt_masked_weights_zero", "ckpt_inactive_momentum_zero", "inproc_budget_exact"} <= set(train)
     assert (out / "train_cli.log").exists() and (out / "tests_junit.xml").exists()
+
+
+def test_gpu_wheels_pin_pydantic_and_everything_it_requires(tmp_path):
+    """benchmarks/gpu_wheels.py fetches what the GPU image lacks: pydantic at the lock's
+    versions with every dependency pydantic declares (a pydantic upgrade that adds one
+    fails here, not on the GPU)."""
+    import importlib.metadata as md
+    import re
+
+    spec = importlib.util.spec_from_file_location("gpu_wheels", ROOT / "benchmarks" / "gpu_wheels.py")
+    gw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gw)
+    pins = dict(p.split("==") for p in gw.pins())
+    assert {gw._norm(n): v for n, v in pins.items()} == {
+        gw._norm(n): md.version(n) for n in gw.NAMES}  # the lock's versions are the installed ones
+    needed = {"pydantic"} | {re.split(r"[<>=!~ ;\[]", r)[0] for r in md.requires("pydantic")
+                             if "extra ==" not in r}
+    needed |= {re.split(r"[<>=!~ ;\[]", r)[0] for r in md.requires("pydantic_core") or [] if "extra ==" not in r}
+    assert {gw._norm(n) for n in needed} <= {gw._norm(n) for n in gw.NAMES}
+    cmd = gw.command(Path("/tmp/x"))
+    assert cmd[cmd.index("--python-version") + 1] == "3.12" and "--no-deps" in cmd
+    (tmp_path / "no.lock").write_text("torch==2.0\n")
+    with pytest.raises(SystemExit, match="pins no pydantic"):
+        gw.pins(tmp_path / "no.lock")
