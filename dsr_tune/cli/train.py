@@ -57,6 +57,9 @@ def cmd_train(args) -> int:
               f"epoch is saved in {out})", file=sys.stderr)
         return 1
     summary = f"test accuracy {100 * record['test_acc']:.2f}%" if record else "nothing left to train"
+    if record and record["epoch"] + 1 < cfg.train.epochs:  # train.stop_after cut it: say how to go on
+        summary += (f" after epoch {record['epoch'] + 1} of {cfg.train.epochs} (train.stop_after); "
+                    f"continue with: {' '.join(a for a in _resume_argv(args, out) if not a.startswith('train.stop_after='))}")
     print(f"done: {summary}; run folder {out}")
     return 0
 
