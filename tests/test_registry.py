@@ -100,3 +100,37 @@ def test_every_method_file_registers_itself_and_nothing_else_lists_methods():
             continue
         text = path.read_text()
         assert '"hashednet"' not in text and "'hashednet'" not in text, path  # no second list of methods
+
+
+def test_the_readme_s_new_method_is_one_file_and_one_import(tmp_path):
+    """README's "Adding a method", as written: its file and its import line in a copy of the
+    package give a method that validates its own keys, lists them and trains."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    code = (ROOT / "README.md").read_text().split("Write `dsr_tune/methods/mine.py`:\n\n```python\n")[1]
+    pkg = tmp_path / "dsr_tune"
+    shutil.copytree(ROOT / "dsr_tune", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    (pkg / "methods" / "mine.py").write_text(code.split("```")[0])
+    init = pkg / "methods" / "__init__.py"
+    init.write_text(re.sub(r"(from \. import dense, [^#\n]*snfs)", r"\1, mine", init.read_text(), count=1))
+    script = f"""
+from dsr_tune import config as C, methods
+from dsr_tune.train import train
+assert "mine" in methods.names()
+try:
+    C.load({DIGITS!r}, ["sparsity.method=mine", "sparsity.mine.fraction=2"])
+except C.ConfigError as exc:
+    print("refused:", exc)
+cfg = C.load({DIGITS!r}, [*{SHORT!r}, "sparsity.method=mine", "sparsity.mine.fraction=0.3"])
+record = train(cfg, {str(tmp_path / 'run')!r}, progress=False)
+print("trained", record["nonzero_params"], record["epoch"])
+print(C.describe("sparsity"))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "refused: sparsity.mine.fraction" in proc.stdout and "trained 7367 2" in proc.stdout
+    assert "mine.fraction = 0.2" in proc.stdout and "rigl, snfs, mine" in proc.stdout

@@ -49,6 +49,34 @@ def test_progress_table_shows_searched_values_and_latest_metrics():
     assert not progress_table("search-dsr", S.load(DEMO, ["search.pareto=true"]))._sort_by_metric
 
 
+def test_progress_lines_carry_the_best_so_far_and_the_phase_eta(tmp_path, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from dsr_tune.sweep import callbacks
+
+    ctx = SimpleNamespace(run_dir_of=lambda config, trial_id: tmp_path / trial_id)
+    progress = callbacks.Progress("search-dsr", 4, ctx, "val_acc", "max")
+    clock = iter([1000.0, 1060.0, 1090.0])  # the first start, then ends 60 s and 90 s in
+    monkeypatch.setattr(callbacks, "_now", lambda: next(clock))
+    trials = [SimpleNamespace(trial_id=f"t{i}", status="PENDING", config={"method": "dsr"}, last_result={})
+              for i in range(4)]
+    caplog.set_level("INFO", logger="dsr_tune")
+    for t in trials[:2]:
+        t.status = "RUNNING"
+        progress.on_trial_start(0, trials, t)
+    trials[0].last_result = {"val_acc": 0.9, "test_acc": 0.8, "epochs_done": 3, "nonzero_params": 10}
+    progress.on_trial_complete(0, trials, trials[0])
+    trials[0].status = "TERMINATED"
+    first = caplog.records[-1].getMessage()
+    # 1 of 4 ended 60 s after the first start: 3 left at 60 s each
+    assert "best val_acc so far 90.00% (t0)" in first and first.endswith("phase ETA 3m00s"), first
+    trials[1].last_result = {"val_acc": 0.95, "test_acc": 0.9, "epochs_done": 3, "nonzero_params": 10}
+    progress.on_trial_complete(0, trials, trials[1])
+    second = caplog.records[-1].getMessage()
+    assert "best val_acc so far 95.00% (t1)" in second and second.endswith("phase ETA 1m30s"), second  # 45 s each
+    assert pickle.loads(pickle.dumps(progress))._clock is None  # a resumed sweep times its own trials
+
+
 def _data_roots(tmp_path: Path) -> dict[str, list[str]]:
     (tmp_path / "cifar" / "cifar-10-batches-py").mkdir(parents=True)
     for split in ("train", "val"):

@@ -21,6 +21,7 @@ from ..tracking.runs import read_run_file
 from .jobs import SweepContext
 
 log = logging.getLogger("dsr_tune")
+_now = time.time  # the phase ETA's clock
 
 # The running sweep's context. Tune pickles its callbacks into the experiment state
 # (tuner.pkl) and brings those copies back on --resume; they leave the context out (absolute
@@ -88,13 +89,23 @@ class Progress(Callback):
         self.last_line: dict[str, float] = {}
         self.best: tuple[float, str] | None = None
         self.done = 0
+        self._clock: tuple[float, int] | None = None  # (wall time, trials done) when this process first saw a start
 
     @property
     def ctx(self) -> SweepContext:
         return self._ctx or _current
 
     def __getstate__(self):
-        return _without_ctx(self)
+        return {**_without_ctx(self), "_clock": None}  # a resumed sweep times its own trials
+
+    def _eta(self) -> str:
+        """The phase's ETA from the trials this process saw end (their rate, with the concurrency)."""
+        from ..train.metrics import duration
+
+        if self._clock is None or self.done <= self._clock[1] or self.done >= self.total:
+            return ""
+        per_trial = (_now() - self._clock[0]) / (self.done - self._clock[1])
+        return f"; phase ETA {duration(per_trial * (self.total - self.done))}"
 
     def _count(self, trials, trial=None) -> None:
         """Trials ended so far (restored ones included); ``trial`` is ending now."""
@@ -114,6 +125,8 @@ class Progress(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._count(trials)
+        if self._clock is None:
+            self._clock = (_now(), self.done)
         self.started[trial.trial_id] = self.last_line[trial.trial_id] = time.monotonic()
         what = trial.config.get("job") or f"{trial.config.get('method')} {trial.trial_id}"
         log.info("[%s %d/%d done] start %s%s", self.phase, self.done, self.total, what, self._params(trial))
@@ -142,9 +155,9 @@ class Progress(Callback):
         if self.best and self.phase.startswith("search"):
             shown = _pct(self.best[0]) if "acc" in self.metric else f"{self.best[0]:.4g}"
             best = f"; best {self.metric} so far {shown} ({self.best[1]})"
-        log.info("[%s %d/%d done] end   %s: %s after %s epochs, %s non-zero, %.0f s%s", self.phase,
+        log.info("[%s %d/%d done] end   %s: %s after %s epochs, %s non-zero, %.0f s%s%s", self.phase,
                  self.done, self.total, self._name(trial), self._scores(r), r.get("epochs_done", "?"),
-                 f"{r.get('nonzero_params', 0):,}", took, best)
+                 f"{r.get('nonzero_params', 0):,}", took, best, self._eta())
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._count(trials, trial)

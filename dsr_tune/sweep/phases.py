@@ -121,15 +121,23 @@ def _run_here(ctx: SweepContext, keys: list[str], phase: str) -> bool:
     """The jobs of a phase in this process, one after another (a comparison without Ray)."""
     from .execute import run_job
 
+    from ..train.metrics import duration
+
     jobs = ctx.paired_jobs()
+    epochs_left = sum(jobs[k].config["train"]["epochs"] for k in keys)
+    spent, trained_epochs = 0.0, 0  # what this process trained: the phase's ETA per epoch
     for i, key in enumerate(keys, 1):
         job = jobs[key]
         head = f"[{phase} {i}/{len(keys)}] {job.run_name}"
         log.info("%s: training (%d epochs) ...", head, job.config["train"]["epochs"])
         t0 = time.perf_counter()
         record, trained = run_job(ctx, job)
+        epochs_left -= job.config["train"]["epochs"]
+        if trained:
+            spent, trained_epochs = spent + time.perf_counter() - t0, trained_epochs + job.config["train"]["epochs"]
         how = f"{time.perf_counter() - t0:.0f} s" if trained else "trained before, skipped"
+        eta = f"; phase ETA {duration(spent / trained_epochs * epochs_left)}" if trained_epochs and epochs_left else ""
         val = f"val {100 * record['val_acc']:.2f}%, " if "val_acc" in record else ""
-        log.info("%s: %stest %.2f%%, %s non-zero, %d epochs (%s)", head, val, 100 * record["test_acc"],
-                 f"{record['nonzero_params']:,}", record["epoch"] + 1, how)
+        log.info("%s: %stest %.2f%%, %s non-zero, %d epochs (%s%s)", head, val, 100 * record["test_acc"],
+                 f"{record['nonzero_params']:,}", record["epoch"] + 1, how, eta)
     return True

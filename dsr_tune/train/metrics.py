@@ -36,7 +36,8 @@ class JsonlLogger:
         self._f.close()
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """``4m17s``, ``1h05m``, ``9s``: an ETA as progress lines print it."""
     seconds = max(0, round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
@@ -56,5 +57,5 @@ def progress_line(record: dict, records: list[dict], epochs: int, epoch_s: float
     if "test_acc5" in record:
         test += f" (top-5 {100 * record['test_acc5']:.2f}%)"
     parts += [test, f"nonzero {record['nonzero_params']}", f"lr {record['lr']:.4g}",
-              f"{record['samples_per_s']:.0f} samples/s", f"ETA {_duration(epoch_s * (epochs - e - 1))}"]
+              f"{record['samples_per_s']:.0f} samples/s", f"ETA {duration(epoch_s * (epochs - e - 1))}"]
     return "  ".join(parts)
