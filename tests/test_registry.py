@@ -134,3 +134,13 @@ print(C.describe("sparsity"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "refused: sparsity.mine.fraction" in proc.stdout and "trained 7367 2" in proc.stdout
     assert "mine.fraction = 0.2" in proc.stdout and "rigl, snfs, mine" in proc.stdout
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_every_budgeted_method_searches_its_sparsity(name):
+    """A tuned baseline must be searchable at every sparsity of the sweep: every method but
+    dense takes its parameter count from sparsity.sparsity (HashedNet's banks, thin dense's
+    width); the initial spread over tensors is a key of the masked methods only."""
+    m = methods.get(name)
+    assert ("sparsity.sparsity" in m.searchable) == (m.kind != "dense")
+    assert ("sparsity.distribution" in m.searchable) == m.masks

@@ -94,7 +94,10 @@ class Method:
         """Dotted keys a sweep may search for this method, besides optim.* and
         train.* (which every method reads)."""
         own = [f"sparsity.{self.name}.{f}" for f in (self.options.model_fields if self.options else ())]
-        shared = ["sparsity.sparsity", "sparsity.distribution"] if self.masks or self.name == "thin_dense" else []
+        # every method but dense has its parameter count from sparsity.sparsity (thin dense's
+        # width, HashedNet's banks); only masks have an initial spread over tensors
+        shared = ["sparsity.sparsity"] if self.kind != "dense" else []
+        shared += ["sparsity.distribution"] if self.masks else []
         return tuple(shared + [f"sparsity.{k}" for k in self.reads] + own)
 
 

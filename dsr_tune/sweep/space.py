@@ -230,6 +230,7 @@ def for_compare(cfg: C.Config, *, name: str, sparsities: list[float], seeds: lis
     """The comparison of ``cfg`` with no search: the config as given is the
     selected one at every sparsity; every row trains on ``seeds``."""
     plan.rows(labels, cfg.sparsity.epoch_factor, cfg.train.epochs)  # refuse unknown labels before any work
+    cfg = C.from_dict(absolute_paths(cfg.to_dict()))
     search = Search(trial_seed=cfg.train.seed, metric="val_acc" if _has_validation(cfg) else "test_acc",
                     select_on_test=True)
     raw = {"name": name, "compare": {"config": cfg.to_dict(), "sparsities": sparsities, "seeds": seeds,
@@ -267,6 +268,25 @@ def _base_data(path: Path, raw: dict) -> dict:
         if not isinstance(values, dict):
             raise C.ConfigError(f"config.{section}", f"must be a mapping of keys, got {values!r}")
         _merge(data.setdefault(section, {}), values)
+    return absolute_paths(data)
+
+
+# config keys that name files or folders: a relative one is read from where the command runs,
+# and trials may run elsewhere (another working directory, another node with the same mounts)
+PATH_KEYS = ("data.root", "sparsity.mask_from", "sparsity.init_from", "sparsity.gmp.dense_from", "train.storage_path")
+
+
+def absolute_paths(data: dict, cwd: Path | None = None) -> dict:
+    """``data`` (a nested config dict) with every relative path of PATH_KEYS made absolute
+    against ``cwd`` (default: the working directory); URIs (``s3://...``) stay as they are."""
+    for dotted in PATH_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = data
+        for k in parents:
+            node = node.get(k) if isinstance(node, dict) else None
+        value = node.get(leaf) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and "://" not in value and not Path(value).expanduser().is_absolute():
+            node[leaf] = str((cwd or Path.cwd()) / value)
     return data
 
 
