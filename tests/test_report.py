@@ -97,6 +97,7 @@ def test_report_means_intervals_and_paired_differences_from_the_store(store, tmp
     md = files["md"].read_text()
     assert "| method | epochs | tuned | n | mean ± std | 95% CI |" in md and "|---|" in md
     assert "| static_2x | 20 | no | 2 | 87.00 ± 2.83 |" in md and "~0" in md and "selected on val_acc" in md
+    assert "of the validation split" in md and "| dsr | 10 | yes | 2 |" in md  # the selection was searched
     assert "selection run, not in the means: search/dsr/b" in md
     assert files["png"].stat().st_size > 10_000 and files["png"].read_bytes()[:4] == b"\x89PNG"
     assert files["csv"].read_text().splitlines()[0].startswith("sparsity,method,epochs,tuned,n,mean,std,ci_low")
@@ -104,6 +105,12 @@ def test_report_means_intervals_and_paired_differences_from_the_store(store, tmp
     assert logged == {f"report/report-{SWEEP}.md", f"report/report-{SWEEP}.png", f"report/report-{SWEEP}.csv"}
     metrics = client.get_run(parent).data.metrics
     assert metrics["s0.9/static_2x/n"] == 2 and metrics["s0.9/static_2x/diff_to_dsr"] == pytest.approx(-0.05)
+    # the paired difference's interval (hand computation above), its n, and whether it is resolved
+    assert metrics["s0.9/static_2x/diff_ci_low"] == pytest.approx(d.ci[0]) and d.ci[0] < -0.17
+    assert metrics["s0.9/static_2x/diff_ci_high"] == pytest.approx(d.ci[1]) and d.ci[1] > 0.07
+    assert metrics["s0.9/static_2x/diff_n"] == 2 and metrics["s0.9/static_2x/resolved"] == 0
+    assert metrics["s0.8/static_2x/diff_n"] == 1 and "s0.8/static_2x/diff_ci_low" not in metrics  # n = 1: no interval
+    assert "s0.9/dsr/diff_n" not in metrics  # the reference has no difference to itself
 
 
 def test_t_interval_and_paired_difference_by_hand():
@@ -124,10 +131,14 @@ def test_t_interval_and_paired_difference_by_hand():
 
 
 def test_a_test_metric_selection_is_flagged_in_the_header():
-    rows = [RunRow("paired/dsr/s0.9/seed1", "selected", "dsr", 0.9, 1, "FINISHED", {"test_acc": 0.9}, 10)]
+    rows = [RunRow("search/dsr/a", "search", "dsr", 0.9, 0, "FINISHED", {"test_acc": 0.95, "val_acc": 0.9}, 10),
+            RunRow("paired/dsr/s0.9/seed1", "selected", "dsr", 0.9, 1, "FINISHED", {"test_acc": 0.9}, 10)]
     t = results.summarize("x", rows, metric="test_acc")
     assert any("test metric" in w for w in t.warnings) and "WARNING" in tables.text(t)
+    head = tables.header(t)[0]  # worded from the metric's own split
+    assert "selected on test_acc (max) of the test split" in head and "validation" not in head, head
     assert not results.summarize("x", rows, metric="val_acc").warnings
+    assert "of the validation split" in tables.header(results.summarize("x", rows, metric="val_acc"))[0]
 
 
 def test_report_cli_by_experiment_name(store, tmp_path, capsys, monkeypatch):

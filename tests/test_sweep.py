@@ -270,6 +270,7 @@ def test_selection_on_validation_plans_every_row_on_fresh_seeds(tmp_path):
     assert all(j.seed in (1, 2) for j in jobs.values())  # the trial seed 0 selected; fresh seeds report
     dsr = jobs["paired/dsr/s0.8/seed1"]
     assert dsr.role == "selected" and dsr.selected_from == "search/dsr/b" and dsr.group == "s0.8"
+    assert dsr.tuned and dsr.identity()["tags"]["tuned"] == "true"  # its configuration came from the search
     assert dsr.config["train"]["seed"] == 1 and dsr.config["train"]["epochs"] == sp.base.train.epochs
     st = jobs["paired/static_2x/s0.9/seed1"]
     assert st.selected_from == "search/dsr/e" and st.role == "baseline" and not st.tuned

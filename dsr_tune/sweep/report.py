@@ -29,11 +29,12 @@ def _float(v):
 
 
 def _row(key: str, tags: dict, status: str, metrics: dict, epochs: int) -> RunRow:
-    sparsity = _float(tags.get("sparsity"))
-    return RunRow(key=key, role=tags.get("role", ""), method=tags.get("method", "?"),
-                  sparsity=None if tags.get("role") == "dense" else sparsity, seed=int(tags.get("seed", 0)),
-                  status=status, metrics=metrics, epochs=epochs, tuned=str(tags.get("tuned")).lower() == "true",
-                  selected_from=tags.get("selected_from"))
+    sparsity, role = _float(tags.get("sparsity")), tags.get("role", "")
+    # a re-trained selection came from a search: tuned (older sweeps tagged it "false")
+    tuned = str(tags.get("tuned")).lower() == "true" or (role == "selected" and bool(tags.get("selected_from")))
+    return RunRow(key=key, role=role, method=tags.get("method", "?"),
+                  sparsity=None if role == "dense" else sparsity, seed=int(tags.get("seed", 0)),
+                  status=status, metrics=metrics, epochs=epochs, tuned=tuned, selected_from=tags.get("selected_from"))
 
 
 def row_from_mlflow(run) -> RunRow:
@@ -184,8 +185,11 @@ def _log_to_parent(client, run_id: str, table: Table, files: dict[str, Path]) ->
                 values = {"mean": ln.mean, "std": ln.std, "n": ln.n}
                 if ln.ci:
                     values.update(ci_low=ln.ci[0], ci_high=ln.ci[1])
-                if ln.diff:
-                    values["diff_to_dsr"] = ln.diff.mean
+                if ln.diff:  # the seed-paired difference to DSR, its interval, and whether it excludes 0
+                    d = ln.diff
+                    values.update(diff_to_dsr=d.mean, diff_n=d.n, resolved=int(d.resolved))
+                    if d.ci:
+                        values.update(diff_ci_low=d.ci[0], diff_ci_high=d.ci[1])
                 metrics += [Metric(f"{name}/{k}", float(v), now, 0) for k, v in values.items()]
         for i in range(0, len(metrics), 900):
             client.log_batch(run_id, metrics=metrics[i:i + 900])

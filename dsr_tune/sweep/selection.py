@@ -62,7 +62,9 @@ def plan_jobs(space: Space, refs: dict[float, tuple[C.Config, str | None]],
               tuned: dict[tuple[str, float], tuple[C.Config, str]], folder_of) -> list[Job]:
     """Every paired job. ``refs``: per sparsity, the DSR config the rows derive
     from and the search key it was selected as (None: a comparison's own
-    config); ``tuned``: the selections of the other searched or tuned methods;
+    config); ``tuned``: the selections of the other searched or tuned methods (a row
+    is ``tuned`` when its configuration came from a search of its own: a
+    searched method's selection, or a tuned baseline's);
     ``folder_of(job key)``: a job's run folder (a parent's, for stage-1 rows)."""
     labels = list(dict.fromkeys([*space.methods, *space.baselines] + (["dense"] if space.dense else [])))
     jobs: dict[str, Job] = {}
@@ -81,7 +83,7 @@ def plan_jobs(space: Space, refs: dict[float, tuple[C.Config, str | None]],
             jobs[key] = Job(key=key, role=_role(run.row, space), method=run.row.label, sparsity=run.sparsity,
                             seed=run.seed, config=cfg.to_dict(), stage=run.stage,
                             group=None if run.sparsity is None else f"s{run.sparsity:g}", selected_from=source,
-                            tuned=own is not None and run.row.label not in space.methods,
+                            tuned=own is not None or (run.row.label in space.methods and source is not None),
                             needs=f"paired/{run.needs}" if run.needs else None)
     return list(jobs.values())
 

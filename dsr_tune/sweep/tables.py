@@ -40,11 +40,20 @@ def cells(ln: Line) -> list[str]:
             _ci(ln.ci), _diff(ln), f"{round(ln.nonzero):,}", ln.note]
 
 
+SPLITS = {"val": "the validation split (a fixed slice of the training data)", "test": "the test split",
+          "train": "the training split"}
+
+
+def split_of(metric: str) -> str:
+    """The split a metric is measured on, in words (``test_acc`` -> the test split)."""
+    return SPLITS.get(metric.partition("_")[0], "an unknown split")
+
+
 def header(t: Table) -> list[str]:
     what = t.reported.replace("_acc", " accuracy").replace("test", "test-split").replace("val", "validation-split")
     if t.searched:
         chose = (f"{t.searched} search trials; the configuration of each method was selected on {t.metric} "
-                 f"({t.mode}) of the validation split (a fixed slice of the training data)")
+                 f"({t.mode}) of {split_of(t.metric)}")
     else:
         chose = "no search: the configuration as given"
     lines = [f"{t.title}: {chose}.",
