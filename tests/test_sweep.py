@@ -276,7 +276,12 @@ def test_selection_on_validation_plans_every_row_on_fresh_seeds(tmp_path):
     assert st.selected_from == "search/dsr/e" and st.role == "baseline" and not st.tuned
     assert st.config["train"]["epochs"] == 2 * sp.base.train.epochs and st.config["optim"]["milestones"] == [8, 16]
     assert st.config["sparsity"]["method"] == "static" and st.config["sparsity"]["sparsity"] == 0.9
-    assert jobs["paired/static_1x/s0.9/seed1"].config["train"]["epochs"] == sp.base.train.epochs
+    for control in ("static_1x", "thin_dense_1x"):  # 1x: DSR's epochs and LR milestones, unchanged
+        one = jobs[f"paired/{control}/s0.9/seed1"].config
+        assert one["train"]["epochs"] == sp.base.train.epochs and one["optim"]["milestones"] == [4, 8]
+        assert one["sparsity"]["period_schedule"] == sp.base.to_dict()["sparsity"]["period_schedule"]
+    two = jobs["paired/thin_dense_2x/s0.8/seed2"].config
+    assert two["train"]["epochs"] == 2 * sp.base.train.epochs and two["optim"]["milestones"] == [8, 16]
     # stage 1: gmp after the dense run of its seed, the ablation after the DSR run of its sparsity and seed
     gmp, abl = jobs["paired/gmp/s0.9/seed2"], jobs["paired/final_reinit/s0.8/seed1"]
     assert gmp.stage == abl.stage == 1 and gmp.needs == "paired/dense/seed2" and abl.needs == "paired/dsr/s0.8/seed1"
@@ -284,6 +289,60 @@ def test_selection_on_validation_plans_every_row_on_fresh_seeds(tmp_path):
     assert abl.config["sparsity"]["mask_from"] == str(ctx.run_dir("paired/dsr/s0.8/seed1"))
     dense = jobs["paired/dense/seed1"]
     assert dense.sparsity is None and dense.config["sparsity"]["method"] == "dense" and dense.stage == 0
+
+
+def test_the_test_split_cannot_reach_selection(tmp_path, monkeypatch):
+    """Real search trials (digits, 2 epochs, in this process, through the trial's own
+    run_job) trained twice: with the true test labels, then with every test label
+    shifted by one. Each epoch's val_acc and the selection made from the run folders
+    are the same; test_acc is not. Computing the search metric from the test split
+    (or letting a test label reach training) fails this test."""
+    from torch.utils.data import Dataset
+
+    from dsr_tune.data import loaders
+    from dsr_tune.runfolder import read_records
+    from dsr_tune.sweep.execute import run_job
+    from dsr_tune.sweep.report import load_local
+    from dsr_tune.sweep.selection import paired_jobs
+
+    class Shifted(Dataset):  # the same test images, every label wrong
+        def __init__(self, base, classes):
+            self.base, self.classes = base, classes
+
+        def __len__(self):
+            return len(self.base)
+
+        def __getitem__(self, i):
+            x, y = self.base[i]
+            return x, (y + 1) % self.classes
+
+    real = loaders.digits
+
+    def corrupted(test_fraction):  # at the source: whatever reads the test split sees the wrong labels
+        full, test, classes, channels = real(test_fraction)
+        return full, Shifted(test, classes), classes, channels
+
+    sp = S.load(DEMO, TINY + ["seeds=[1]", "baselines=[]", "dense=false", "model.width=0.25", "data.batch_size=128"])
+    trials = {"a": {"optim.lr": 0.1, "sparsity.sparsity": 0.9}, "b": {"optim.lr": 0.005, "sparsity.sparsity": 0.9}}
+    seen = {}
+    for variant in ("clean", "corrupted"):
+        if variant == "corrupted":
+            monkeypatch.setattr(loaders, "digits", corrupted)
+        ctx = SweepContext(str(tmp_path / variant), sp.base.to_dict(), 0,
+                           SweepTracker(store.resolve(f"sqlite:///{tmp_path / 'none.db'}"), "e", variant))
+        for trial_id, values in trials.items():
+            run_job(ctx, ctx.search_job({"method": "dsr", **values}, trial_id))
+        epochs = {t: [r for r in read_records(ctx.run_dir(f"search/dsr/{t}") / "metrics.jsonl")
+                      if r["kind"] == "epoch"] for t in trials}
+        jobs = paired_jobs(sp, ctx, load_local(ctx.sweep_dir))
+        seen[variant] = epochs, {j.key: j.selected_from for j in jobs}
+    (clean, chose), (bad, chose_bad) = seen["clean"], seen["corrupted"]
+    for t in trials:
+        assert len(clean[t]) == len(bad[t]) == 2
+        assert [r["val_acc"] for r in clean[t]] == [r["val_acc"] for r in bad[t]]  # every epoch, exactly
+        assert [r["train_loss"] for r in clean[t]] == [r["train_loss"] for r in bad[t]]
+        assert all(c["test_acc"] != b["test_acc"] for c, b in zip(clean[t], bad[t]))  # the test split did change
+    assert chose == chose_bad and chose["paired/dsr/s0.9/seed1"] in ("search/dsr/a", "search/dsr/b")
 
 
 def _epoch(e: int, acc: float) -> dict:
