@@ -77,6 +77,41 @@ def test_progress_lines_carry_the_best_so_far_and_the_phase_eta(tmp_path, monkey
     assert pickle.loads(pickle.dumps(progress))._clock is None  # a resumed sweep times its own trials
 
 
+def test_a_trial_trains_on_its_reserved_gpu_or_on_the_cpu(monkeypatch):
+    """In-trial jobs see the GPU Ray assigned to their trial and no other; none when
+    the trial reserved none (train.device=auto then means the CPU on a GPU node)."""
+    import ray
+
+    from dsr_tune.sweep import trial
+
+    assert trial.visible_gpus([], use_gpu=False) == ""
+    assert trial.visible_gpus(["3"], use_gpu=True) == "3" and trial.visible_gpus([0, 2], use_gpu=True) == "0,2"
+    with pytest.raises(RuntimeError, match="no GPU"):
+        trial.visible_gpus([], use_gpu=True)
+    sp = S.load(DEMO)
+    job = SweepContext("/x", sp.base.to_dict(), 0, None).search_job({"method": "dsr"}, "t1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # a GPU node: every GPU visible by default
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    trial._place(job)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""  # hidden: no GPU nobody reserved
+    job.config["train"]["use_gpu"] = True
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: ["2"])
+    trial._place(job)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2"  # exactly the reserved one: cuda:0 in this process
+
+
+def test_a_compare_on_ray_refuses_a_fixed_cuda_device(tmp_path, capsys, monkeypatch):
+    import dsr_tune.distributed as distributed
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray started")
+    monkeypatch.setattr(distributed, "ray_session", no_ray)
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", str(ROOT / "configs" / "digits.yaml"), "train.device=cuda:1", "--concurrency", "2",
+                     "--output", str(out)]) == 2
+    assert "train.device" in capsys.readouterr().err and not out.exists()
+
+
 def _data_roots(tmp_path: Path) -> dict[str, list[str]]:
     (tmp_path / "cifar" / "cifar-10-batches-py").mkdir(parents=True)
     for split in ("train", "val"):

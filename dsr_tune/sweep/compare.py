@@ -38,6 +38,12 @@ def compare(cfg: C.Config, out_dir: str | Path, *, sparsities: Sequence[float], 
                         tracking_uri=tracking_uri)
     if concurrency:
         space.search.max_concurrent = concurrency
+    t = cfg.train
+    if (address or concurrency) and t.workers <= 1 and t.device not in ("auto", "cpu"):
+        # on Ray a run trains on the GPU its trial reserved, or on the CPU (the others are hidden)
+        raise C.ConfigError("train.device", f"{t.device!r}: on Ray each run trains on the device its trial "
+                                            "reserves; use train.device=auto with train.workers=1 "
+                                            "train.use_gpu=true (one GPU per run), or cpu")
     out_dir = Path(out_dir).expanduser().resolve()
     resume = (out_dir / SWEEP_FILE).exists()
     return run(space, out_dir, resume=resume, address=address, verbose=verbose,

@@ -12,7 +12,10 @@ FailureConfig, or ``--resume`` after a killed driver) continues from the
 last one; handing Tune a copy every epoch would only double the writes and
 force a snapshot of Tune's state each time. The trial reserves
 ``search.trial_cpus + train.cpus_per_worker`` CPUs (and one GPU with
-``train.use_gpu``): Tune's placement is the device training uses.
+``train.use_gpu``): Tune's placement is the device training uses. Before
+torch sees CUDA the trial's process is shown only the GPU Ray assigned it
+(``ray.get_gpu_ids()``), or none at all, so ``train.device=auto`` trains on
+that GPU or on the CPU, never on a GPU another trial reserved.
 
 A job with ``train.workers >= 2`` builds a ``TorchTrainer`` (Train V2 style,
 through :func:`dsr_tune.distributed.fit`); rank 0's reports reach Tune
@@ -23,6 +26,8 @@ whose training had already finished only reports its final record again.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 
@@ -40,6 +45,28 @@ def in_process(cfg: dict, in_trial: bool = True) -> bool:
     return in_trial and cfg["train"]["workers"] <= 1
 
 
+def visible_gpus(gpu_ids: list, use_gpu: bool) -> str:
+    """CUDA_VISIBLE_DEVICES for a job that trains in the trial's process: the
+    GPU(s) Ray assigned to the trial (``ray.get_gpu_ids()``), or "" (none: it
+    trains on the CPU) when it reserved none."""
+    if not use_gpu:
+        return ""
+    if not gpu_ids:
+        raise RuntimeError("train.use_gpu=true but Ray assigned this trial no GPU")
+    return ",".join(str(i) for i in gpu_ids)
+
+
+def _place(job: Job) -> None:
+    """Show the trial's process its reserved GPU only (or none), before torch initialises CUDA."""
+    import ray
+
+    wanted = visible_gpus(ray.get_gpu_ids(), job.config["train"]["use_gpu"])
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized() and os.environ.get("CUDA_VISIBLE_DEVICES") != wanted:
+        log.warning("%s: CUDA was initialised in this process before the trial chose its GPU (%r)", job.key, wanted)
+    os.environ["CUDA_VISIBLE_DEVICES"] = wanted
+
+
 def run_trial(config: dict, ctx: SweepContext) -> None:
     """Tune's trainable (wrapped with ``tune.with_parameters(run_trial, ctx=...)``)."""
     started = time.time()  # the benchmark's start-up time counts from here
@@ -47,6 +74,7 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
 
     job = ctx.job(config, tune.get_context().get_trial_id())
     if in_process(job.config, ctx.in_trial):
+        _place(job)
         _local_trial(ctx, job, started)
     else:
         _worker_group_trial(ctx, job, started)
