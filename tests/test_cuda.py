@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from dsr_tune import config as C
 from dsr_tune.models import build_model, sparse_names
-from dsr_tune.sparse import Masking, build_method, dsr
+from dsr_tune.sparse import Masking, deepr, dsr
 from dsr_tune import checkpoint as ckpt
 from dsr_tune.train import train
 from dsr_tune.runfolder import read_records
@@ -135,7 +135,7 @@ def test_deepr_noise_on_the_device(device):
     eta, temperature = 0.5, 1e-2  # std 0.1
     runs = []
     for _ in range(2):
-        model, opt, masking = make(device, method=build_method("deepr", temperatures=[(0, temperature)], l1=0.0, lr=eta))
+        model, opt, masking = make(device, method=deepr(temperatures=[(0, temperature)], l1=0.0, lr=eta))
         with torch.no_grad():
             for name, p in masking.params.items():
                 p.copy_(masking.masks[name].to(p.dtype))  # active weights at 1: 10 std from a sign flip
@@ -157,7 +157,7 @@ def test_deepr_noise_on_the_device(device):
 def test_deepr_rewires_on_the_device_with_exact_budget(device):
     """Weights near zero plus noise flip sign: DeepR's step removes them and regrows as many in
     the same tensor, on the device, keeping every count and the zeros."""
-    model, opt, masking = make(device, method=build_method("deepr", temperatures=[(0, 1e-2)], l1=1e-5, lr=0.5))
+    model, opt, masking = make(device, method=deepr(temperatures=[(0, 1e-2)], l1=1e-5, lr=0.5))
     x, y = batch(device)
     scaler = torch.amp.GradScaler(device, enabled=False)
     step(model, opt, masking, x, y, scaler, torch.bfloat16)

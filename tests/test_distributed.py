@@ -206,9 +206,9 @@ def _rank_main(rank: int, port: int, methods: list[str], out: str) -> None:
 
 @pytest.mark.slow
 def test_every_method_takes_the_same_decision_on_every_rank(tmp_path):
-    from dsr_tune.sparse.methods import METHODS
+    from dsr_tune import methods as registry
 
-    methods = ["static", *sorted(METHODS)]
+    methods = ["static", *sorted(registry.names(kind="dynamic"))]
     out = tmp_path / "gathered.json"
     torch.multiprocessing.spawn(_rank_main, args=(_free_port(), methods, str(out)), nprocs=2)
     seen = json.loads(out.read_text())

@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from dsr_tune import cli
+from dsr_tune import cli, methods
+from dsr_tune import config as C
 from dsr_tune.models import build_model, count_params, sparse_names
-from dsr_tune.sparse import (METHODS, CosineDecay, EpochTable, Masking, Reallocator, SignFlipPrune, build_method,
-                             deepr, drop_count, dsr, layer_counts, rigl, set_, set_fraction, snfs)
+from dsr_tune.sparse import (CosineDecay, EpochTable, Masking, Reallocator, SignFlipPrune, deepr, drop_count, dsr,
+                             layer_counts, rigl, set_, set_fraction, snfs)
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "configs" / "digits.yaml")
@@ -68,17 +69,18 @@ def set_active(m, fn):
 # ------------------------------------------------------------------ registry and helpers
 
 
-def test_registry_builds_every_method_by_name():
-    assert set(METHODS) == {"dsr", "set", "deepr", "rigl", "snfs"}
-    assert build_method("static") is None
-    built = {name: build_method(name, **({"end_step": 100} if name in ("rigl", "snfs") else {})) for name in METHODS}
+def test_the_registry_builds_every_dynamic_method_from_the_sparse_core():
+    """Each dynamic method's file calls its sparse-core factory: the registry is the one table of names."""
+    built = {name: methods.get(name).reallocator(C.load(None, [f"sparsity.method={name}"]), 10)
+             for name in methods.names(kind="dynamic")}
     assert {n: r.name for n, r in built.items()} == {"dsr": "DSR", "set": "SET", "deepr": "DeepR", "rigl": "RigL",
                                                       "snfs": "SNFS"}
     assert all(isinstance(r, Reallocator) for r in built.values())
-    with pytest.raises(ValueError, match="allowed: static, dsr, set"):
-        build_method("nope")
+    assert methods.get("static").reallocator is None  # static: masks that never move
+    direct = (dsr(), set_(), deepr(), rigl(end_step=100), snfs(end_step=100))  # the core on its own
+    assert [r.name for r in direct] == [r.name for r in built.values()]
     with pytest.raises(ValueError, match="end_step"):
-        build_method("rigl")  # cosine decay needs to know where it ends
+        rigl()  # cosine decay needs to know where it ends
 
 
 def test_set_fraction_from_np_matches_the_papers_wrn_value():
@@ -324,10 +326,10 @@ def test_erk_budget_at_the_extremes(density):
 
 
 def test_erk_masking_has_the_uniform_budget_for_every_method():
-    for name in ("dsr", "set", "deepr", "rigl", "snfs"):
-        kwargs = {"rigl": {"end_step": 10}, "snfs": {"end_step": 10}, "set": {"target_pruned": 50}}.get(name, {})
-        _, _, u = make(build_method(name, **kwargs), sparsity=0.9)
-        _, _, e = make(build_method(name, **kwargs), sparsity=0.9, distribution="erk")
+    for factory, kwargs in ((dsr, {}), (set_, {"target_pruned": 50}), (deepr, {}), (rigl, {"end_step": 10}),
+                            (snfs, {"end_step": 10})):
+        _, _, u = make(factory(**kwargs), sparsity=0.9)
+        _, _, e = make(factory(**kwargs), sparsity=0.9, distribution="erk")
         assert e.budget == u.budget == sum(counts(e).values())
         assert counts(e) != counts(u)
 

@@ -43,11 +43,11 @@ class DeepROptions(Section):
 
 
 def reallocator(cfg, steps_per_epoch: int):
-    from ..sparse import build_method
+    from ..sparse import deepr
 
     o = cfg.sparsity.deepr
-    return build_method("deepr", temperatures=o.temperatures, l1=o.l1, noise_eta=o.eta,
-                        report_every=steps_per_epoch)
+    return deepr(temperatures=o.temperatures, l1=o.l1, noise_eta=o.eta,
+                 report_every=steps_per_epoch)
 
 
 def check(cfg) -> None:

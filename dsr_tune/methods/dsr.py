@@ -13,11 +13,11 @@ class DSROptions(Section):
 
 
 def reallocator(cfg, steps_per_epoch: int):
-    from ..sparse import build_method
+    from ..sparse import dsr
 
     o = cfg.sparsity.dsr
-    return build_method("dsr", **timing(cfg), init_threshold=o.init_threshold, target_pruned=o.target_pruned,
-                        delta=o.delta, factor=o.threshold_factor)
+    return dsr(**timing(cfg), init_threshold=o.init_threshold, target_pruned=o.target_pruned,
+               delta=o.delta, factor=o.threshold_factor)
 
 
 register(Method("dsr", "dynamic", "dynamic sparse reparameterization: adaptive global threshold, "

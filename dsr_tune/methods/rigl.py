@@ -22,9 +22,9 @@ def drop_args(cfg, options, steps_per_epoch: int) -> dict:
 
 
 def reallocator(cfg, steps_per_epoch: int):
-    from ..sparse import build_method
+    from ..sparse import rigl
 
-    return build_method("rigl", **timing(cfg), **drop_args(cfg, cfg.sparsity.rigl, steps_per_epoch))
+    return rigl(**timing(cfg), **drop_args(cfg, cfg.sparsity.rigl, steps_per_epoch))
 
 
 register(Method("rigl", "dynamic", "RigL: drop by magnitude (cosine-decayed fraction), grow where the dense "

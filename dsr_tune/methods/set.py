@@ -12,10 +12,10 @@ class SETOptions(Section):
 
 
 def reallocator(cfg, steps_per_epoch: int):
-    from ..sparse import build_method
+    from ..sparse import set_
 
-    return build_method("set", **timing(cfg), fraction=cfg.sparsity.set.fraction or None,
-                        target_pruned=cfg.sparsity.dsr.target_pruned)
+    return set_(**timing(cfg), fraction=cfg.sparsity.set.fraction or None,
+                target_pruned=cfg.sparsity.dsr.target_pruned)
 
 
 def masking(cfg, model, optimizer, steps_per_epoch: int):

@@ -16,10 +16,10 @@ class SNFSOptions(Section):
 
 
 def reallocator(cfg, steps_per_epoch: int):
-    from ..sparse import build_method
+    from ..sparse import snfs
 
-    return build_method("snfs", **timing(cfg), **drop_args(cfg, cfg.sparsity.snfs, steps_per_epoch),
-                        momentum=cfg.optim.momentum)
+    return snfs(**timing(cfg), **drop_args(cfg, cfg.sparsity.snfs, steps_per_epoch),
+                momentum=cfg.optim.momentum)
 
 
 register(Method("snfs", "dynamic", "SNFS (sparse momentum): regrowth across tensors by mean momentum, "

@@ -284,18 +284,3 @@ def snfs(periods=((0, 100),), stop_epoch: int | None = None, drop_fraction: floa
                        MagnitudeFractionPrune(_drop_fraction(drop_fraction, decay, end_step)),
                        ProportionalToScore(tracker.mean_active), ScoreGrowth(tracker.momentum), name="SNFS",
                        dynamics=tracker, regrow_pruned=True)
-
-
-METHODS = {"dsr": dsr, "set": set_, "deepr": deepr, "rigl": rigl, "snfs": snfs}
-
-
-def build_method(name: str, **kwargs):
-    """A reallocator by name with its factory's keyword arguments; "static" gives None
-    (masks never move)."""
-    if name == "static":
-        if kwargs:
-            raise TypeError(f"static sparse takes no arguments, got {sorted(kwargs)}")
-        return None
-    if name not in METHODS:
-        raise ValueError(f"unknown sparse method {name!r}; allowed: static, {', '.join(METHODS)}")
-    return METHODS[name](**kwargs)
