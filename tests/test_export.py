@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from dsr_tune import config as C
+from dsr_tune import methods
 from dsr_tune.cli import main
 from dsr_tune.data import build_data
-from dsr_tune.train.export import compress, decompress, export_run, load_exported, pack_bits, unpack_bits
+from dsr_tune.train.export import (architecture_config, compress, decompress, export_run, load_exported,
+                                  pack_bits, unpack_bits)
 from dsr_tune.models import sparse_names
 from dsr_tune.sparse import Masking
 from dsr_tune.train import train
@@ -126,3 +128,17 @@ def test_export_of_a_channels_last_run_round_trips(tmp_path):
     x = next(iter(build_data(cfg.data).test))[0]
     with torch.no_grad():
         assert torch.equal(load_exported(info["path"])(x), original_model(tmp_path, cfg)(x))
+
+
+def test_export_rebuilds_gmp_as_the_method_its_registration_names():
+    """A GMP run's config names its dense run (gone, perhaps): the exported model is rebuilt
+    as ``Method.rebuilt_as`` (static, the same architecture), without reading that run."""
+    data = C.apply_overrides(BASE, ["sparsity.method=gmp", "sparsity.gmp.dense_from=/nowhere/dense_run",
+                                    "train.epochs=60"])
+    with pytest.raises(C.ConfigError, match=r"sparsity\.gmp\.dense_from"):
+        C.check_paths(C.from_dict(data))
+    arch = architecture_config(data)
+    assert arch["sparsity"]["method"] == methods.get("gmp").rebuilt_as == "static"
+    assert "gmp" not in arch["sparsity"]
+    C.check_paths(C.from_dict(arch))  # valid here, with no dense run
+    assert architecture_config(BASE)["sparsity"]["method"] == "dsr"  # a method not rebuilt keeps its name

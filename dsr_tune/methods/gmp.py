@@ -67,4 +67,4 @@ def derive(data: dict, parent: str | None, arg: int | None) -> None:
 
 register(Method("gmp", "baseline", "gradual magnitude pruning of a trained dense run (sparsity.gmp.dense_from)",
                 options=GMPOptions, needs="dense", check=check, check_paths=check_paths, start=start,
-                masking=masking, derive=derive))
+                masking=masking, derive=derive, rebuilt_as="static"))

@@ -61,6 +61,9 @@ class Method:
     runs: variants only: the ``sparsity.method`` the row trains with.
     parametric: the label takes an argument, written ``name:E``.
     default_row: a row of ``dsr-tune compare`` when no methods are given.
+    rebuilt_as: the ``sparsity.method`` an exported model of this method is
+        rebuilt as, when its own config reads files a model needs no more
+        (GMP: ``static``, the same architecture without ``gmp.dense_from``).
     """
 
     name: str
@@ -74,6 +77,7 @@ class Method:
     runs: str | None = None
     parametric: bool = False
     default_row: bool = True
+    rebuilt_as: str | None = None
     model: Callable[..., Any] | None = None
     start: Callable[..., None] | None = None
     masking: Callable[..., Any] | None = None

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .. import checkpoint as ckpt
-from .. import runfolder
+from .. import methods, runfolder
 
 FORMAT = "dsr_tune.export/1"
 _BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
@@ -155,6 +155,8 @@ def architecture_config(data: dict) -> dict:
     training and Ray settings (workers, GPUs, storage: checked against this
     machine and the batch size, none of which matter to the architecture),
     and the links to other runs (gone, perhaps; their values are overwritten).
+    A method whose section names such a link (GMP) is rebuilt as the method
+    its registration names (:attr:`~dsr_tune.methods.Method.rebuilt_as`).
     """
     train = data.get("train", {})
     out = {"model": dict(data.get("model", {})), "sparsity": dict(data.get("sparsity", {})),
@@ -163,7 +165,9 @@ def architecture_config(data: dict) -> dict:
     s = out["sparsity"]
     for key in ("mask_from", "init_from"):
         s[key] = None
-    if s.get("method") == "gmp":
-        s["method"] = "static"  # same architecture; gmp alone insists on gmp.dense_from
-    s.pop("gmp", None)
+    for entry in methods.REGISTRY.values():
+        if entry.rebuilt_as:  # its section names files the model needs no more (gmp.dense_from): dropped
+            if s.get("method") == entry.name:
+                s["method"] = entry.rebuilt_as  # the same architecture
+            s.pop(entry.name, None)
     return out
