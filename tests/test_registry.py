@@ -144,3 +144,13 @@ def test_every_budgeted_method_searches_its_sparsity(name):
     m = methods.get(name)
     assert ("sparsity.sparsity" in m.searchable) == (m.kind != "dense")
     assert ("sparsity.distribution" in m.searchable) == m.masks
+
+
+def test_compare_s_methods_help_lists_every_row_the_registry_and_planner_know(capsys):
+    from dsr_tune.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for label in P.known_labels():  # every method, ablation, control at 1x and 2x, and 'ablations'
+        assert label in text, label

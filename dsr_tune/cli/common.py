@@ -1,13 +1,25 @@
-"""What every subcommand shares: the one-line error, logging, the resume hint."""
+"""What every subcommand shares: its registration, the one-line error, logging, the resume hint."""
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import logging
 import os
 import shlex
 import sys
 
 EXIT_USAGE = 2  # a bad command line, config or search space: nothing was started
+
+
+def command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
+    """Register subcommand ``name`` (on ``add_subparsers()``'s ``sub``), run by ``func(args) -> exit status``.
+
+    Its ``--help`` description is ``func``'s docstring (argparse reflows it), so
+    the command is documented once, where it is written."""
+    p = sub.add_parser(name, help=help, description=inspect.cleandoc(func.__doc__ or help))
+    p.set_defaults(func=func)
+    return p
 
 
 def fail(message: str) -> int:

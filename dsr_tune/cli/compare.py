@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .. import config as C
 from .. import runfolder
-from .common import fail, joining_cluster, starting
+from .common import command, fail, joining_cluster, starting
+
 
 def _floats(text: str) -> list[float]:
     try:
@@ -27,6 +28,11 @@ def _floats(text: str) -> list[float]:
 
 
 def cmd_compare(args) -> int:
+    """Run the comparison for CONFIG.yaml (the DSR run's config, as the selected configuration): every
+    row at every sparsity and seed, static sparse and thin dense at 1x and sparsity.epoch_factor x the
+    epochs, GMP after its dense run, the ablations after their DSR run. Every run is an MLflow child run
+    under one parent; the report (mean, std, n, 95% CI, paired difference to DSR) is written to
+    --output as report.md, report.png and report.csv. Run it again to continue."""
     try:
         cfg = C.load(args.config, args.overrides)
         if args.epoch_factor is not None:
@@ -73,6 +79,9 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
+    """Write RUN_DIR's final model as its non-zero values and their positions (int32 indices or a
+    bitmask, whichever is smaller) plus the dense tensors. dsr_tune.train.export.load_exported(FILE)
+    restores a dense model with the same outputs."""
     run = Path(args.run_dir)
     if not runfolder.has_run(run):
         return fail(f"{run} holds no {runfolder.CHECKPOINT} (not a finished run folder)")
@@ -89,20 +98,30 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _methods_help() -> str:
+    """``--methods``' help: the registry's rows and the planner's labels (no name is written here)."""
+    from .. import methods
+    from ..sweep import plan
+
+    labels = plan.known_labels()
+    rows = [n for n in methods.names() if methods.get(n).kind != "ablation"]
+    controls = methods.names(controls=True)
+    variants = [x for x in labels if x not in rows and x.rpartition("_")[0] in controls]
+    ablations = [x for x in labels if x.partition(":")[0] in methods.names(kind="ablation")]
+    groups = [x for x in labels if x not in {*rows, *variants, *ablations}]
+    return (f"comma-separated rows: any method ({', '.join(rows)}; {' and '.join(controls)} give their controls at "
+            f"1x and sparsity.epoch_factor x, {', '.join(variants)} just one), {', '.join(ablations)}, or "
+            f"{' / '.join(repr(g) for g in groups)} (the workshop paper's ablations; default: every method, "
+            "no ablations)")
+
+
 def add_parsers(sub) -> None:
-    c = sub.add_parser("compare", help="run every baseline against DSR and tabulate", description=(
-        "Run the comparison for CONFIG.yaml (the DSR run's config, as the selected configuration): every "
-        "row at every sparsity and seed, static sparse and thin dense at 1x and sparsity.epoch_factor x the "
-        "epochs, GMP after its dense run, the ablations after their DSR run. Every run is an MLflow child run "
-        "under one parent; the report (mean, std, n, 95% CI, paired difference to DSR) is written to "
-        "--output as report.md, report.png and report.csv. Run it again to continue."))
+    c = command(sub, "compare", cmd_compare, "run every baseline against DSR and tabulate")
     c.add_argument("config", help="YAML config of the DSR run (see configs/)")
     c.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=20")
     c.add_argument("--sparsity", type=_floats, default=[0.9], help="comma-separated sparsities (default 0.9)")
     c.add_argument("--seeds", type=int, default=3, help="seeds per cell: train.seed, +1, ... (default 3)")
-    c.add_argument("--methods", help="comma-separated rows: any method (dsr, set, rigl, gmp, hashednet, ...; "
-                   "static and thin_dense give their 1x and 2x controls, static_2x one of them), final_reinit, "
-                   "final_init, random_control, dsr_stop:E, or 'ablations' (default: every method, no ablations)")
+    c.add_argument("--methods", help=_methods_help())
     c.add_argument("--epoch-factor", type=float, help="the controls' long budget (default: sparsity.epoch_factor)")
     c.add_argument("--output", "-o", help="output folder (default: runs/compare_<config name>)")
     c.add_argument("--address", help="run on this Ray cluster through Tune (default: in this process, one run at "
@@ -110,12 +129,7 @@ def add_parsers(sub) -> None:
     c.add_argument("--concurrency", type=int, default=0, help="runs at once on a local Ray (0: one at a time, in "
                    "this process, no Ray)")
     c.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlruns)")
-    c.set_defaults(func=cmd_compare)
 
-    e = sub.add_parser("export", help="write a trained sparse model in compressed form", description=(
-        "Write RUN_DIR's final model as its non-zero values and their positions (int32 indices or a "
-        "bitmask, whichever is smaller) plus the dense tensors. dsr_tune.train.export.load_exported(FILE) "
-        "restores a dense model with the same outputs."))
+    e = command(sub, "export", cmd_export, "write a trained sparse model in compressed form")
     e.add_argument("run_dir", help="a run folder holding checkpoint.pt")
     e.add_argument("--output", "-o", help="output file (default: RUN_DIR/model.sparse.pt)")
-    e.set_defaults(func=cmd_export)

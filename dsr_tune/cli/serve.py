@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .common import fail
+from .common import command, fail
 
 UI_PORT = 5000
 DASHBOARD_PORT = 8080
@@ -149,6 +149,8 @@ def _host_checks(args) -> str | None:
 
 
 def cmd_ui(args) -> int:
+    """Serve the MLflow UI of a sqlite store (default: $MLFLOW_TRACKING_URI or ./mlruns/mlflow.db) on
+    127.0.0.1, print its URL once it answers, and stop it (with its workers) on Ctrl-C or SIGTERM."""
     from ..tracking import store
 
     target = store.resolve(args.tracking_uri)
@@ -167,6 +169,9 @@ def cmd_ui(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
+    """Serve optuna-dashboard on the Optuna study of a sweep folder (its optuna.db: every trial the search
+    proposed, its values and state) on 127.0.0.1, print its URL once it answers, and stop it on Ctrl-C
+    or SIGTERM."""
     from ..sweep.search import STUDY_FILE
 
     sweep = Path(args.sweep)
@@ -204,17 +209,10 @@ def _server_options(p, port: int) -> None:
 
 
 def add_parsers(sub) -> None:
-    u = sub.add_parser("ui", help="the MLflow UI of the embedded store, on 127.0.0.1", description=(
-        "Serve the MLflow UI of a sqlite store (default: $MLFLOW_TRACKING_URI or ./mlruns/mlflow.db) on "
-        "127.0.0.1, print its URL once it answers, and stop it (with its workers) on Ctrl-C or SIGTERM."))
+    u = command(sub, "ui", cmd_ui, "the MLflow UI of the embedded store, on 127.0.0.1")
     _server_options(u, UI_PORT)
     u.add_argument("--tracking-uri", help="a sqlite store (default: $MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
-    u.set_defaults(func=cmd_ui)
 
-    d = sub.add_parser("dashboard", help="optuna-dashboard on a sweep's Optuna study, on 127.0.0.1", description=(
-        "Serve optuna-dashboard on the Optuna study of a sweep folder (its optuna.db: every trial the search "
-        "proposed, its values and state) on 127.0.0.1, print its URL once it answers, and stop it on Ctrl-C "
-        "or SIGTERM."))
+    d = command(sub, "dashboard", cmd_dashboard, "optuna-dashboard on a sweep's Optuna study, on 127.0.0.1")
     d.add_argument("sweep", help="a sweep folder (the --output of dsr-tune sweep)")
     _server_options(d, DASHBOARD_PORT)
-    d.set_defaults(func=cmd_dashboard)
