@@ -315,3 +315,28 @@ def test_same_seed_same_decisions():
     a, b, c = run(7), run(7), run(8)
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert not all(torch.equal(a[n], c[n]) for n in a)
+
+
+def test_every_stateful_part_keeps_its_checkpoint_keys_and_loads_them_back():
+    """The parts' state is declared once (sparse/state.py); a checkpoint's keys are the attribute
+    names they always were, numbers load through their type, per-tensor dicts load in place
+    onto the device of the tensor they replace."""
+    from dsr_tune.sparse import DenseMomentum, SignFlipPrune
+    from dsr_tune.sparse.gmp import DenseSparseDense, GradualMagnitudePruning
+
+    prune = ThresholdPrune(0.01)
+    prune.threshold = 0.04
+    assert prune.state_dict() == {"threshold": 0.04}
+    prune.load_state_dict({"threshold": 1})  # an int in an old checkpoint: a float again
+    assert prune.threshold == 1.0 and isinstance(prune.threshold, float)
+    gmp, dsd = GradualMagnitudePruning(0.9), DenseSparseDense(0.9, 1, 2)
+    gmp.load_state_dict({"done": 3.0})
+    dsd.load_state_dict({"phase": 2})
+    assert gmp.state_dict() == {"done": 3} and isinstance(gmp.done, int) and dsd.state_dict() == {"phase": 2}
+    for part, key in ((DenseMomentum(), "buffers"), (SignFlipPrune(), "positive")):
+        own = {"w": torch.zeros(3, dtype=torch.float64)}
+        setattr(part, key, own)
+        part.load_state_dict({key: {"w": torch.arange(3.0), "new": torch.ones(1)}})
+        assert getattr(part, key) is own and own["w"].dtype == torch.float32 and own["new"].tolist() == [1.0]
+        saved = part.state_dict()
+        assert list(saved) == [key] and saved[key]["w"].tolist() == [0.0, 1.0, 2.0], part

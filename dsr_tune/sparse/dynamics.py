@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from .schedule import EpochTable
+from .state import PER_TENSOR, saved_state
 
 DEEPR_TEMPERATURES = ((0, 1e-5), (25, 1e-8), (80, 1e-12), (140, 1e-15))
 
@@ -163,12 +164,7 @@ class DenseMomentum:
                              for n in names])
         return dict(zip(names, means.tolist()))
 
-    def state_dict(self) -> dict:
-        return {"buffers": {n: b.cpu() for n, b in self.buffers.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        for n, b in state["buffers"].items():
-            self.buffers[n] = b.to(self.buffers[n].device) if n in self.buffers else b
+    state_dict, load_state_dict = saved_state(buffers=PER_TENSOR)
 
     def __repr__(self) -> str:
         return f"DenseMomentum(beta={self.beta})"

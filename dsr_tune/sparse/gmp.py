@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from .distribution import layer_counts
+from .state import saved_state
 
 
 @torch.no_grad()
@@ -111,11 +112,7 @@ class GradualMagnitudePruning:
         return {"method": "gmp", "prune_step": self.done, "target_sparsity": target,
                 "pruned": sum(removed.values()), "grown": 0, "budget": masking.budget}
 
-    def state_dict(self) -> dict:
-        return {"done": self.done}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.done = int(state["done"])
+    state_dict, load_state_dict = saved_state(done=int)
 
     def __repr__(self) -> str:
         return f"GMP(sparsity={self.sparsity}, steps={self.steps}, every={self.every}, start={self.start})"
@@ -152,11 +149,7 @@ class DenseSparseDense:
         masking.budget = masking.sparse_numel
         return {"method": "dsd", "phase": "dense", "pruned": 0, "grown": grown, "budget": masking.budget}
 
-    def state_dict(self) -> dict:
-        return {"phase": self.phase}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.phase = int(state["phase"])
+    state_dict, load_state_dict = saved_state(phase=int)
 
     def __repr__(self) -> str:
         return f"DSD(sparsity={self.sparsity}, sparse_from={self.sparse_from}, dense_from={self.dense_from})"

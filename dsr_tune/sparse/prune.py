@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .state import PER_TENSOR, saved_state
+
 
 def keep_one(weight: torch.Tensor, mask: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
     """If ``pruned`` would remove every active weight, spare the largest one."""
@@ -52,11 +54,7 @@ class ThresholdPrune:
     def record(self) -> dict:
         return {"threshold": self.threshold}
 
-    def state_dict(self) -> dict:
-        return {"threshold": self.threshold}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.threshold = float(state["threshold"])
+    state_dict, load_state_dict = saved_state(threshold=float)
 
     def __repr__(self) -> str:
         return f"ThresholdPrune(H={self.threshold:g}, Np={self.target_pruned}, delta={self.delta})"
@@ -160,12 +158,7 @@ class SignFlipPrune:
     def __call__(self, masking) -> dict[str, torch.Tensor]:
         return {n: masking.masks[n] & self.flipped(n, p.detach()) for n, p in masking.params.items()}
 
-    def state_dict(self) -> dict:
-        return {"positive": {n: s.cpu() for n, s in self.positive.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        for n, s in state["positive"].items():
-            self.positive[n] = s.to(self.positive[n].device) if n in self.positive else s
+    state_dict, load_state_dict = saved_state(positive=PER_TENSOR)
 
     def __repr__(self) -> str:
         return "SignFlipPrune()"
