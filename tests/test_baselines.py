@@ -391,6 +391,8 @@ def test_compare_runs_every_row_in_mlflow_writes_the_report_and_resumes(tmp_path
     assert main(args) == 0
     cap = capsys.readouterr()
     assert "[paired-0 1/6] dsr s0.9 seed0" in caplog.text and "static_1x" in cap.out and "static_2x" in cap.out
+    # each line: DSR's mean so far (and the leading row's) at its sparsity, the ETA of all runs and of the phase
+    assert "s0.9 so far (test mean over the seeds ended): dsr " in caplog.text and "; total ETA " in caplog.text
     rows = {r["method"]: r for r in csv.DictReader(open(out / "report.csv"))}
     assert list(rows) == ["dsr", "static_1x", "static_2x"]  # the 1x control beside the paper's 2x one
     assert [(rows[m]["epochs"], rows[m]["n"], rows[m]["seeds"]) for m in rows] == [

@@ -80,37 +80,116 @@ def _pct(v) -> str:
 
 class Progress(Callback):
     """Compact progress lines (Tune's own output is switched off); the CLI
-    prints the ``dsr_tune`` logger to stderr."""
+    prints the ``dsr_tune`` logger to stderr.
 
-    def __init__(self, phase: str, total: int, ctx: SweepContext, metric: str, mode: str, every_s: float = 30.0):
+    A trial's end carries the best so far (search phases: the best search
+    metric per searched sparsity; paired phases: DSR's and the leading row's
+    test mean at the trial's sparsity over the seeds ended so far), the ETA
+    of the whole sweep (``total ETA``) and of this phase. The total counts epochs:
+    ``planned`` (each trial's epochs: one number for a search, {job key:
+    epochs} for a paired phase) of the trials not ended yet plus ``later``
+    (the planned epochs of the phases after it), at the rate per trained
+    epoch of the trials this process saw end; without them only the phase's
+    ETA is shown."""
+
+    def __init__(self, phase: str, total: int, ctx: SweepContext, metric: str, mode: str, every_s: float = 30.0,
+                 *, planned: int | dict[str, int] | None = None, later: int | None = None):
         self.phase, self.total, self._ctx = phase, total, ctx
         self.metric, self.mode, self.every_s = metric, mode, every_s
+        self.planned, self.later = planned, later
         self.started: dict[str, float] = {}
         self.last_line: dict[str, float] = {}
-        self.best: tuple[float, str] | None = None
-        self.done = 0
-        self._clock: tuple[float, int] | None = None  # (wall time, trials done) when this process first saw a start
+        self.done = self.epochs_done = self.epochs_left = 0
+        # (wall time, trials ended, epochs trained) when this process first saw a trial start
+        self._clock: tuple[float, int, int] | None = None
+        self._paired: dict | None = None  # the paired jobs, read once
 
     @property
     def ctx(self) -> SweepContext:
         return self._ctx or _current
 
     def __getstate__(self):
-        return {**_without_ctx(self), "_clock": None}  # a resumed sweep times its own trials
+        return {**_without_ctx(self), "_clock": None, "_paired": None}  # a resumed sweep times its own trials
+
+    def __setstate__(self, state):  # a Progress pickled by an older version lacks the newer fields
+        self.__dict__.update({"planned": None, "later": None, "epochs_done": 0, "epochs_left": 0, "_paired": None,
+                              **state})
+
+    def _planned(self, trial) -> int:
+        p = self.planned
+        return p.get(trial.config.get("job"), 0) if isinstance(p, dict) else (p or 0)
+
+    def _trained(self, trial) -> int:
+        """Epochs an ended trial trained (fewer than planned when ASHA stopped it)."""
+        done = (trial.last_result or {}).get("epochs_done")
+        return int(done) if isinstance(done, (int, float)) else self._planned(trial)
 
     def _eta(self) -> str:
-        """The phase's ETA from the trials this process saw end (their rate, with the concurrency)."""
+        """The sweep's and the phase's ETA, from the trials this process saw end (their rate, with the concurrency)."""
         from ..train.metrics import duration
 
-        if self._clock is None or self.done <= self._clock[1] or self.done >= self.total:
+        if self._clock is None or self.done <= self._clock[1]:
             return ""
-        per_trial = (_now() - self._clock[0]) / (self.done - self._clock[1])
-        return f"; phase ETA {duration(per_trial * (self.total - self.done))}"
+        elapsed, parts = _now() - self._clock[0], []
+        if self.planned is not None and self.later is not None and self.epochs_done > self._clock[2]:
+            left = self.epochs_left + self.later
+            if left:
+                parts.append(f"total ETA {duration(elapsed / (self.epochs_done - self._clock[2]) * left)}")
+        if self.done < self.total:
+            per_trial = elapsed / (self.done - self._clock[1])
+            parts.append(f"phase ETA {duration(per_trial * (self.total - self.done))}")
+        return "; " + ", ".join(parts) if parts else ""
+
+    def _ended(self, trials, trial=None) -> list:
+        """Trials ended so far (restored ones included); ``trial`` is ending now."""
+        ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+        return ended + ([trial] if trial is not None and trial not in ended else [])
 
     def _count(self, trials, trial=None) -> None:
-        """Trials ended so far (restored ones included); ``trial`` is ending now."""
-        ended = ("TERMINATED", "ERROR")
-        self.done = sum(t.status in ended for t in trials) + (trial is not None and trial.status not in ended)
+        """Trials ended, the epochs they trained, and the epochs planned for the rest of this phase."""
+        ended = self._ended(trials, trial)
+        self.done, self.epochs_done = len(ended), sum(self._trained(t) for t in ended)
+        if isinstance(self.planned, dict):
+            gone = {t.config.get("job") for t in ended}
+            self.epochs_left = sum(e for k, e in self.planned.items() if k not in gone)
+        else:
+            self.epochs_left = (self.total - self.done) * (self.planned or 0)
+
+    def _best(self, trials, trial) -> str:
+        """The best search metric so far, per searched sparsity (one value when sparsity is not searched)."""
+        sign = 1 if self.mode == "max" else -1
+        best: dict = {}
+        for t in self._ended(trials, trial):
+            v = (t.last_result or {}).get(self.metric)
+            s = t.config.get("sparsity.sparsity")
+            if t.status != "ERROR" and isinstance(v, (int, float)) and (s not in best or sign * v > sign * best[s][0]):
+                best[s] = (v, t)
+        if not best:
+            return ""
+        shown = {s: f"{_pct(v) if 'acc' in self.metric else f'{v:.4g}'} ({self._name(t)})"
+                 for s, (v, t) in best.items()}
+        if list(shown) == [None]:
+            return f"; best {self.metric} so far {shown[None]}"
+        return f"; best {self.metric} so far: " + ", ".join(f"s{s:g} {shown[s]}" for s in sorted(shown))
+
+    def _standing(self, trials, trial) -> str:
+        """Paired phases: DSR's and the leading row's test mean so far at the ending trial's sparsity."""
+        from . import tables
+        from .results import RunRow
+
+        if self._paired is None:
+            self._paired = self.ctx.paired_jobs()
+        job = self._paired.get(trial.config.get("job"))
+        if job is None or job.sparsity is None:
+            return ""
+        rows = []
+        for t in self._ended(trials, trial):
+            j, r = self._paired.get(t.config.get("job")), t.last_result or {}
+            if j is not None and t.status != "ERROR" and "test_acc" in r:
+                rows.append(RunRow(j.key, j.role, j.method, j.sparsity, j.seed, "FINISHED", r,
+                                   j.config["train"]["epochs"]))
+        line = tables.standing(rows, job.sparsity)
+        return f"; {line}" if line else ""
 
     def _name(self, trial) -> str:
         info = read_run_file(self.ctx.run_dir_of(trial.config, trial.trial_id)) or {}
@@ -126,7 +205,7 @@ class Progress(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self._count(trials)
         if self._clock is None:
-            self._clock = (_now(), self.done)
+            self._clock = (_now(), self.done, self.epochs_done)
         self.started[trial.trial_id] = self.last_line[trial.trial_id] = time.monotonic()
         what = trial.config.get("job") or f"{trial.config.get('method')} {trial.trial_id}"
         log.info("[%s %d/%d done] start %s%s", self.phase, self.done, self.total, what, self._params(trial))
@@ -146,15 +225,7 @@ class Progress(Callback):
         self._count(trials, trial)
         r = trial.last_result or {}
         took = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
-        value = r.get(self.metric)
-        if isinstance(value, (int, float)):
-            better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
-            if better:
-                self.best = (value, self._name(trial))
-        best = ""
-        if self.best and self.phase.startswith("search"):
-            shown = _pct(self.best[0]) if "acc" in self.metric else f"{self.best[0]:.4g}"
-            best = f"; best {self.metric} so far {shown} ({self.best[1]})"
+        best = self._best(trials, trial) if self.phase.startswith("search") else self._standing(trials, trial)
         log.info("[%s %d/%d done] end   %s: %s after %s epochs, %s non-zero, %.0f s%s%s", self.phase,
                  self.done, self.total, self._name(trial), self._scores(r), r.get("epochs_done", "?"),
                  f"{r.get('nonzero_params', 0):,}", took, best, self._eta())

@@ -119,13 +119,16 @@ def _phases(space: Space, ctx: SweepContext, meta: dict, out_dir: Path, runner) 
 
 def _run_here(ctx: SweepContext, keys: list[str], phase: str) -> bool:
     """The jobs of a phase in this process, one after another (a comparison without Ray)."""
+    from . import tables
     from .execute import run_job
+    from .results import RunRow
 
     from ..train.metrics import duration
 
     jobs = ctx.paired_jobs()
     epochs_left = sum(jobs[k].config["train"]["epochs"] for k in keys)
-    spent, trained_epochs = 0.0, 0  # what this process trained: the phase's ETA per epoch
+    later = sum(j.config["train"]["epochs"] for j in jobs.values() if j.stage > jobs[keys[0]].stage) if keys else 0
+    spent, trained_epochs, rows = 0.0, 0, []  # what this process trained: the ETAs per epoch
     for i, key in enumerate(keys, 1):
         job = jobs[key]
         head = f"[{phase} {i}/{len(keys)}] {job.run_name}"
@@ -135,9 +138,15 @@ def _run_here(ctx: SweepContext, keys: list[str], phase: str) -> bool:
         epochs_left -= job.config["train"]["epochs"]
         if trained:
             spent, trained_epochs = spent + time.perf_counter() - t0, trained_epochs + job.config["train"]["epochs"]
+        rows.append(RunRow(key, job.role, job.method, job.sparsity, job.seed, "FINISHED", record,
+                           job.config["train"]["epochs"]))
         how = f"{time.perf_counter() - t0:.0f} s" if trained else "trained before, skipped"
-        eta = f"; phase ETA {duration(spent / trained_epochs * epochs_left)}" if trained_epochs and epochs_left else ""
+        per_epoch = spent / trained_epochs if trained_epochs else 0
+        eta = [f"total ETA {duration(per_epoch * (epochs_left + later))}"] if per_epoch and epochs_left + later else []
+        eta += [f"phase ETA {duration(per_epoch * epochs_left)}"] if per_epoch and epochs_left else []
+        best = tables.standing(rows, job.sparsity) if job.sparsity is not None else ""
         val = f"val {100 * record['val_acc']:.2f}%, " if "val_acc" in record else ""
-        log.info("%s: %stest %.2f%%, %s non-zero, %d epochs (%s%s)", head, val, 100 * record["test_acc"],
-                 f"{record['nonzero_params']:,}", record["epoch"] + 1, how, eta)
+        log.info("%s: %stest %.2f%%, %s non-zero, %d epochs (%s%s%s)", head, val, 100 * record["test_acc"],
+                 f"{record['nonzero_params']:,}", record["epoch"] + 1, how, f"; {best}" if best else "",
+                 "; " + ", ".join(eta) if eta else "")
     return True

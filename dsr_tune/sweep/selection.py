@@ -28,7 +28,7 @@ from .. import runfolder
 from . import plan as P
 from .jobs import Job, SweepContext, with_values
 from .results import RunRow
-from .space import Space
+from .space import Space, tuned_methods
 
 log = logging.getLogger("dsr_tune")
 
@@ -58,6 +58,10 @@ def _role(row: P.Row, space: Space) -> str:
     return "selected" if row.label in searched else "baseline"
 
 
+def _labels(space: Space) -> list[str]:
+    return list(dict.fromkeys([*space.methods, *space.baselines] + (["dense"] if space.dense else [])))
+
+
 def plan_jobs(space: Space, refs: dict[float, tuple[C.Config, str | None]],
               tuned: dict[tuple[str, float], tuple[C.Config, str]], folder_of) -> list[Job]:
     """Every paired job. ``refs``: per sparsity, the DSR config the rows derive
@@ -66,7 +70,7 @@ def plan_jobs(space: Space, refs: dict[float, tuple[C.Config, str | None]],
     is ``tuned`` when its configuration came from a search of its own: a
     searched method's selection, or a tuned baseline's);
     ``folder_of(job key)``: a job's run folder (a parent's, for stage-1 rows)."""
-    labels = list(dict.fromkeys([*space.methods, *space.baselines] + (["dense"] if space.dense else [])))
+    labels = _labels(space)
     jobs: dict[str, Job] = {}
     for s, (ref_cfg, ref_key) in sorted(refs.items()):
         rows = P.rows(labels, ref_cfg.sparsity.epoch_factor, ref_cfg.train.epochs)
@@ -110,3 +114,35 @@ def compare_jobs(space: Space, ctx: SweepContext) -> list[Job]:
     """The jobs of a comparison without search: its config at each sparsity."""
     refs = {s: (C.replace(space.base, **{"sparsity.sparsity": s}), None) for s in space.sparsities or []}
     return plan_jobs(space, refs, {}, ctx.run_dir)
+
+
+# ---------------------------------------------------------------- what is left (the progress lines' ETA)
+
+
+def planned_sparsities(space: Space) -> list[float]:
+    """The sparsities the paired phases will cover, as far as the space says
+    before the search: its searched choices (the search may reach fewer), or
+    the comparison's, or the base config's."""
+    if space.sparsities is not None:
+        return list(space.sparsities)
+    searched = next((p for p in space.params if p.key == "sparsity.sparsity" and p.kind == "choice"), None)
+    return [float(v) for v in searched.values] if searched else [space.base.sparsity.sparsity]
+
+
+def paired_epochs_from_space(space: Space) -> int:
+    """The epochs the paired phases will train, counted from the space before
+    ``paired.json`` exists: sparsities x seeds x rows (each at its epoch factor)."""
+    epochs, factor = space.base.train.epochs, space.base.sparsity.epoch_factor
+    runs = P.plan(P.rows(_labels(space), factor, epochs), planned_sparsities(space), space.seeds)
+    return sum(max(1, round(epochs * run.row.factor)) for run in runs)
+
+
+def epochs_after(space: Space, ctx: SweepContext, phase: str) -> int:
+    """The planned epochs of every phase after ``phase``: the searches still to
+    come, then the paired jobs (from ``paired.json`` once the search has ended)."""
+    searches = [f"search-{m}" for m in tuned_methods(space)]
+    if phase in searches:
+        later = searches[searches.index(phase) + 1:]
+        return len(later) * space.search.samples * space.base.train.epochs + paired_epochs_from_space(space)
+    stage = int(phase.removeprefix("paired-"))
+    return sum(j.config["train"]["epochs"] for j in ctx.paired_jobs().values() if j.stage > stage)

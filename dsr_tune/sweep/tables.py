@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .results import Line, Table
+from .results import Line, RunRow, Table, summarize
 
 COLUMNS = ("method", "epochs", "tuned", "n", "mean ± std", "95% CI", "Δ vs DSR (paired, 95% CI)",
            "non-zero params", "note")
@@ -62,6 +62,20 @@ def header(t: Table) -> list[str]:
              "with its 95% interval (~0: the interval contains 0, not resolved at this n; no spread: every "
              "paired difference equal, judged by a sign test, which needs n >= 6)."]
     return lines + [f"WARNING: {w}" for w in t.warnings]
+
+
+def standing(rows: list[RunRow], sparsity: float) -> str:
+    """A paired phase's best so far at ``sparsity``, saying what it is of: DSR's
+    and the leading row's test-split mean over the fresh seeds ended so far."""
+    lines = [ln for ln in summarize("", rows).sections.get(sparsity, []) if ln.method != "dense"]
+    if not lines:
+        return ""
+    best = max(lines, key=lambda ln: ln.mean)
+    dsr = next((ln for ln in lines if ln.method == "dsr"), None)
+    shown = [] if dsr is None else [f"dsr {_pct(dsr.mean)}% (n {dsr.n})" + (", the best" if best is dsr else "")]
+    if best is not dsr:
+        shown.append(f"best {best.method} {_pct(best.mean)}% (n {best.n})")
+    return f"s{sparsity:g} so far (test mean over the seeds ended): {', '.join(shown)}"
 
 
 def _selection(t: Table, s: float) -> list[str]:

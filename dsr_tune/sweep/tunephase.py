@@ -94,6 +94,7 @@ def tune_phase(phase: str, space: Space, ctx: SweepContext, keys: list[str] | No
 
     from .callbacks import Finalizer, Progress, use_context
     from .trial import run_trial
+    from .selection import epochs_after
 
     use_context(ctx)  # for the callbacks a restored Tuner brings back
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(space, on_cluster))
@@ -106,10 +107,13 @@ def tune_phase(phase: str, space: Space, ctx: SweepContext, keys: list[str] | No
         s = space.search
         tc, param_space = tune_config(phase, space, ctx, n_concurrent, keys)
         table_kw = {"verbose": 1, "progress_reporter": progress_table(phase, space)} if table else {"verbose": 0}
+        jobs = ctx.paired_jobs() if keys is not None else {}  # each trial's epochs: the sweep's ETA
+        planned = space.base.train.epochs if keys is None else {k: jobs[k].config["train"]["epochs"] for k in keys}
+        progress = Progress(phase, total, ctx, s.metric, s.mode, planned=planned, later=epochs_after(space, ctx, phase))
         rc = tune.RunConfig(name=phase, storage_path=str(Path(ctx.sweep_dir) / "tune"), **table_kw,
                             failure_config=tune.FailureConfig(max_failures=s.max_failures),
                             sync_config=tune.SyncConfig(sync_period=5),
-                            callbacks=[Finalizer(ctx), Progress(phase, total, ctx, s.metric, s.mode)])
+                            callbacks=[Finalizer(ctx), progress])
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tc, run_config=rc)
     grid = tuner.fit()
     return grid.num_terminated + grid.num_errors >= total
