@@ -56,7 +56,7 @@ def store(tmp_path_factory):
         r(f"paired/dsr/s0.9/seed{seed}", "selected", "dsr", 0.9, seed, acc, 5000, 10, selected_from="search/dsr/b")
     for seed, acc in ((1, 0.85), (2, 0.89)):
         r(f"paired/static_2x/s0.9/seed{seed}", "baseline", "static_2x", 0.9, seed, acc, 5000, 20,
-          selected_from="search/dsr/b")
+          selected_from="search/dsr/b", group="s0.9")
         r(f"paired/thin_dense_1x/s0.9/seed{seed}", "baseline", "thin_dense_1x", 0.9, seed, acc + 0.04, 4990, 10,
           selected_from="search/dsr/b")
     # sparsity 0.8: one trial, one report seed
@@ -111,6 +111,19 @@ def test_report_means_intervals_and_paired_differences_from_the_store(store, tmp
     assert metrics["s0.9/static_2x/diff_n"] == 2 and metrics["s0.9/static_2x/resolved"] == 0
     assert metrics["s0.8/static_2x/diff_n"] == 1 and "s0.8/static_2x/diff_ci_low" not in metrics  # n = 1: no interval
     assert "s0.9/dsr/diff_n" not in metrics  # the reference has no difference to itself
+    # every reported run links to MLflow run ids: the search trial it was selected as, and (baselines) the
+    # DSR run of its sparsity and seed; the group tag stays
+    by_key = {r.data.tags["dsr_tune.run"].split("/", 1)[1]: r for r in client.search_runs(
+        [client.get_run(parent).info.experiment_id], filter_string=f"tags.sweep = '{SWEEP}'")}
+    rid = lambda key: by_key[key].info.run_id  # noqa: E731
+    for seed in (1, 2):
+        dsr, static = by_key[f"paired/dsr/s0.9/seed{seed}"].data.tags, by_key[f"paired/static_2x/s0.9/seed{seed}"].data.tags
+        assert dsr["selected_from_run_id"] == rid("search/dsr/b") and "dsr_run_id" not in dsr
+        assert static["dsr_run_id"] == rid(f"paired/dsr/s0.9/seed{seed}") and static["group"] == "s0.9"
+        assert static["selected_from_run_id"] == rid("search/dsr/b")
+    assert by_key["paired/static_2x/s0.8/seed1"].data.tags["dsr_run_id"] == rid("paired/dsr/s0.8/seed1")
+    assert "dsr_run_id" not in by_key["paired/dense/seed1"].data.tags
+    assert report.link_runs(client, list(by_key.values())) == 0  # idempotent: a second report sets nothing
 
 
 def test_t_interval_and_paired_difference_by_hand():

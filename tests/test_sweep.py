@@ -668,6 +668,8 @@ def test_sweep_end_to_end_in_mlflow(e2e):
         label = r.data.tags["method"]
         assert label in ("static_1x", "static_2x", "thin_dense_1x", "thin_dense_2x")
         assert r.data.tags["selected_from"] in search_keys and r.data.tags["group"] == "s0.9"
+        assert r.data.tags["dsr_run_id"] == by_role["selected"][0].info.run_id  # its DSR run, by MLflow run id
+        assert r.data.tags["selected_from_run_id"] in {s.info.run_id for s in by_role["search"]}
         factor = 2 if label.endswith("_2x") else 1  # the paper's 2x control, and the 1x one
         assert int(r.data.params["train.epochs"]) == factor * dsr_epochs
         assert abs(r.data.metrics["epoch/nonzero_params"] - dsr_nonzero) <= 0.05 * dsr_nonzero  # same parameter count

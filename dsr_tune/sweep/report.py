@@ -13,12 +13,15 @@ and logged to the parent run with the table's numbers as its metrics.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
 from .. import runfolder
 from . import tables
 from .results import RunRow, Table, pareto_front, summarize
+
+log = logging.getLogger("dsr_tune")
 
 
 def _float(v):
@@ -47,14 +50,49 @@ def row_from_mlflow(run) -> RunRow:
     return _row(key, tags, run.info.status, metrics, int(_float(params.get("train.epochs")) or 0))
 
 
-def load_mlflow(client, sweep_id: str) -> tuple[list[RunRow], object]:
-    """The child runs and the parent run of ``sweep_id`` (searching every experiment)."""
+def load_mlflow(client, sweep_id: str, link: bool = False) -> tuple[list[RunRow], object]:
+    """The child runs and the parent run of ``sweep_id`` (searching every experiment);
+    with ``link`` the reported runs get their link tags first (:func:`link_runs`)."""
     from mlflow.entities import ViewType
 
     exps = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
     runs = client.search_runs(exps, filter_string=f"tags.sweep = '{sweep_id}'", max_results=50000)
+    if link:
+        try:
+            link_runs(client, runs)
+        except Exception as exc:  # noqa: BLE001 (a store that refuses tags still reports)
+            log.warning("MLflow: the runs' link tags were not set: %s", str(exc).splitlines()[0] if str(exc) else exc)
     parent = next((r for r in runs if r.data.tags.get("role") == "parent"), None)
     return [row_from_mlflow(r) for r in runs if r.data.tags.get("role") != "parent"], parent
+
+
+# the MLflow run ids a reported run is linked to (beside the group tag and selected_from's job key)
+LINK_DSR, LINK_SELECTED = "dsr_run_id", "selected_from_run_id"
+
+
+def link_runs(client, runs) -> int:
+    """Tag each reported run with the MLflow run ids it belongs with: ``selected_from_run_id``
+    (the search trial its configuration was selected as, or derived from) and, on every
+    row but DSR's own, ``dsr_run_id`` (the DSR run of the same sparsity and seed). Set
+    once every run exists (the report runs when the sweep ends; a run may start before
+    the DSR run it is compared with). Idempotent; returns how many tags it set."""
+    by_key = {r.data.tags.get("dsr_tune.run", "").split("/", 1)[-1]: r for r in runs}
+    reported = [r for r in runs if r.data.tags.get("role") in ("selected", "baseline")]
+    dsr = {(r.data.tags.get("sparsity"), r.data.tags.get("seed")): r for r in reported
+           if r.data.tags.get("method") == "dsr"}
+    n = 0
+    for r in reported:
+        tags = r.data.tags
+        source = by_key.get(tags.get("selected_from") or "")
+        ref = dsr.get((tags.get("sparsity"), tags.get("seed"))) if tags.get("method") != "dsr" else None
+        want = {LINK_SELECTED: source.info.run_id if source is not None else None,
+                LINK_DSR: ref.info.run_id if ref is not None else None}
+        for name, value in want.items():
+            if value and tags.get(name) != value:
+                client.set_tag(r.info.run_id, name, value)
+                tags[name] = value
+                n += 1
+    return n
 
 
 def latest_sweep(client, name: str) -> str | None:
@@ -130,7 +168,7 @@ def _gather(sweep: str, uri: str | None):
         if meta is None and not client.search_runs([e.experiment_id for e in client.search_experiments()],
                                                    filter_string=f"tags.sweep = '{sweep}'", max_results=1):
             sweep_id = latest_sweep(client, sweep) or sweep
-        rows, parent = load_mlflow(client, sweep_id)
+        rows, parent = load_mlflow(client, sweep_id, link=True)
     except Exception as exc:  # noqa: BLE001 (MLflow out of reach: the run folders hold the same records)
         if folder is None:
             raise LookupError(f"no sweep {sweep!r}: {store.redact(str(exc).splitlines()[0])}") from None
