@@ -1,13 +1,19 @@
-"""The run folder: its file names, the one atomic write, reading its records.
+"""The run folder and the sweep folder: their file names, the one atomic write, reading records.
 
-Every file the tool writes in a run folder (or a sweep folder) is named here
-and written with :func:`atomic_write`: a temporary file in the same folder,
-flushed and fsynced, renamed over the target, and the folder fsynced, so a
-crash at any instant leaves either the old file or the new one, never half of
-one. Temporary files carry the writer's pid; :func:`clean_stale` removes those
-whose writer is gone (a run killed while saving) when a run starts again.
+Every file the tool writes in a run folder, a sweep folder or a local
+checkpoint storage is named here and written with :func:`atomic_write` (or
+:func:`atomic_copy`, which goes through it): a temporary file in the same
+folder, flushed and fsynced, renamed over the target, and the folder fsynced,
+so a crash at any instant leaves either the old file or the new one, never
+half of one. Nothing else in the package renames files into place.
 
-Torch-free: reports, sync and the CLI read run folders without importing it.
+Temporary files follow one scheme, ``.<name>.tmp-<pid>`` (:func:`temp_path`:
+the writer's pid); :func:`clean_stale` removes those whose writer is gone (a
+run killed while saving), or all of them in a folder the starting process
+owns alone, when a run, a sweep or a worker group starts again.
+
+Torch-free and stdlib-only: reports, sync and the CLI read run folders
+without importing torch.
 """
 
 from __future__ import annotations
@@ -15,25 +21,61 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
+# ---------------------------------------------------------------- names
+
+# a run folder
 CONFIG = "config.yaml"          # the resolved config of the run
 METRICS = "metrics.jsonl"       # one JSON record per line: "epoch" and "realloc" records
 CHECKPOINT = "checkpoint.pt"    # the latest finished epoch: everything to continue exactly
 INIT = "init.pt"                # the initial weights and masks (the ablations start from them)
 RESULT = "result.json"          # a comparison run's summary, written when it finished
 TRACKING = "tracking.json"      # a sweep run's identity and MLflow state
+OFFLINE = "mlflow_offline.json"  # MLflow lost records of this run (dsr-tune sync logs them)
 RAY_RUN = "ray_run.json"        # a Ray Train run: its name and where its checkpoints live
-WORKERS = "ray_workers"         # a Ray Train run: rank<R>.json per worker
+WORKERS = "ray_workers"         # a Ray Train run: rank<R>.json per worker (:func:`worker_file`)
+RAY_STORAGE = "ray"             # a Ray Train run's checkpoint storage when train.storage_path is unset
 EXPORT = "model.sparse.pt"      # the exported sparse model (dsr-tune export)
+
+# a Ray Train checkpoint folder in storage (epoch_<5 digits>/): the run record beside the checkpoint
+MANIFEST = "manifest.json"      # {"epoch": N, "files": {name: size}}: a cut-off upload is skipped
+RUN_RECORD = (METRICS, CONFIG)  # the files that follow the checkpoint around
+
+# a sweep folder
+SWEEP = "sweep.json"            # the sweep's identity, phases done, status and tracker
+PAIRED = "paired.json"          # the paired runs (baselines, fresh seeds) planned so far
+STUDY = "optuna.db"             # the Optuna study (SQLite; -journal, -wal, -shm beside it)
+RUNS = "runs"                   # one run folder per trial or paired run
+RAY_TRAIN = "ray_train"         # Ray Train's checkpoint storage of the sweep's runs
+TUNE = "tune"                   # Ray Tune's experiment state, one folder per phase
+REPORTS = ("report", "results")  # stems of report files (report.md, report_dynamics_s0.9.png; results.* of 0.1)
+
+
+def worker_file(rank: int) -> str:
+    """The file of Ray Train worker ``rank`` in a run folder's :data:`WORKERS`."""
+    return f"rank{rank}.json"
+
+
+# ---------------------------------------------------------------- the one atomic write
 
 _TMP = ".tmp-"  # temporary files: .<name>.tmp-<pid>
 
 
-def _tmp_name(path: Path) -> Path:
+def temp_path(path: str | Path) -> Path:
+    """The temporary name this process writes ``path`` under (``.<name>.tmp-<pid>``,
+    beside it); :func:`clean_stale` removes it once this process is gone."""
+    path = Path(path)
     return path.with_name(f".{path.name}{_TMP}{os.getpid()}")
+
+
+def temp_writer(name: str) -> int | None:
+    """The writer's pid of a temporary file named by :func:`temp_path`, else None."""
+    head, sep, pid = name.rpartition(_TMP)
+    return int(pid) if sep and head.startswith(".") and len(head) > 1 and pid.isdigit() else None
 
 
 def fsync_dir(folder: Path) -> None:
@@ -53,7 +95,7 @@ def atomic_write(path: str | Path, data: str | bytes | Callable[[IO[bytes]], Non
     to ``path`` atomically and durably; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             if callable(data):
@@ -68,6 +110,21 @@ def atomic_write(path: str | Path, data: str | bytes | Callable[[IO[bytes]], Non
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def atomic_copy(src, dst: str | Path, opener: Callable[[object], IO[bytes]] | None = None) -> Path:
+    """Copy ``src`` over ``dst`` with :func:`atomic_write`. ``opener(src)`` opens
+    the source (default: a local file; e.g. a pyarrow file system's
+    ``open_input_stream`` for a file in remote storage)."""
+    def copy(f: IO[bytes]) -> None:
+        with (opener or _open_binary)(src) as source:
+            shutil.copyfileobj(source, f, 1 << 20)
+
+    return atomic_write(dst, copy)
+
+
+def _open_binary(path) -> IO[bytes]:
+    return open(path, "rb")
 
 
 def write_json(path: str | Path, obj) -> Path:
@@ -92,18 +149,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale(folder: str | Path) -> list[Path]:
-    """Remove temporary files in ``folder`` whose writer process is gone
-    (a run killed mid-save); returns what was removed."""
+def clean_stale(folder: str | Path, *, owned: bool = False) -> list[Path]:
+    """Remove the temporary files (and staging folders) in ``folder`` whose
+    writer process is gone, a run killed mid-save; with ``owned`` (the starting
+    process is the folder's only writer, e.g. a restarted worker group whose
+    writer may have run on another node) every one. Returns what was removed."""
     folder = Path(folder)
     removed = []
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
-        head, sep, pid = p.name.rpartition(_TMP)
-        if sep and head.startswith(".") and pid.isdigit() and not _alive(int(pid)):
+        pid = temp_writer(p.name)
+        if pid is None or (not owned and _alive(pid)):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
             p.unlink(missing_ok=True)
-            removed.append(p)
+        removed.append(p)
     return removed
 
 

@@ -65,9 +65,10 @@ def test_storage_takes_the_newest_complete_checkpoint(tmp_path):
         (run / "checkpoint.pt").write_bytes(b"x" * (100 + epoch))
         (run / "metrics.jsonl").write_text('{"kind": "epoch", "epoch": %d}\n' % (epoch - 1))
         staged = storage.stage(run, epoch)
-        (exp / staged.name.removeprefix(".ray_stage_")).mkdir(parents=True)
+        assert runfolder.temp_writer(staged.name) == os.getpid()  # a temporary: gone at the next start if we die
+        (exp / storage.checkpoint_dir_name(epoch)).mkdir(parents=True)
         for f in staged.iterdir():
-            (exp / staged.name.removeprefix(".ray_stage_") / f.name).write_bytes(f.read_bytes())
+            (exp / storage.checkpoint_dir_name(epoch) / f.name).write_bytes(f.read_bytes())
     assert storage.newest_complete(str(tmp_path / "store"), "exp") == (str(exp / "epoch_00003"), 3)
     assert not list(exp.glob("epoch_*/init.pt"))  # not re-uploaded with every checkpoint...
     assert storage.put_init(str(tmp_path / "store"), "exp", run) and (exp / "init.pt").read_bytes() == b"i" * 1000
@@ -97,6 +98,50 @@ def test_run_record_comes_home_from_storage(tmp_path):
     assert (home / "metrics.jsonl").read_text() == (folder / "metrics.jsonl").read_text()
     assert (home / "checkpoint.pt").read_text() == "ckpt" and (home / "init.pt").read_text() == "init"
     assert not storage.sync_run_record(checkpoint, home)  # already there: nothing copied
+
+
+def test_storage_copies_go_through_the_one_atomic_write(tmp_path, monkeypatch):
+    """restore, download and init.pt's upload to a local storage write under the one temporary name
+    (never the target's own name mid-copy), and a restarted group clears its storage's temporaries."""
+    import shutil
+
+    import ray.train
+
+    from dsr_tune import runfolder
+
+    folder = tmp_path / "store" / "exp" / "epoch_00001"
+    folder.mkdir(parents=True)
+    for name in ("checkpoint.pt", "metrics.jsonl", "config.yaml"):
+        (folder / name).write_text(name)
+    (folder.parent / "init.pt").write_text("init")
+    seen: list[tuple[str, list[str]]] = []
+    real = shutil.copyfileobj
+
+    def watched(src, dst, *args):
+        where = Path(dst.name)
+        seen.append((where.name, sorted(p.name for p in where.parent.iterdir())))
+        real(src, dst, *args)
+    monkeypatch.setattr(shutil, "copyfileobj", watched)
+    home = tmp_path / "home"
+    assert storage.sync_run_record(ray.train.Checkpoint(str(folder)), home)  # restore + checkpoint + download
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "init.pt").write_text("init, longer")
+    assert storage.put_init(str(tmp_path / "store"), "exp", run)
+    monkeypatch.undo()
+    assert {name for name, _ in seen} >= {f".{n}.tmp-{os.getpid()}" for n in
+                                         ("checkpoint.pt", "metrics.jsonl", "config.yaml", "init.pt")}
+    for name, listing in seen:  # mid-copy: the target is absent or still the old file, the temporary beside it
+        assert runfolder.temp_writer(name) == os.getpid() and name in listing
+    assert (folder.parent / "init.pt").read_text() == "init, longer"
+    assert not [p for p in (tmp_path / "store" / "exp").iterdir() if runfolder.temp_writer(p.name)]
+    # a restarted worker group owns its storage folder: every temporary there goes, a live pid's too
+    left = [folder.parent / ".init.pt.tmp-999999", folder.parent / f".init.pt.tmp-{os.getpid()}"]
+    for p in left:
+        p.write_bytes(b"cut")
+    assert sorted(storage.clean_stale(str(tmp_path / "store"), "exp")) == sorted(map(str, left))
+    assert not any(p.exists() for p in left) and (folder.parent / "init.pt").exists()
+    assert storage.clean_stale("s3://bucket/prefix", "exp") == []  # object stores hold no temporaries
 
 
 def test_cluster_runs_need_shared_storage_and_overwrite_deletes_only_checkpoints(tmp_path, monkeypatch):

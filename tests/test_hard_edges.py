@@ -5,6 +5,9 @@ no code run from a crafted file (checkpoint, init.pt, export, mask_from)."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,6 +64,55 @@ def test_stale_temporary_files_are_removed_at_the_next_start(tmp_path):
     mine.write_text("in use")
     train(C.load(DIGITS, [*FAST, "train.stop_after=1"]), tmp_path, progress=False)
     assert not stale.exists() and mine.exists()
+
+
+def _killed_writer(path: Path) -> Path:
+    """A process SIGKILLed in the middle of ``runfolder.atomic_write(path)``; returns the temporary it left."""
+    code = ("import os, signal, sys\nfrom dsr_tune import runfolder\n"
+            "def half(f):\n    f.write(b'half a file'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+            "runfolder.atomic_write(sys.argv[1], half)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    left = [p for p in path.parent.iterdir() if runfolder.temp_writer(p.name) is not None]
+    assert len(left) == 1 and left[0].name.startswith(f".{path.name}.tmp-") and not path.exists()
+    return left[0]
+
+
+def _live_writers(folder: Path) -> Path:
+    mine = folder / f".notes.txt.tmp-{os.getpid()}"  # a temporary whose writer runs (this process)
+    mine.write_text("in use")
+    return mine
+
+
+def test_a_killed_writers_temporaries_go_at_the_next_start_of_every_folder(tmp_path):
+    from dsr_tune.distributed import reaper, worker
+    from dsr_tune.sweep import folder, space
+
+    run, sweep, workers, state = (tmp_path / n for n in ("run", "sweep", f"run/{runfolder.WORKERS}", "state"))
+    for d in (run, sweep, workers, state):
+        d.mkdir(parents=True, exist_ok=True)
+    # a run folder: the next training start
+    stale, live = _killed_writer(run / runfolder.CHECKPOINT), _live_writers(run)
+    staged = runfolder.temp_path(run / "ray_stage_epoch_00001")  # Ray Train's staging folder of a killed rank 0
+    staged.with_name(staged.name.replace(str(os.getpid()), "999999")).mkdir()
+    train(C.load(DIGITS, [*FAST, "train.stop_after=1"]), run, progress=False)
+    assert not stale.exists() and live.exists() and not list(run.glob(".ray_stage_*"))
+    # a run's worker files: the next worker start
+    stale = _killed_writer(workers / runfolder.worker_file(0))
+    worker._write_worker_file(run, 0)
+    assert not stale.exists() and (workers / runfolder.worker_file(0)).exists()
+    # a sweep folder killed while writing its first sweep.json: the next start takes it, no --overwrite
+    stale, live = _killed_writer(sweep / runfolder.SWEEP), _live_writers(sweep)
+    with pytest.raises(C.ConfigError, match="--overwrite"):  # a live writer's temporary stays, and is not ours to delete
+        folder.prepare(space.load(ROOT / "search_spaces" / "digits_demo.yaml"), sweep, resume=False, overwrite=False)
+    assert not stale.exists() and live.exists()
+    live.unlink()
+    assert folder.prepare(space.load(ROOT / "search_spaces" / "digits_demo.yaml"), sweep, resume=False,
+                          overwrite=False)["status"] == "RUNNING"
+    # the local Ray sessions' state folder: the next session's record
+    stale = _killed_writer(state / "1-abc.json")
+    reaper.record(reaper.Session("1:2:abc"), state)
+    assert not stale.exists() and [s.marker for _, s in reaper.recorded(state)] == ["1:2:abc"]
 
 
 def test_a_folder_without_a_complete_checkpoint_starts_afresh_without_overwrite(tmp_path, capsys):

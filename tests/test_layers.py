@@ -148,3 +148,86 @@ def test_files_and_functions_stay_readable():
                     long_functions.append(f"{path.relative_to(PKG)}:{node.lineno} {node.name} ({n} lines)")
     assert not long_files, "files over 400 lines: " + ", ".join(long_files)
     assert not long_functions, "functions over 60 lines: " + ", ".join(long_functions)
+
+
+# ------------------------------------------------------------------ the run folder's names and its one write
+
+
+def _file_names() -> set[str]:
+    """The run-folder and sweep-folder names runfolder.py defines (file names and the
+    distinctive folder names; plain words such as ``runs`` or ``tune`` are left out)."""
+    from dsr_tune import runfolder
+
+    return {v for k, v in vars(runfolder).items() if k.isupper() and isinstance(v, str) and ("." in v or "_" in v)
+            and not k.startswith("_")}
+
+
+def _code_strings(tree: ast.AST):
+    """(line, text) of every string constant in code: docstrings left out, f-string parts included."""
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.lineno, node.value
+
+
+def _spelled(names: set[str], text: str) -> list[str]:
+    """The names ``text`` uses as a path: the whole string, or a part of a path
+    (``"x/metrics.jsonl"``, ``f"{d}/sweep.json"``, ``"optuna.db-wal"``). Prose
+    that mentions a file (help texts, messages: ``"holds no checkpoint.pt"``) is
+    not a path and may say it, as docstrings and comments may."""
+    import re
+
+    return [n for n in names if re.search(rf"(?:^|/){re.escape(n)}(?:$|[/-])", text)]
+
+
+def _renames(tree: ast.AST):
+    """Calls that rename a file into place: os.replace / os.rename / shutil.move, and
+    ``x.replace(target)`` / ``x.rename(target)`` with one argument (Path's; str.replace takes two)."""
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        f = node.func
+        owner = f.value.id if isinstance(f.value, ast.Name) else None
+        if (owner, f.attr) in {("os", "replace"), ("os", "rename"), ("shutil", "move")}:
+            yield node.lineno, f"{owner}.{f.attr}"
+        elif f.attr in ("replace", "rename") and len(node.args) == 1 and not node.keywords:
+            yield node.lineno, f".{f.attr}(...)"
+
+
+def test_run_folder_names_are_spelled_only_in_runfolder():
+    names = _file_names()
+    assert {"checkpoint.pt", "metrics.jsonl", "config.yaml", "init.pt", "sweep.json", "paired.json", "optuna.db",
+            "mlflow_offline.json", "manifest.json", "ray_workers"} <= names
+    found = []
+    for path in sorted(PKG.rglob("*.py")):
+        if path.name == "runfolder.py" and path.parent == PKG:
+            continue
+        for line, text in _code_strings(ast.parse(path.read_text())):
+            found += [f"{path.relative_to(PKG)}:{line} {n!r}" for n in _spelled(names, text)]
+    assert not found, "run-folder names spelled outside runfolder.py (use its constants):\n" + "\n".join(found)
+
+
+def test_only_runfolder_renames_files_into_place():
+    found = [f"{path.relative_to(PKG)}:{line} {call}" for path in sorted(PKG.rglob("*.py"))
+             if not (path.name == "runfolder.py" and path.parent == PKG)
+             for line, call in _renames(ast.parse(path.read_text()))]
+    assert not found, "files renamed into place outside runfolder.atomic_write:\n" + "\n".join(found)
+
+
+def test_the_name_checks_see_what_they_look_for():
+    tree = ast.parse('"""checkpoint.pt in a docstring is prose."""\n'
+                     'import os\n'
+                     'def f(d, tmp):\n'
+                     '    """So is metrics.jsonl here."""\n'
+                     '    tmp.replace(d / "checkpoint.pt")\n'
+                     '    os.replace(tmp, d)\n'
+                     '    x = "a b".replace("a", "c")\n'
+                     '    return f"{d}/sweep.json", "no checkpoint.pt in " + str(d), "checkpoint.pts", "a/init.pt"\n')
+    spelled = sorted((line, n) for line, text in _code_strings(tree) for n in _spelled(_file_names(), text))
+    assert spelled == [(5, "checkpoint.pt"), (8, "init.pt"), (8, "sweep.json")]
+    assert sorted(_renames(tree)) == [(5, ".replace(...)"), (6, "os.replace")]

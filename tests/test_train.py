@@ -202,3 +202,13 @@ def test_compiled_training_keeps_masks_plain_names_and_exact_resume(tmp_path):
     eager = train(C.load(DIGITS, FAST + ["train.threads=1"]), tmp_path / "eager")
     last = [r for r in read_records(straight / "metrics.jsonl") if r["kind"] == "epoch"][-1]
     assert abs(last["train_loss"] - eager["train_loss"]) < 0.05  # the same training, compiled or not
+
+
+def test_train_address_help_says_when_ray_is_used(capsys):
+    from dsr_tune.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    assert "with train.workers >= 2 (Ray Train; 0 or 1 worker trains in this process" in text
+    assert "workers >= 1" not in text

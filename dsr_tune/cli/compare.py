@@ -53,7 +53,7 @@ def cmd_compare(args) -> int:
         plan.rows(methods or plan.default_labels(), cfg.sparsity.epoch_factor, cfg.train.epochs)
     except C.ConfigError as exc:
         return fail(str(exc))
-    if (out / "sweep.json").exists() is False and out.exists() and any(out.iterdir()):
+    if (out / runfolder.SWEEP).exists() is False and out.exists() and any(out.iterdir()):
         return fail(f"--output {out} already holds files that are not a comparison; pick another folder")
     if not args.verbose:  # the per-epoch lines of every run would drown the progress lines
         for name in ("dsr_tune.train", "dsr_tune.data"):

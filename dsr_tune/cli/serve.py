@@ -195,8 +195,10 @@ def cmd_dashboard(args) -> int:
 
 def _study_name(sweep: Path) -> str:
     """``study <sweep id> (<folder>)``: the study is named after the sweep (sweep.json)."""
+    from ..runfolder import SWEEP
+
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        return f"study {json.loads((sweep / 'sweep.json').read_text())['sweep_id']} ({sweep})"
+        return f"study {json.loads((sweep / SWEEP).read_text())['sweep_id']} ({sweep})"
     return str(sweep)
 
 

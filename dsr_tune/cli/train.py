@@ -1,4 +1,4 @@
-"""``dsr-tune train`` (one process, or Ray Train with train.workers >= 1) and ``dsr-tune keys``."""
+"""``dsr-tune train`` (one process, or Ray Train with train.workers >= 2) and ``dsr-tune keys``."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def cmd_train(args) -> int:
         try:
             saved = C.load(out / runfolder.CONFIG) if (out / runfolder.CONFIG).exists() else cfg
         except C.ConfigError as exc:
-            return fail(f"--resume: the run's own config {out / 'config.yaml'} no longer validates: {exc}")
+            return fail(f"--resume: the run's own config {out / runfolder.CONFIG} no longer validates: {exc}")
         changed = _changed_keys(saved, cfg, {"train.epochs", "train.stop_after"} | RESUMABLE_RAY_KEYS)
         if changed:
             return fail(f"--resume: the config differs from the run's own in {', '.join(changed)}; "
@@ -64,7 +64,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-# -- Ray Train (train.workers >= 1) ------------------------------------------
+# -- Ray Train (train.workers >= 2) ------------------------------------------
 # Keys a resumed run may change: the global batch stays, so the math does too.
 RESUMABLE_RAY_KEYS = {"train.workers", "train.use_gpu", "train.cpus_per_worker", "train.max_failures",
                       "train.keep_checkpoints", "train.storage_path"}
@@ -116,8 +116,9 @@ def add_parsers(sub) -> None:
     t.add_argument("--output", "-o", help="run folder (default: runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
     t.add_argument("--overwrite", action="store_true", help="start over in an --output that already holds a run")
-    t.add_argument("--address", help="with train.workers >= 1: join this Ray cluster (default: $RAY_ADDRESS, "
-                   "else a local Ray started and stopped with the command)")
+    t.add_argument("--address", help="with train.workers >= 2 (Ray Train; 0 or 1 worker trains in this process, "
+                   "without Ray): join this Ray cluster (default: $RAY_ADDRESS, else a local Ray started and "
+                   "stopped with the command)")
     t.set_defaults(func=cmd_train)
 
     k = sub.add_parser("keys", help="list every config key with its default and meaning", description=(

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .. import methods
+from .. import methods, runfolder
 from ..schema import ConfigError, build, docs
 from .sections import SECTIONS, Config
 
@@ -162,9 +162,9 @@ def check_paths(cfg: Config) -> None:
     check_data(cfg.data)
     s = cfg.sparsity
     if s.mask_from:
-        require_run_file("sparsity.mask_from", s.mask_from, "checkpoint.pt")
+        require_run_file("sparsity.mask_from", s.mask_from, runfolder.CHECKPOINT)
     if s.init_from:
-        require_run_file("sparsity.init_from", s.init_from, "init.pt")
+        require_run_file("sparsity.init_from", s.init_from, runfolder.INIT)
     method = methods.get(s.method)
     if method.check_paths is not None:
         method.check_paths(cfg)

@@ -32,8 +32,11 @@ Ray the user started, never the session of a live driver (another
 dsr-tune's). A pidfd closes the pid-reuse window between finding a process
 and signalling it.
 
-This module is stdlib-only and imports nothing from the package, so the
-watchdog runs it by path without importing torch or ray.
+This module is stdlib-only and imports nothing from the package at its top,
+so the watchdog runs it by path (``python -S``) without importing torch or
+ray. The one write, the state file, is the driver's (:func:`record`): it goes
+through :mod:`dsr_tune.runfolder`'s atomic write, imported there, where the
+package is at hand (the watchdog only reads and removes).
 """
 
 from __future__ import annotations
@@ -226,13 +229,12 @@ def state_file(session: Session, state_dir: Path) -> Path:
 
 
 def record(session: Session, state_dir: Path) -> Path:
-    """Write the session's state file (atomically); returns its path."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_file(session, state_dir)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(session)) + "\n")
-    tmp.replace(path)
-    return path
+    """The driver: write the session's state file (atomically, fsynced); returns its path.
+    Temporaries that a driver killed while writing left behind are removed first."""
+    from .. import runfolder  # stdlib-only too; imported here, as the watchdog runs this file outside the package
+
+    runfolder.clean_stale(state_dir)
+    return runfolder.write_json(state_file(session, state_dir), asdict(session))
 
 
 def recorded(state_dir: Path) -> list[tuple[Path, Session]]:

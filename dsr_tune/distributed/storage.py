@@ -21,6 +21,11 @@ restarted worker group take the newest *complete* checkpoint in storage, even
 one Ray Train had not registered yet (a worker that dies within the
 controller's poll interval after a report loses that report in Ray's books,
 never its files).
+
+Every local file written here (the staged checkpoint folder, a restored run
+record, init.pt in a local or shared storage, a download) goes through
+:func:`dsr_tune.runfolder.atomic_write`, named as its temporaries are; the
+file names are :mod:`dsr_tune.runfolder`'s.
 """
 
 from __future__ import annotations
@@ -31,13 +36,10 @@ import re
 import shutil
 from pathlib import Path
 
+from .. import runfolder
+from ..runfolder import CHECKPOINT, INIT, MANIFEST, METRICS, RUN_RECORD
+
 PREFIX = "epoch_"
-MANIFEST = "manifest.json"
-# = dsr_tune.train.checkpoint.LATEST (tests check it): not imported, so that this module
-# (which the sweep driver loads) does not pull in torch
-CHECKPOINT = "checkpoint.pt"
-INIT = "init.pt"
-RUN_RECORD = ("metrics.jsonl", "config.yaml")  # files that follow the checkpoint around
 _NAME = re.compile(rf"^{PREFIX}(\d+)$")
 
 
@@ -57,7 +59,7 @@ def resolve(storage_path: str | None, run_dir: Path) -> str:
     """An absolute storage location: URIs as given, local paths made absolute
     (Ray workers run in their own working directories); None -> <run_dir>/ray."""
     if not storage_path:
-        return str(Path(run_dir).resolve() / "ray")
+        return str(Path(run_dir).resolve() / runfolder.RAY_STORAGE)
     if "://" in storage_path:
         return storage_path
     return str(Path(storage_path).expanduser().resolve())
@@ -69,16 +71,36 @@ def _fs(storage_path: str):
     return pyarrow.fs.FileSystem.from_uri(storage_path)
 
 
+def _local(fs) -> bool:
+    import pyarrow.fs
+
+    return isinstance(fs, pyarrow.fs.LocalFileSystem)
+
+
+def clean_stale(storage_path: str, name: str) -> list[str]:
+    """Rank 0 at the start of a worker group: remove temporary files left in a
+    local ``<storage_path>/<name>/`` by a writer that was killed. The folder is
+    the group's alone (the group before it is gone, perhaps from another node,
+    so a pid would tell nothing): every temporary goes. Object stores hold no
+    temporaries (see :func:`put_init`)."""
+    if "://" in storage_path and not storage_path.startswith("file://"):
+        return []
+    _, base = _fs(storage_path)
+    return [str(p) for p in runfolder.clean_stale(Path(base) / name, owned=True)]
+
+
 # ---------------------------------------------------------------- writing (rank 0)
 
 
 def stage(run_dir: Path, epochs_done: int) -> Path:
     """A local folder holding this epoch's checkpoint and run record, ready for
-    ``ray.train.report``. The .pt files are hard links where possible: the
-    trainer replaces them atomically, never edits them in place; metrics.jsonl
-    is appended to in place, so it is copied."""
+    ``ray.train.report``: a temporary of the run folder (``.ray_stage_epoch_<N>.tmp-<pid>``),
+    removed after the report, or at the next start if this process dies first.
+    The checkpoint is a hard link where possible: the trainer replaces it
+    atomically, never edits it in place; metrics.jsonl is appended to in
+    place, so it is copied."""
     run_dir = Path(run_dir)
-    folder = run_dir / f".ray_stage_{checkpoint_dir_name(epochs_done)}"  # removed after the report
+    folder = runfolder.temp_path(run_dir / f"ray_stage_{checkpoint_dir_name(epochs_done)}")
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -87,12 +109,12 @@ def stage(run_dir: Path, epochs_done: int) -> Path:
         src = run_dir / name
         if not src.exists():
             continue
-        if name.endswith(".pt"):
+        if name == CHECKPOINT:
             _link_or_copy(src, folder / name)
         else:
-            shutil.copyfile(src, folder / name)
+            runfolder.atomic_copy(src, folder / name)
         sizes[name] = (folder / name).stat().st_size
-    (folder / MANIFEST).write_text(json.dumps({"epoch": epochs_done, "files": sizes}))
+    runfolder.atomic_write(folder / MANIFEST, json.dumps({"epoch": epochs_done, "files": sizes}))
     return folder
 
 
@@ -100,7 +122,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
     except OSError:  # another file system, or no hard links there
-        shutil.copyfile(src, dst)
+        runfolder.atomic_copy(src, dst)
 
 
 # ---------------------------------------------------------------- reading
@@ -152,13 +174,10 @@ def restore_run_record(checkpoint_dir: Path, run_dir: Path) -> None:
     whichever node rank 0 now runs."""
     if Path(checkpoint_dir).resolve() == Path(run_dir).resolve():
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
     for name in (*RUN_RECORD, INIT):  # INIT: checkpoints that still held it
         src = Path(checkpoint_dir) / name
         if src.exists():
-            tmp = run_dir / f".{name}.restore"
-            shutil.copyfile(src, tmp)
-            tmp.replace(run_dir / name)
+            runfolder.atomic_copy(src, Path(run_dir) / name)
 
 
 def sync_run_record(checkpoint, run_dir: Path) -> bool:
@@ -169,16 +188,16 @@ def sync_run_record(checkpoint, run_dir: Path) -> bool:
         return False
     run_dir = Path(run_dir)
     try:  # compare the small file first: no download of checkpoint.pt when it is already here
-        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/metrics.jsonl") as f:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{METRICS}") as f:
             theirs = f.read()
     except (FileNotFoundError, OSError):
         return False
-    ours = run_dir / "metrics.jsonl"
+    ours = run_dir / METRICS
     if ours.exists() and ours.read_bytes() == theirs:
         return False
     with checkpoint.as_directory() as folder:
         restore_run_record(Path(folder), run_dir)
-        shutil.copyfile(Path(folder) / CHECKPOINT, run_dir / CHECKPOINT)
+        runfolder.atomic_copy(Path(folder) / CHECKPOINT, run_dir / CHECKPOINT)
     if not (run_dir / INIT).exists():
         _download(checkpoint.filesystem, f"{checkpoint.path.rstrip('/').rsplit('/', 1)[0]}/{INIT}", run_dir / INIT)
     return True
@@ -200,10 +219,13 @@ def put_init(storage_path: str, name: str, run_dir: Path) -> bool:
     info = fs.get_file_info(dst)
     if info.type == pyarrow.fs.FileType.File and info.size == src.stat().st_size:
         return False
+    if _local(fs):  # a local or shared folder: the one atomic write (a cut-off copy never has init.pt's name)
+        runfolder.atomic_copy(src, dst)
+        return True
+    # An object store (s3, gs, abfs) makes an object visible only once its upload is
+    # complete, so it is written in place: no temporary name, nothing to clean up.
     fs.create_dir(f"{base.rstrip('/')}/{name}", recursive=True)
-    tmp = f"{dst}.tmp"  # a cut-off upload never has init.pt's name
-    pyarrow.fs.copy_files(str(src), tmp, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
-    fs.move(tmp, dst)
+    pyarrow.fs.copy_files(str(src), dst, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
     return True
 
 
@@ -221,8 +243,5 @@ def _download(fs, path: str, dst: Path) -> bool:
 
     if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
         return False
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.download")
-    pyarrow.fs.copy_files(path, str(tmp), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
-    tmp.replace(dst)
+    runfolder.atomic_copy(path, dst, opener=fs.open_input_stream)
     return True

@@ -18,7 +18,6 @@ wraps the model in DDP and shards the data by itself. What this adds:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 from .. import config as C
+from .. import runfolder
 from . import storage
 
 log = logging.getLogger("dsr_tune")
@@ -57,13 +57,11 @@ def _write_worker_file(run_dir: Path, rank: int, launched: float | None = None) 
     at every (re)start: to attach a profiler, or to kill one in a failure drill.
     ``started``: when this function began; ``launched``: when the driver built
     the TorchTrainer (the difference is Ray Train's start-up)."""
-    folder = run_dir / "ray_workers"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = run_dir / runfolder.WORKERS
+    runfolder.clean_stale(folder)  # a worker killed while writing its file
     info = {"rank": rank, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
             "launched": launched}
-    tmp = folder / f".rank{rank}.json.tmp"
-    tmp.write_text(json.dumps(info))
-    tmp.replace(folder / f"rank{rank}.json")
+    runfolder.write_json(folder / runfolder.worker_file(rank), info)
 
 
 def _choose_checkpoint(storage_path: str, name: str, resume_from: str | None):
@@ -140,6 +138,9 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = C.from_dict(config["cfg"])
     run_dir = Path(config["run_dir"])
     _write_worker_file(run_dir, rank, config.get("launched"))
+    if rank == 0:  # what a killed rank 0 of an earlier group left half-written in local storage
+        for stale in storage.clean_stale(config["storage_path"], config["name"]):
+            log.info("removed %s, left by a worker killed while writing", stale)
 
     choice = _agree(_choose_checkpoint(config["storage_path"], config["name"], config.get("resume_from"))
                     if rank == 0 else None)
@@ -147,10 +148,10 @@ def train_loop_per_worker(config: dict) -> None:
         resume: bool | Path = False
         if local is not None:
             if local.is_dir():
-                if rank == 0 and (local / "metrics.jsonl").exists():
+                if rank == 0 and (local / runfolder.METRICS).exists():
                     storage.restore_run_record(local, run_dir)
                     storage.get_init(config["storage_path"], config["name"], run_dir)
-                local = local / storage.CHECKPOINT
+                local = local / runfolder.CHECKPOINT
             resume = local
         loggers = [spec.make() for spec in config.get("logger_specs", ())] if rank == 0 else []
         init_stored: list[bool] = []  # rank 0 stores init.pt with its first checkpoint (once per group start)

@@ -3,6 +3,7 @@ a cubic schedule, then fine-tuning. Keys: ``sparsity.gmp.*``."""
 
 import logging
 
+from ..runfolder import CHECKPOINT
 from ..schema import ConfigError, Section, opt
 from .registry import Method, register, require_run_file, run_file
 
@@ -30,14 +31,14 @@ def check(cfg) -> None:
 
 
 def check_paths(cfg) -> None:
-    require_run_file("sparsity.gmp.dense_from", cfg.sparsity.gmp.dense_from, "checkpoint.pt")
+    require_run_file("sparsity.gmp.dense_from", cfg.sparsity.gmp.dense_from, CHECKPOINT)
 
 
 def start(cfg, model) -> None:
     """The trained dense weights GMP prunes."""
     from ..checkpoint import load_weights
 
-    path = run_file(cfg.sparsity.gmp.dense_from, "checkpoint.pt")
+    path = run_file(cfg.sparsity.gmp.dense_from, CHECKPOINT)
     load_weights(model, path, "sparsity.gmp.dense_from", part="model")
     log.info("GMP starts from the dense model in %s", path)
 

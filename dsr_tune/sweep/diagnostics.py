@@ -38,7 +38,7 @@ def _runs(sweep_dir: Path, table: Table, s: float) -> dict[str, Path]:
         if entry is None or methods.get(entry.trains_as).kind != "dynamic" or not ln.by_seed:
             continue
         seed = sorted(ln.by_seed)[0]
-        folder = sweep_dir / "runs" / "paired" / ln.method.replace(":", "_") / f"s{s:g}" / f"seed{seed}"
+        folder = sweep_dir / runfolder.RUNS / "paired" / ln.method.replace(":", "_") / f"s{s:g}" / f"seed{seed}"
         if (folder / runfolder.METRICS).exists():
             out[ln.method] = folder
     return out

@@ -10,17 +10,18 @@ without search (``dsr-tune compare``) keeps the same folder, ``kind: compare``.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
 
 from .. import config as C
 from .. import runfolder
+from ..runfolder import PAIRED, STUDY, SWEEP as SWEEP_FILE
 from ..tracking import SweepTracker, store
-from ..tracking.sync import SWEEP_FILE
-from .jobs import PAIRED_FILE
-from .search import STUDY_FILE
 from .space import Space
+
+log = logging.getLogger("dsr_tune")
 
 
 def default_output(space: Space) -> Path:
@@ -34,8 +35,14 @@ def _diff(a, b, prefix: str = "") -> list[str]:
 
 
 # What a sweep folder holds (see .jobs): --overwrite deletes a folder only if it holds nothing else
-SWEEP_LAYOUT = {SWEEP_FILE, STUDY_FILE, f"{STUDY_FILE}-journal", f"{STUDY_FILE}-wal", f"{STUDY_FILE}-shm",
-                PAIRED_FILE, "runs", "ray_train", "tune", "report.md", "report.png", "results.csv", "results.md"}
+SWEEP_LAYOUT = {SWEEP_FILE, STUDY, f"{STUDY}-journal", f"{STUDY}-wal", f"{STUDY}-shm", PAIRED,
+                runfolder.RUNS, runfolder.RAY_TRAIN, runfolder.TUNE}
+
+
+def _in_layout(name: str) -> bool:
+    """A name a sweep folder may hold: its files, its reports, a temporary of the atomic write."""
+    stem = name.split(".")[0].split("_")[0].split("-")[0]  # report.md, report_dynamics_s0.9.png, report-<id>.csv
+    return name in SWEEP_LAYOUT or stem in runfolder.REPORTS or runfolder.temp_writer(name) is not None
 
 
 def prepare(space: Space, out_dir: Path, *, resume: bool, overwrite: bool) -> dict:
@@ -46,6 +53,9 @@ def prepare(space: Space, out_dir: Path, *, resume: bool, overwrite: bool) -> di
     raw = json.loads(json.dumps(space.raw, default=str))
     if isinstance((raw.get("tracking") or {}).get("uri"), str):  # written down without credentials
         raw["tracking"]["uri"] = store.redact(raw["tracking"]["uri"])
+    if out_dir.is_dir() and all(_in_layout(p.name) for p in out_dir.iterdir()):  # a sweep folder (not a stranger's)
+        for stale in runfolder.clean_stale(out_dir):  # left by a sweep (or a report) killed while writing
+            log.info("removed %s, left by a process killed while writing it", stale.name)
     if resume:
         if not meta_path.exists():
             raise C.ConfigError("--resume", f"{out_dir} holds no sweep to resume (no {SWEEP_FILE})")
@@ -87,7 +97,7 @@ def _clear(out_dir: Path, overwrite: bool) -> None:
     if not overwrite:
         raise C.ConfigError("--output", f"{out_dir} already holds {'a sweep' if is_sweep else 'files'}; pass "
                             "--resume to continue a sweep or --overwrite to start over in a sweep folder")
-    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in SWEEP_LAYOUT and ".tmp-" not in p.name)
+    foreign = sorted(p.name for p in out_dir.iterdir() if not _in_layout(p.name))
     if foreign or not is_sweep:
         shown = ", ".join(foreign[:5]) or f"no {SWEEP_FILE}"
         raise C.ConfigError("--overwrite", f"{out_dir} is not a sweep folder ({shown}); refusing to delete it: "

@@ -30,7 +30,7 @@ from .. import config as C
 from .. import runfolder
 from ..tracking import SweepTracker
 
-PAIRED_FILE = "paired.json"
+PAIRED_FILE = runfolder.PAIRED
 
 
 @dataclass
@@ -102,13 +102,13 @@ class SweepContext:
         (an object store, say), else the sweep folder (shared on a cluster: --output)."""
         root = self.base["train"].get("storage_path")
         if not root:
-            return str(Path(self.sweep_dir) / "ray_train")
+            return str(Path(self.sweep_dir) / runfolder.RAY_TRAIN)
         if "://" in root:
             return f"{root.rstrip('/')}/{self.tracker.sweep_id}"
         return str(Path(root).expanduser().resolve() / self.tracker.sweep_id)
 
     def run_dir(self, key: str) -> Path:
-        return Path(self.sweep_dir) / "runs" / key
+        return Path(self.sweep_dir) / runfolder.RUNS / key
 
     def search_job(self, params: dict, trial_id: str) -> Job:
         """The job of a search trial from the searcher's ``params``

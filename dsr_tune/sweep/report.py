@@ -141,13 +141,13 @@ def _find(sweep: str, uri: str | None):
     A name or id on an embedded store that does not exist is refused without creating it."""
     from ..tracking import store
 
-    folder = Path(sweep) if (Path(sweep) / "sweep.json").is_file() else None
+    folder = Path(sweep) if (Path(sweep) / runfolder.SWEEP).is_file() else None
     if folder is not None:
-        meta = json.loads((folder / "sweep.json").read_text())
+        meta = json.loads((folder / runfolder.SWEEP).read_text())
         tgt = store.resolve(uri) if uri else store.with_credentials(store.Target(**meta["tracker"]["target"]))
         return meta["sweep_id"], tgt, meta, folder
     if Path(sweep).is_dir():
-        raise LookupError(f"{sweep} is a folder but not a sweep folder (no sweep.json)")
+        raise LookupError(f"{sweep} is a folder but not a sweep folder (no {runfolder.SWEEP})")
     tgt = store.resolve(uri)
     if tgt.uri.startswith("sqlite:///") and not Path(tgt.uri[len("sqlite:///"):]).is_file():
         raise LookupError(f"no sweep {sweep!r}: it is not a sweep folder, and there is no MLflow store at "

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import runfolder
 from .space import Param, Space, params_for
 
-STUDY_FILE = "optuna.db"
+STUDY_FILE = runfolder.STUDY
 
 
 class OptunaSpace:

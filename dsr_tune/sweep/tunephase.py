@@ -20,6 +20,7 @@ import logging
 import warnings
 from pathlib import Path
 
+from .. import runfolder
 from ..tracking import SweepTracker, store
 from ..tracking.runs import read_run_file
 from ..tracking.sync import SyncError, run_folders, sync_sweep
@@ -93,13 +94,13 @@ def tune_phase(phase: str, space: Space, ctx: SweepContext, keys: list[str] | No
     from ray import tune
 
     from .callbacks import Finalizer, Progress, use_context
-    from .trial import run_trial
     from .selection import epochs_after
+    from .trial import run_trial
 
     use_context(ctx)  # for the callbacks a restored Tuner brings back
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(space, on_cluster))
     total = space.search.samples if keys is None else len(keys)
-    path = Path(ctx.sweep_dir) / "tune" / phase
+    path = Path(ctx.sweep_dir) / runfolder.TUNE / phase
     if tune.Tuner.can_restore(str(path)):
         log.info("[%s] restoring Tune's state from %s", phase, path)
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -110,7 +111,7 @@ def tune_phase(phase: str, space: Space, ctx: SweepContext, keys: list[str] | No
         jobs = ctx.paired_jobs() if keys is not None else {}  # each trial's epochs: the sweep's ETA
         planned = space.base.train.epochs if keys is None else {k: jobs[k].config["train"]["epochs"] for k in keys}
         progress = Progress(phase, total, ctx, s.metric, s.mode, planned=planned, later=epochs_after(space, ctx, phase))
-        rc = tune.RunConfig(name=phase, storage_path=str(Path(ctx.sweep_dir) / "tune"), **table_kw,
+        rc = tune.RunConfig(name=phase, storage_path=str(Path(ctx.sweep_dir) / runfolder.TUNE), **table_kw,
                             failure_config=tune.FailureConfig(max_failures=s.max_failures),
                             sync_config=tune.SyncConfig(sync_period=5),
                             callbacks=[Finalizer(ctx), progress])

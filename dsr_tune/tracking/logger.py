@@ -25,11 +25,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import runfolder
 from . import runs, store
 
 log = logging.getLogger("dsr_tune")
 
-OFFLINE_FILE = "mlflow_offline.json"
+OFFLINE_FILE = runfolder.OFFLINE
 CLOSE_WAIT_S = 60.0  # close() waits this long for the queue to drain
 
 
@@ -53,9 +54,8 @@ class MlflowLoggerSpec:
 def mark_offline(run_dir: str | Path, uri: str, error: BaseException | str) -> None:
     """Note in the run folder that MLflow lost records of this run."""
     text = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-    path = Path(run_dir) / OFFLINE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"uri": store.redact(uri), "error": store.redact(text), "time": time.time()}) + "\n")
+    note = {"uri": store.redact(uri), "error": store.redact(text), "time": time.time()}
+    runfolder.atomic_write(Path(run_dir) / OFFLINE_FILE, json.dumps(note) + "\n")
 
 
 def offline_reason(run_dir: str | Path) -> str | None:

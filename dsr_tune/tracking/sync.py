@@ -16,6 +16,7 @@ import json
 import logging
 from pathlib import Path
 
+from .. import runfolder
 from . import store
 from .replay import SyncSummary, replay as sync_run
 from .runs import RUN_FILE, TERMINAL, read_run_file
@@ -23,7 +24,7 @@ from .tracker import SweepTracker
 
 log = logging.getLogger("dsr_tune")
 
-SWEEP_FILE = "sweep.json"
+SWEEP_FILE = runfolder.SWEEP
 
 
 class SyncError(RuntimeError):
@@ -43,7 +44,7 @@ def load_tracker(sweep_dir: str | Path, uri: str | None = None) -> SweepTracker:
 
 def run_folders(sweep_dir: str | Path) -> list[Path]:
     """Every run folder of a sweep (those holding a tracking.json), sorted."""
-    return sorted(p.parent for p in (Path(sweep_dir) / "runs").glob(f"**/{RUN_FILE}"))
+    return sorted(p.parent for p in (Path(sweep_dir) / runfolder.RUNS).glob(f"**/{RUN_FILE}"))
 
 
 def sync_sweep(sweep_dir: str | Path, uri: str | None = None, everything: bool = False) -> SyncSummary:
