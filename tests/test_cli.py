@@ -142,6 +142,10 @@ BAD = {  # id: (argv builder of the tmp folder and its files, a word the one lin
     "moved key thin_match": (lambda t, f: CFG("sparsity.thin_match=storage"), "sparsity.thin_dense.match"),
     "moved key deepr_l1": (lambda t, f: CFG("sparsity.deepr_l1=0.1"), "sparsity.deepr.l1"),
     "stop epoch beyond epochs": (lambda t, f: CFG("sparsity.stop_epoch=99"), "sparsity.stop_epoch"),
+    "stop epoch beyond, deepr": (lambda t, f: CFG("sparsity.method=deepr", "sparsity.stop_epoch=99"),
+                                 "sparsity.stop_epoch"),  # deepr does not read it: refused all the same
+    "period start beyond, dense": (lambda t, f: CFG("sparsity.method=dense", "sparsity.period_schedule=[[0, 5], "
+                                                    "[40, 9]]"), "sparsity.period_schedule"),
     "period start beyond epochs": (lambda t, f: CFG("sparsity.period_schedule=[[0, 5], [40, 9]]"),
                                    "sparsity.period_schedule"),
     "milestone beyond epochs": (lambda t, f: CFG("optim.milestones=[15, 31]"), "optim.milestones"),

@@ -188,3 +188,18 @@ def test_an_image_that_fails_only_during_training_is_one_line_naming_it(tmp_path
     errors = [ln for ln in text.splitlines() if ln.startswith("dsr-tune: error")]
     assert code == 1 and len(errors) == 1 and "Traceback" not in text, text
     assert victim.name in errors[0] and "skip_bad_images" in errors[0], errors
+
+
+def test_an_epoch_index_beyond_the_run_is_refused_whatever_the_method():
+    from dsr_tune import methods
+    from dsr_tune.sweep import plan
+
+    for name in methods.trainable():
+        for key, value in (("sparsity.stop_epoch", "31"), ("sparsity.period_schedule", "[[0, 5], [30, 9]]")):
+            with pytest.raises(C.ConfigError) as exc:  # digits.yaml: 30 epochs
+                C.load(DIGITS, [f"sparsity.method={name}", f"{key}={value}"])
+            assert exc.value.key == key, (name, str(exc.value))
+    # a row the planner derives at another length gets schedules of its own length (gmp: 50 epochs of 200)
+    cfg = C.load(None, ["model.name=wrn", "data.name=cifar10", "data.root=/nowhere"])
+    gmp = plan.row_config(cfg, "gmp", parent="/dense")
+    assert gmp.train.epochs < cfg.sparsity.stop_epoch and gmp.sparsity.stop_epoch <= gmp.train.epochs

@@ -98,7 +98,9 @@ def check(cfg: Config) -> None:
 
 
 def _check_schedules(cfg: Config) -> None:
-    """An epoch a schedule names at or beyond train.epochs would never apply."""
+    """An epoch a schedule names at or beyond train.epochs would never apply:
+    refused whatever the method, also one that does not read the key (a
+    value given and silently ignored is a mistake all the same)."""
     from ..methods.registry import epochs_within
 
     s, epochs = cfg.sparsity, cfg.train.epochs
@@ -108,12 +110,11 @@ def _check_schedules(cfg: Config) -> None:
             raise ConfigError("train.stop_after", f"{t_stop} is beyond train.epochs={epochs}")
     if cfg.optim.warmup_epochs > epochs:
         raise ConfigError("optim.warmup_epochs", f"{cfg.optim.warmup_epochs} is more than train.epochs={epochs}")
-    if "period_schedule" in methods.get(s.method).reads:
-        epochs_within("sparsity.period_schedule", [start for start, _ in s.period_schedule][1:], epochs)
-        if s.stop_epoch > epochs:
-            raise ConfigError("sparsity.stop_epoch", f"{s.stop_epoch} is beyond train.epochs={epochs}, so it "
-                                                     f"would never apply; give an epoch <= {epochs} (or keep "
-                                                     f"train.epochs and stop early with train.stop_after={epochs})")
+    epochs_within("sparsity.period_schedule", [start for start, _ in s.period_schedule][1:], epochs)
+    if s.stop_epoch > epochs:
+        raise ConfigError("sparsity.stop_epoch", f"{s.stop_epoch} is beyond train.epochs={epochs}, so it "
+                                                 f"would never apply; give an epoch <= {epochs} (or keep "
+                                                 f"train.epochs and stop early with train.stop_after={epochs})")
 
 
 def _check_runs_from(cfg: Config) -> None:

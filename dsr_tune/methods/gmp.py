@@ -61,6 +61,8 @@ def derive(data: dict, parent: str | None, arg: int | None) -> None:
     g["dense_from"] = parent
     prune_end = g["start"] + g["steps"] * g["every"]
     data["train"]["epochs"] = prune_end + g["finetune"]
+    # gmp reads neither: DSR's schedules, resolved again at gmp's own length (they may lie beyond it)
+    data["sparsity"]["period_schedule"] = data["sparsity"]["stop_epoch"] = None
     o["lr"] = o["lr"] * o["gamma"]
     o["milestones"] = [prune_end] if g["finetune"] > 0 else []
     o["warmup_epochs"] = 0
