@@ -174,20 +174,39 @@ def test_the_tools_own_files_load_with_the_restricted_unpickler(tmp_path):
         assert "model" in state
 
 
-def test_an_image_that_fails_only_during_training_is_one_line_naming_it(tmp_path, capsys):
+def test_an_image_that_fails_only_during_training_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
     from datafiles import write_tree
+
+    from dsr_tune.train import metrics
 
     root = write_tree(tmp_path / "data", classes=2, per_class=6, size=(12, 12), channels=1)
     victim = sorted((root / "train" / "class1").iterdir())[0]
-    victim.write_bytes(victim.read_bytes()[:-40])  # a cut-off file: its header passes the pre-check
-    code = cli.main(["train", DIGITS, "data.name=folder", f"data.root={root}", "data.image_size=8",
-                     "data.channels=1", "data.val_fraction=0", "data.batch_size=4", "model.width=0.25", "train.epochs=1",
-                     "optim.milestones=[]", "sparsity.period_schedule=[[0, 5]]", "sparsity.stop_epoch=1",
-                     "--output", str(tmp_path / "run")])
+    good = victim.read_bytes()
+    real = metrics.JsonlLogger.log_record
+
+    def cut_after_epoch_1(self, record):  # the file breaks on disk after two finished epochs
+        real(self, record)
+        if record.get("kind") == "epoch" and record["epoch"] == 1:
+            victim.write_bytes(good[:-40])  # a cut-off file: its header still reads
+
+    monkeypatch.setattr(metrics.JsonlLogger, "log_record", cut_after_epoch_1)
+    run = tmp_path / "run"
+    argv = ["train", DIGITS, "data.name=folder", f"data.root={root}", "data.image_size=8", "data.channels=1",
+            "data.val_fraction=0", "data.batch_size=4", "model.width=0.25", "train.epochs=3", "optim.milestones=[]",
+            "sparsity.period_schedule=[[0, 5]]", "sparsity.stop_epoch=3", "--output", str(run)]
+    code = cli.main(argv)
     text = capsys.readouterr().err
     errors = [ln for ln in text.splitlines() if ln.startswith("dsr-tune: error")]
     assert code == 1 and len(errors) == 1 and "Traceback" not in text, text
     assert victim.name in errors[0] and "skip_bad_images" in errors[0], errors
+    # the last checkpoint is intact: epoch 2's, with its records, and training continues from it
+    state = ckpt.load(run)
+    assert state["epoch"] == 2 and [r["epoch"] for r in state["records"] if r["kind"] == "epoch"] == [0, 1]
+    assert [r["epoch"] for r in runfolder.epochs(run)] == [0, 1]
+    monkeypatch.undo()
+    victim.write_bytes(good)
+    assert cli.main(argv + ["--resume"]) == 0
+    assert ckpt.load(run)["epoch"] == 3 and [r["epoch"] for r in runfolder.epochs(run)] == [0, 1, 2]
 
 
 def test_an_epoch_index_beyond_the_run_is_refused_whatever_the_method():
