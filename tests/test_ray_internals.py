@@ -47,3 +47,23 @@ def test_localhost_switch_of_ray_constants():
 
     assert ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR == "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
     assert isinstance(ray_constants.ENABLE_RAY_CLUSTER, bool)
+
+
+def test_tune_slow_operation_warnings_come_from_the_muted_logger(monkeypatch):
+    # sweep/tunephase.py mutes Tune's "may be a performance bottleneck" warnings by this logger's name
+    import time
+
+    from ray.tune.utils import util
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    logger = logging.getLogger("ray.tune.utils.util")
+    logger.addHandler(handler)
+    monkeypatch.setattr(util, "START_OF_TIME", time.time() - 100)  # Tune is quiet in its first minute
+    try:
+        with util.warn_if_slow("probe", threshold=1e-6):
+            time.sleep(0.01)
+    finally:
+        logger.removeHandler(handler)
+    assert [r.name for r in seen if "probe" in r.getMessage()] == ["ray.tune.utils.util"]

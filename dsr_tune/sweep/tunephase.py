@@ -128,6 +128,9 @@ def trial_dirname(trial) -> str:
 def _quiet_tune() -> None:
     # Tune's own "resume with Tuner.restore(...)" advice: ours names the CLI command instead
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+    # Tune's "the `process_trial_result` operation took 0.6 s, which may be a performance bottleneck":
+    # on a small shared machine the searcher's bookkeeping often passes Tune's 0.5 s mark; nothing to act on
+    logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
     # Optuna's note that a restored trial reports a step again (Tune restarts training_iteration)
     warnings.filterwarnings("ignore", message="The reported value is ignored because this `step")
 
