@@ -182,7 +182,7 @@ def child_main(args) -> None:
             with contextlib.suppress(Exception):
                 from gpu_check_lib import torch_meta
 
-                res.meta = torch_meta(ctx._device)
+                res.meta = torch_meta(ctx._device, ctx.quick)
                 res.save()
     sys.stdout.flush()
     sys.stderr.flush()

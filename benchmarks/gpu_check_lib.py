@@ -102,8 +102,11 @@ def setup_device(arg: str) -> torch.device:
     return device
 
 
-def torch_meta(device: torch.device) -> dict:
-    """What the report's header says about the device and the versions (from a section's process)."""
+def torch_meta(device: torch.device, quick: bool) -> dict:
+    """What the report's header says about the device, the versions and the sizes (from a
+    section's process)."""
+    from dataclasses import asdict
+
     import torchvision
 
     if device.type == "cuda":
@@ -120,7 +123,7 @@ def torch_meta(device: torch.device) -> dict:
             "cuda": torch.version.cuda or "none",
             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else "none",
             "torchvision": torchvision.__version__, "torch_threads": torch.get_num_threads(),
-            "cudnn_benchmark": torch.backends.cudnn.benchmark}
+            "cudnn_benchmark": torch.backends.cudnn.benchmark, "sizes": asdict(sizes(quick))}
 
 
 def sync(device: torch.device) -> None:

@@ -65,6 +65,7 @@ def segv(ctx, res):
 
 def hang(ctx, res):
     res.metric("before", 3, "written before the hang")
+    res.metric("pid", os.getpid(), "this process")
     time.sleep(60)
 
 def deaf(ctx, res):  # stuck where no Python handler runs: only SIGKILL stops it
@@ -115,12 +116,44 @@ def test_a_section_past_its_limit_is_stopped_and_the_next_runs(fake, monkeypatch
     sections, _ = _run(fake, {"hang": ("hang", 1), "deaf": ("deaf", 1), "fine": ("fine", 1)}, 18.0)
     assert time.monotonic() - t < 18.0 + 2  # the budget holds, kills included
     hang, deaf = sections["hang"], sections["deaf"]
-    assert hang["status"] == "timeout" and "limit" in hang["error"] and hang["metrics"] == {"before": 3}
+    assert hang["status"] == "timeout" and "limit" in hang["error"] and hang["metrics"]["before"] == 3
     assert hang["wall_s"] <= hang["limit_s"] + 0.5  # its own alarm stopped it in time
     # one that ignores the alarm and SIGTERM is killed at its limit, its figures kept
     assert deaf["status"] == "timeout" and "SIGKILL" in deaf["error"] and deaf["metrics"] == {"before": 5}
     assert deaf["wall_s"] <= deaf["limit_s"] + 1.0 + 0.5
     assert sections["fine"]["status"] == "ok" and sections["fine"]["metrics"]["left_s"] > 0
+
+
+def test_sigterm_from_the_outer_timeout_stops_the_section_and_writes_the_report(fake):
+    """`timeout -s TERM` signals the runner only (each section has its own process group): the
+    runner stops the running section's group, marks it interrupted and writes the report."""
+    out = fake / "out"
+    driver = textwrap.dedent(f"""
+        import signal, sys, time
+        from pathlib import Path
+        sys.path.insert(0, {str(BENCH)!r})
+        import gpu_check as gc
+        signal.signal(signal.SIGTERM, gc._term)  # as main() does
+        report = gc.Report(Path({str(out)!r}), {{"pydantic": "2"}}, start=time.monotonic())
+        try:
+            gc.run_sections(["hang", "fine"], {{"hang": ("fake_sections:hang", 1), "fine": ("fake_sections:fine", 1)}},
+                            report, 100.0, device="cpu", quick=True, work=Path({str(fake)!r}), path=({str(fake)!r},))
+        except KeyboardInterrupt:
+            report.write()
+            sys.exit(130)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=ROOT)
+    result = fake / "section_hang.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "pid" not in (result.read_text() if result.exists() else ""):
+        time.sleep(0.2)
+    proc.terminate()
+    assert proc.wait(timeout=30) == 130
+    sections = json.loads((out / "gpu_check.json").read_text())["sections"]
+    assert list(sections) == ["hang"] and sections["hang"]["status"] == "interrupted"
+    pid = int(sections["hang"]["metrics"]["pid"])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the section's process is gone with the runner
 
 
 def test_sections_share_the_budget_and_skip_with_a_note_when_it_runs_out(fake, monkeypatch):
