@@ -127,6 +127,12 @@ def _open_binary(path) -> IO[bytes]:
     return open(path, "rb")
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """A matplotlib figure written with :func:`atomic_write` (format from the suffix)."""
+    path = Path(path)
+    return atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png"))
+
+
 def write_json(path: str | Path, obj) -> Path:
     return atomic_write(path, json.dumps(obj, indent=1, default=str) + "\n")
 

@@ -69,7 +69,7 @@ def plot(sweep_dir: str | Path, table: Table) -> list[Path]:
                      fontsize=10)
         fig.tight_layout()
         out = sweep_dir / f"report_dynamics_s{s:g}.png"
-        fig.savefig(out)
+        runfolder.save_figure(fig, out)
         plt.close(fig)
         written.append(out)
     return written

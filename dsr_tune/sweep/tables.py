@@ -8,8 +8,10 @@ configuration, n, the 95% intervals and the seed-paired differences to DSR
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
+from .. import runfolder
 from .results import Line, RunRow, Table, summarize
 
 COLUMNS = ("method", "epochs", "tuned", "n", "mean ± std", "95% CI", "Δ vs DSR (paired, 95% CI)",
@@ -118,19 +120,18 @@ def markdown(t: Table) -> str:
 
 
 def write_csv(t: Table, path: str | Path) -> Path:
-    path = Path(path)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["sparsity", "method", "epochs", "tuned", "n", "mean", "std", "ci_low", "ci_high",
-                    "diff_to_dsr", "diff_ci_low", "diff_ci_high", "diff_n", "nonzero_params", "seeds"])
-        for s, lines in sorted(t.sections.items()):
-            for ln in lines:
-                ci, d = ln.ci or (None, None), ln.diff
-                dci = d.ci if d and d.ci else (None, None)
-                w.writerow([s, ln.method, ln.epochs, ln.tuned, ln.n, ln.mean, ln.std, ci[0], ci[1],
-                            d.mean if d else None, dci[0], dci[1], d.n if d else None, round(ln.nonzero),
-                            " ".join(map(str, sorted(ln.by_seed)))])
-    return path
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["sparsity", "method", "epochs", "tuned", "n", "mean", "std", "ci_low", "ci_high",
+                "diff_to_dsr", "diff_ci_low", "diff_ci_high", "diff_n", "nonzero_params", "seeds"])
+    for s, lines in sorted(t.sections.items()):
+        for ln in lines:
+            ci, d = ln.ci or (None, None), ln.diff
+            dci = d.ci if d and d.ci else (None, None)
+            w.writerow([s, ln.method, ln.epochs, ln.tuned, ln.n, ln.mean, ln.std, ci[0], ci[1],
+                        d.mean if d else None, dci[0], dci[1], d.n if d else None, round(ln.nonzero),
+                        " ".join(map(str, sorted(ln.by_seed)))])
+    return runfolder.atomic_write(path, buf.getvalue())
 
 
 def plot(t: Table, out: str | Path) -> Path:
@@ -166,6 +167,6 @@ def plot(t: Table, out: str | Path) -> Path:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out)
+    runfolder.save_figure(fig, out)
     plt.close(fig)
     return out

@@ -51,7 +51,7 @@ def density_plot(records: list[dict], out: str | Path, title: str = "") -> Path 
         ax.legend(fontsize=6, ncol=2, loc="best")
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out)
+    runfolder.save_figure(fig, out)
     plt.close(fig)
     return out
 
