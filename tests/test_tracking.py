@@ -86,7 +86,8 @@ def test_unreachable_server_does_not_stop_training(offline_sweep):
     # the trainer >= 2 s on its first call (a refused connection, 2 fast retries), here every call
     # only queues; close() waits for the background thread, which gave up long before
     t = o["timed"]
-    assert len(t.waits) >= 3 and max(t.waits) < 0.5, t.waits
+    # (1.5 s: far below the 2 s an inline call costs, far above a queue put on a loaded 2-core machine)
+    assert len(t.waits) >= 3 and max(t.waits) < 1.5, t.waits
     assert t.close_s is not None and t.close_s < 10
     assert o["record"]["epoch"] == 1 and (o["run_dir"] / "checkpoint.pt").exists()
     assert (o["run_dir"] / OFFLINE_FILE).exists()
