@@ -154,6 +154,21 @@ def test_a_test_metric_selection_is_flagged_in_the_header():
     assert "of the validation split" in tables.header(results.summarize("x", rows, metric="val_acc"))[0]
 
 
+def test_a_row_that_starts_from_another_run_names_it_and_its_epochs():
+    def row(key, role, method, sparsity, epochs):
+        return RunRow(key, role, method, sparsity, 1, "FINISHED", {"test_acc": 0.9}, epochs)
+
+    rows = [row("paired/dsr/s0.9/seed1", "selected", "dsr", 0.9, 10),
+            row("paired/gmp/s0.9/seed1", "baseline", "gmp", 0.9, 10),
+            row("paired/final_init/s0.9/seed1", "baseline", "final_init", 0.9, 10),
+            row("paired/static_2x/s0.9/seed1", "baseline", "static_2x", 0.9, 20),
+            row("paired/dense/seed1", "dense", "dense", None, 12)]
+    notes = {ln.method: ln.note for ln in results.summarize("x", rows).sections[0.9]}
+    assert notes["gmp"] == "starts from the trained dense run of its seed, which trained 12 epochs first"
+    assert notes["final_init"] == "starts from the trained dsr run of its seed, which trained 10 epochs first"
+    assert notes["static_2x"] == notes["dsr"] == notes["dense"] == ""
+
+
 def test_report_cli_by_experiment_name(store, tmp_path, capsys, monkeypatch):
     uri, _, _ = store
     monkeypatch.chdir(tmp_path)

@@ -156,15 +156,24 @@ def _epochs(r: RunRow) -> int:
 def _line(label: str, sparsity, runs: list[RunRow], reported: str) -> Line:
     runs = [r for r in runs if reported in r.metrics]
     stopped = sum(r.status != "FINISHED" for r in runs)
-    from .. import methods
-
     notes = [f"{stopped} stopped early"] if stopped else []
-    entry = methods.REGISTRY.get(label.partition(":")[0])
-    if entry is not None and entry.needs:
-        notes.append(f"starts from the trained {entry.needs} run of its seed")
     return Line(label, sparsity, {r.seed: r.metrics[reported] for r in runs},
                 statistics.mean(r.metrics.get("nonzero_params", 0) for r in runs), max(_epochs(r) for r in runs),
                 tuned=any(r.tuned for r in runs), note="; ".join(notes))
+
+
+def _note_parents(lines: list[Line]) -> None:
+    """A row that starts from another run (gmp: the dense run; the ablations: DSR's) says
+    so, with the epochs that run trained first (its own epochs column counts only its own)."""
+    from .. import methods
+
+    by_label = {ln.method: ln for ln in lines}
+    for ln in lines:
+        entry = methods.REGISTRY.get(ln.method.partition(":")[0])
+        if entry is not None and entry.needs:
+            parent = by_label.get(entry.needs)
+            first = f", which trained {parent.epochs} epochs first" if parent is not None else ""
+            ln.note = "; ".join(filter(None, [ln.note, f"starts from the trained {entry.needs} run of its seed{first}"]))
 
 
 def summarize(title: str, rows: list[RunRow], metric: str = "val_acc", mode: str = "max",
@@ -184,6 +193,7 @@ def summarize(title: str, rows: list[RunRow], metric: str = "val_acc", mode: str
         lines = [_line(m, s, labels[m], reported) for m in sorted(labels, key=order_key)]
         if dense:
             lines.append(_line("dense", None, dense, reported))
+        _note_parents(lines)
         ref = next((ln for ln in lines if ln.method == reference), None)
         for ln in lines:
             if ref is not None and ln is not ref:
