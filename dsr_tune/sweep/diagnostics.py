@@ -7,8 +7,8 @@ from the first report seed of every dynamic row:
   reallocation against the target Np (with the +-delta band that keeps H);
 - the share of the budget turned over per reallocation, for every dynamic
   method (pruned / budget);
-- per-layer density over training, one panel per method: where each method
-  puts its budget (the paper: larger and deeper layers end up sparser).
+- per-layer density over training, one panel per method on one scale: where
+  each method puts its budget (the paper: larger and deeper layers end up sparser).
 
 Every reallocation record carries what is drawn (``threshold``, ``pruned``,
 per-layer ``nonzero``), so the same numbers are in MLflow as ``realloc/*``.
@@ -57,13 +57,17 @@ def plot(sweep_dir: str | Path, table: Table) -> list[Path]:
         if not runs:
             continue
         n = len(runs)
-        fig, axes = plt.subplots(2, max(2, n), figsize=(4.2 * max(2, n), 6.8), dpi=100, squeeze=False)
+        cols = min(4, max(2, n))  # the density panels wrap, four to a row
+        rows = 1 + -(-n // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), dpi=100, squeeze=False)
         _dsr_panels(axes[0][0], axes[0][1], runs)
         for ax in axes[0][2:]:
             ax.axis("off")
-        for ax, (label, folder) in zip(axes[1], runs.items()):
+        density_axes = [ax for row in axes[1:] for ax in row]
+        for ax, (label, folder) in zip(density_axes, runs.items()):
+            ax.sharey(density_axes[0])  # one scale: where each method puts its budget, side by side
             _density_panel(ax, label, folder)
-        for ax in axes[1][n:]:
+        for ax in density_axes[n:]:
             ax.axis("off")
         fig.suptitle(f"{table.title}: how the budget moved at sparsity {s:g} (first report seed of each row)",
                      fontsize=10)
@@ -81,14 +85,14 @@ def _dsr_panels(ax_h, ax_k, runs: dict[str, Path]) -> None:
         steps = [r["step"] for r in reallocs]
         share = [turnover(r) for r in reallocs]
         ax_k.plot(steps, share, lw=1, label=f"{label}: pruned / budget")
-        if "threshold" in (reallocs[0] if reallocs else {}):
+        if label == "dsr" and reallocs and "threshold" in reallocs[0]:  # the reference row only
             cfg = C.load(folder / runfolder.CONFIG)
             ax_h.semilogy(steps, [r["threshold"] for r in reallocs], color="C0", lw=1.2, label=f"{label}: H")
             np_, delta = cfg.sparsity.dsr.target_pruned, cfg.sparsity.dsr.delta
             k_ax = ax_h.twinx()
             k_ax.plot(steps, [r["pruned"] for r in reallocs], color="C1", lw=0.8, alpha=0.8, label="K")
             k_ax.axhspan(np_ * (1 - delta), np_ * (1 + delta), color="C1", alpha=0.15,
-                         label=f"Np = {np_:,} +- {delta:g}")
+                         label=f"Np = {np_:,} (band: +-{delta:.0%})")
             k_ax.set_ylabel("pruned count K", color="C1")
             k_ax.legend(fontsize=7, loc="upper right")
     ax_h.set_title("DSR: threshold H (log) and K against Np", fontsize=9)
