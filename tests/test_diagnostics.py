@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-
 from dsr_tune import runfolder
 from dsr_tune.sweep import diagnostics, results
 
