@@ -24,7 +24,7 @@ fixed and per-epoch costs would be for a 2-minute trial.
 
     .venv/bin/python benchmarks/bench_sweep.py                   # both paths, side by side (several minutes)
     .venv/bin/python benchmarks/bench_sweep.py --sweep runs/sweeps/digits_demo   # analyse only
-    .venv/bin/python benchmarks/bench_sweep.py search.samples=2 seeds=[0]        # a smaller demo
+    .venv/bin/python benchmarks/bench_sweep.py search.samples=1 seeds=[1]        # a smaller demo
     .venv/bin/python benchmarks/bench_sweep.py --floor --sweep DIR   # + bare TorchTrainer trials alike
 
 ``--floor`` then runs bare trials (a TorchTrainer whose function only makes

@@ -333,11 +333,11 @@ class LoopbackCluster:
         return [pid for pid in found if pid != os.getpid()]
 
 
-# The demo sweep cut to fit a CI budget: 2 searched trials, 2 epochs, one seed, no baselines
+# The demo sweep cut to fit a CI budget: 2 searched trials (one at each sparsity), 2 epochs, one seed, no baselines
 # (tests/test_sweep covers the pairing). Each trial trains on 2 DDP workers of 0.9 CPU, and a
 # node has 1 CPU: every trial must put one worker on each node, whatever the timing. (One
 # worker per trial left it to chance: a trial that ended early freed its node for the next.)
-SHORT_SWEEP = ["search.samples=2", "seeds=[1]", "train.epochs=2", "optim.milestones=[1]", "sparsity.stop_epoch=2",
+SHORT_SWEEP = ["search.samples=1", "seeds=[1]", "train.epochs=2", "optim.milestones=[1]", "sparsity.stop_epoch=2",
                "sparsity.period_schedule=[[0, 15]]", "baselines=[]", "dense=false",
                "train.workers=2", "train.cpus_per_worker=0.9", "search.trial_cpus=0.05"]
 

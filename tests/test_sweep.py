@@ -133,9 +133,13 @@ def test_the_sweeps_eta_counts_the_phases_still_to_come(tmp_path):
 
     sp = S.load(DEMO)  # 2 sparsities x 2 seeds x (dsr 10 + static 10, 20 + thin dense 10, 20) + dense 2 x 10
     ctx = SweepContext(str(tmp_path), sp.base.to_dict(), 0, None)
-    assert epochs_after(sp, ctx, "search-dsr") == 2 * 2 * 70 + 20
-    tuned = S.load(DEMO, ["tune_baselines=true"])  # two more searches of 4 trials x 10 epochs
-    assert epochs_after(tuned, ctx, "search-dsr") == 2 * 4 * 10 + 300 and epochs_after(tuned, ctx, "search-thin_dense") == 300
+    # one search of 2 trials x 10 epochs per sparsity: search-dsr-s0.8, then search-dsr-s0.9
+    assert S.search_phases(sp) == ["search-dsr-s0.8", "search-dsr-s0.9"]
+    assert epochs_after(sp, ctx, "search-dsr-s0.8") == 2 * 10 + 2 * 2 * 70 + 20
+    assert epochs_after(sp, ctx, "search-dsr-s0.9") == 300
+    tuned = S.load(DEMO, ["tune_baselines=true"])  # static and thin dense: two more searches per sparsity
+    assert epochs_after(tuned, ctx, "search-dsr-s0.8") == 5 * 2 * 10 + 300
+    assert epochs_after(tuned, ctx, "search-thin_dense-s0.9") == 300
     write_paired(tmp_path, [Job("paired/dense/seed1", "dense", "dense", None, 1, {"train": {"epochs": 10}}),
                             Job("paired/gmp/s0.9/seed1", "baseline", "gmp", 0.9, 1, {"train": {"epochs": 20}}, stage=1)])
     assert epochs_after(sp, ctx, "paired-0") == 20 and epochs_after(sp, ctx, "paired-1") == 0
@@ -337,6 +341,35 @@ def test_pareto_asha_search_builds_without_ray(tmp_path):
     assert tc.scheduler.set_search_properties(tc.metric, tc.mode)  # what Tune calls: accepted
     assert (tmp_path / "optuna.db").exists()  # the study is kept in the sweep folder
     pickle.loads(pickle.dumps(tc.search_alg))  # Tune checkpoints the searcher
+
+
+def test_a_sparsity_choice_is_a_grid_of_searches_of_equal_size(tmp_path):
+    import optuna
+
+    from dsr_tune.sweep import search, tunephase
+
+    sp = S.load(DEMO, ["tune_baselines=true"])
+    cells = [S.phase_cell(p) for p in S.search_phases(sp)]
+    assert cells == [(m, s) for m in ("dsr", "static", "thin_dense") for s in (0.8, 0.9)]
+    assert [S.phase_cell(S.search_phase(*c)) for c in cells] == cells and S.phase_cell("search-dsr") == ("dsr", None)
+    assert "sparsity.sparsity" in [p.key for p in S.params_for(sp, "dsr")]
+    held = [p.key for p in S.params_for(sp, "dsr", 0.9)]
+    assert "sparsity.sparsity" not in held and "sparsity.dsr.delta" in held
+    ctx = SweepContext(str(tmp_path), sp.base.to_dict(), 0, SweepTracker(store.resolve("sqlite:///x.db"), "e", "s-1"))
+    tc, _ = tunephase.tune_config("search-static-s0.9", sp, ctx, 2, None)
+    assert tc.num_samples == sp.search.samples  # per cell: the same budget at every sparsity
+    assert tc.search_alg._study_name == "s-1-static-s0.9"
+    # the define-by-run space draws the cell's own keys and holds its sparsity
+    study = optuna.create_study(direction="maximize")
+    drawn = search.OptunaSpace(S.params_for(sp, "static", 0.9), "static", {"sparsity.sparsity": 0.9})(study.ask())
+    assert drawn == {"method": "static", "sparsity.sparsity": 0.9}
+    job = ctx.search_job({**drawn, "optim.lr": 0.05}, "t1")
+    assert job.sparsity == 0.9 and job.config["optim"]["lr"] == 0.05 and job.method == "static"
+    # without a sparsity choice: one search per method, named after the method alone
+    text = Path(DEMO).read_text().replace("  sparsity.sparsity: {choice: [0.8, 0.9]}\n", "")
+    assert text != Path(DEMO).read_text()
+    (tmp_path / "one.yaml").write_text(text.replace("base: ../configs/", f"base: {Path(DEMO).parent.parent}/configs/"))
+    assert S.search_phases(S.load(tmp_path / "one.yaml")) == ["search-dsr"]
 
 
 def _fake_search_run(sweep: Path, key: str, cfg: C.Config, acc: float) -> None:
@@ -598,7 +631,7 @@ def test_interrupted_sweep_resumes_every_trial_exactly_once(e2e):
     assert i["rc"] == 130 and "--resume" in i["log"].read_text(), i["log"].read_text()[-3000:]
     proc = e2e["proc"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "[search-dsr 3/3 done]" in proc.stderr and "restoring Tune's state" in proc.stderr  # progress: stderr
+    assert "[search-dsr-s0.9 3/3 done]" in proc.stderr and "restoring Tune's state" in proc.stderr  # progress: stderr
     runs = sorted((sweep / "runs" / "search" / "dsr").iterdir())
     assert len(runs) == 3
     for run in runs:
@@ -616,7 +649,7 @@ def test_interrupted_sweep_resumes_every_trial_exactly_once(e2e):
         assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "epoch/test_acc")) == [1, 2, 3]
     import optuna
 
-    study = optuna.load_study(study_name=f"{e2e['meta']['sweep_id']}-dsr", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    study = optuna.load_study(study_name=f"{e2e['meta']['sweep_id']}-dsr-s0.9", storage=f"sqlite:///{sweep / 'optuna.db'}")
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 3
 
 

@@ -34,8 +34,10 @@ def cmd_sweep(args) -> int:
     host_error = ray_host_error(args.address)
     if host_error:
         return fail(host_error)
-    starting(f"sweep {space.name}: {len(space.methods)} searched method(s) x {space.search.samples} trials, "
-             f"then {', '.join(space.baselines) or 'no baselines'} on seeds {space.seeds}")
+    searches = S.search_phases(space)
+    starting(f"sweep {space.name}: {len(searches)} search(es) of {space.search.samples} trials "
+             f"({', '.join(p.removeprefix('search-') for p in searches)}), then "
+             f"{', '.join(space.baselines) or 'no baselines'} on seeds {space.seeds}")
     from ..sweep import phases
     from ..sweep.folder import default_output
 
@@ -147,8 +149,8 @@ def cmd_sync(args) -> int:
 def add_parsers(sub) -> None:
     s = sub.add_parser("sweep", help="search hyperparameters with Ray Tune + Optuna, baselines paired, MLflow",
                        description=(
-        "Run the sweep of SPACE.yaml (see search_spaces/): for each searched method, Optuna proposes "
-        "search.samples trials on search.trial_seed, selected on the validation split; then at every "
+        "Run the sweep of SPACE.yaml (see search_spaces/): for each searched method (and each searched "
+        "sparsity), Optuna proposes search.samples trials on search.trial_seed, selected on the validation split; then at every "
         "sparsity the selection is re-trained on the fresh seeds beside every baseline (static and thin "
         "dense at 1x and 2x the epochs, GMP, ablations...) and the dense reference. Every run goes to "
         "MLflow (default: ./mlruns). Ends with the comparison table (n, 95% CI, paired differences)."))

@@ -1,7 +1,8 @@
 """Run a sweep (or a comparison) phase by phase, tracked in MLflow.
 
-1. ``search-<method>``, one per searched method (and, with
-   ``tune_baselines``, per tuned baseline): Optuna proposes
+1. ``search-<method>`` (``search-<method>-s<sparsity>`` when the space
+   searches a choice of sparsities: one per sparsity), one per searched
+   method (and, with ``tune_baselines``, per tuned baseline): Optuna proposes
    ``search.samples`` hyperparameter sets on ``search.trial_seed``, each a
    Tune trial (:func:`.trial.run_trial`);
 2. the selection: each method's best trial per sparsity on the validation
@@ -31,7 +32,7 @@ from ..tracking import SweepTracker
 from . import tunephase
 from .folder import prepare, save
 from .jobs import PAIRED_FILE, SweepContext, write_paired
-from .space import Space, tuned_methods
+from .space import Space, search_phases
 
 log = logging.getLogger("dsr_tune")
 
@@ -43,10 +44,6 @@ class Outcome:
     sweep_id: str
     tracker: SweepTracker
     unsynced: list[str]      # run keys MLflow does not fully hold
-
-
-def search_phases(space: Space) -> list[str]:
-    return [f"search-{m}" for m in tuned_methods(space)]
 
 
 def run(space: Space, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,

@@ -28,7 +28,7 @@ from .. import runfolder
 from . import plan as P
 from .jobs import Job, SweepContext, with_values
 from .results import RunRow
-from .space import Space, tuned_methods
+from .space import Space, search_phases, searched_sparsities
 
 log = logging.getLogger("dsr_tune")
 
@@ -125,8 +125,7 @@ def planned_sparsities(space: Space) -> list[float]:
     the comparison's, or the base config's."""
     if space.sparsities is not None:
         return list(space.sparsities)
-    searched = next((p for p in space.params if p.key == "sparsity.sparsity" and p.kind == "choice"), None)
-    return [float(v) for v in searched.values] if searched else [space.base.sparsity.sparsity]
+    return searched_sparsities(space) or [space.base.sparsity.sparsity]
 
 
 def paired_epochs_from_space(space: Space) -> int:
@@ -140,7 +139,7 @@ def paired_epochs_from_space(space: Space) -> int:
 def epochs_after(space: Space, ctx: SweepContext, phase: str) -> int:
     """The planned epochs of every phase after ``phase``: the searches still to
     come, then the paired jobs (from ``paired.json`` once the search has ended)."""
-    searches = [f"search-{m}" for m in tuned_methods(space)]
+    searches = search_phases(space)
     if phase in searches:
         later = searches[searches.index(phase) + 1:]
         return len(later) * space.search.samples * space.base.train.epochs + paired_epochs_from_space(space)

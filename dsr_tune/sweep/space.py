@@ -19,7 +19,9 @@ A sweep is one YAML file (see ``search_spaces/``)::
 
 Selection is honest by construction: every searched method (and, with
 ``tune_baselines``, every baseline) has its own Optuna search of
-``search.samples`` trials on ``search.trial_seed``, selected on
+``search.samples`` trials at each searched sparsity (a choice of
+``sparsity.sparsity`` is a grid, not a dimension the searcher may favour) on
+``search.trial_seed``, selected on
 ``search.metric`` of the validation split; the selected configuration and
 every baseline are then trained on ``seeds``, which must not include the
 trial seed. Selecting on a test metric is refused unless
@@ -53,7 +55,8 @@ TOP_KEYS = ("name", "base", "config", "methods", "space", "search", "seeds", "ba
 
 
 class Search(Section):
-    samples: int = opt(8, "trials the searcher proposes, per searched (or tuned) method", ge=1)
+    samples: int = opt(8, "trials the searcher proposes, per searched (or tuned) method and, when "
+                       "sparsity.sparsity is a searched choice, per sparsity", ge=1)
     metric: Literal[METRICS] = opt("val_acc", "what the searcher (and ASHA) optimises: a validation metric "
                                    "(a test one only with select_on_test)")
     select_on_test: bool = opt(False, "allow search.metric to be a test metric (the report says so; the test "
@@ -220,9 +223,38 @@ def tuned_methods(space: Space) -> list[str]:
     return out
 
 
-def params_for(space: Space, method: str) -> list[Param]:
-    """The searched keys ``method`` reads: its own, and the ones every method reads."""
-    return [p for p in space.params if not p.methods or method in p.methods]
+SPARSITY = "sparsity.sparsity"  # a searched choice of it is a grid: every value gets its own searches
+
+
+def searched_sparsities(space: Space) -> list[float] | None:
+    """The values of a searched ``sparsity.sparsity`` choice, or None (one sparsity)."""
+    p = next((p for p in space.params if p.key == SPARSITY and p.kind == "choice"), None)
+    return [float(v) for v in p.values] if p else None
+
+
+def search_phase(method: str, sparsity: float | None = None) -> str:
+    """A search phase's name: ``search-<method>``, ``search-<method>-s<sparsity>`` in a grid."""
+    return f"search-{method}" + ("" if sparsity is None else f"-s{sparsity:g}")
+
+
+def phase_cell(phase: str) -> tuple[str, float | None]:
+    """``(method, sparsity or None)`` of a search phase's name (method names hold no hyphen)."""
+    method, sep, sparsity = phase.removeprefix("search-").partition("-s")
+    return method, float(sparsity) if sep else None
+
+
+def search_phases(space: Space) -> list[str]:
+    """One search per tuned method and searched sparsity, each of ``search.samples``
+    trials: every (method, sparsity) cell of the comparison gets the same tuning budget
+    (one search over a sparsity choice would let the searcher spend it unevenly)."""
+    return [search_phase(m, s) for m in tuned_methods(space) for s in (searched_sparsities(space) or [None])]
+
+
+def params_for(space: Space, method: str, sparsity: float | None = None) -> list[Param]:
+    """The searched keys ``method`` reads: its own, and the ones every method reads
+    (without the sparsity when a search is held at one)."""
+    return [p for p in space.params if (not p.methods or method in p.methods)
+            and not (sparsity is not None and p.key == SPARSITY)]
 
 
 def for_compare(cfg: C.Config, *, name: str, sparsities: list[float], seeds: list[int], labels: list[str],

@@ -26,7 +26,7 @@ from ..tracking.runs import read_run_file
 from ..tracking.sync import SyncError, run_folders, sync_sweep
 from .folder import parent_params
 from .jobs import SweepContext
-from .space import Space, concurrency, params_for
+from .space import Space, concurrency, params_for, phase_cell
 from .trial import in_process
 
 log = logging.getLogger("dsr_tune")
@@ -59,8 +59,8 @@ def tune_config(phase: str, space: Space, ctx: SweepContext, n_concurrent: int, 
 
     s = space.search
     if phase.startswith("search-"):
-        method = phase.removeprefix("search-")
-        tc = tune.TuneConfig(search_alg=search.searcher(space, method, ctx.sweep_dir, ctx.tracker.sweep_id),
+        method, sparsity = phase_cell(phase)
+        tc = tune.TuneConfig(search_alg=search.searcher(space, method, ctx.sweep_dir, ctx.tracker.sweep_id, sparsity),
                              scheduler=search.scheduler(space), num_samples=s.samples,
                              max_concurrent_trials=n_concurrent, trial_dirname_creator=trial_dirname,
                              # not with ASHA: Tune cannot reuse the process of a trial it stopped
@@ -78,7 +78,7 @@ def progress_table(phase: str, space: Space):
     from ray.tune import CLIReporter
 
     s = space.search
-    keys = [p.key for p in params_for(space, phase.removeprefix("search-"))] if phase.startswith("search-") else []
+    keys = [p.key for p in params_for(space, *phase_cell(phase))] if phase.startswith("search-") else []
     short = [k.rsplit(".", 1)[-1] for k in keys]  # sparsity.dsr.delta -> delta, unless two keys end alike
     params = dict(zip(keys, short if len(set(short)) == len(short) else keys))
     return CLIReporter(metric_columns={"epochs_done": "epochs", s.metric: s.metric, "test_acc": "test_acc",
