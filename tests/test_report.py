@@ -218,3 +218,27 @@ def test_report_falls_back_to_the_run_folders_when_mlflow_has_none(store, tmp_pa
     dsr = _lines(rep, 0.9)["dsr"]
     assert dsr.acc == [0.92] and dsr.epochs == 3 and rep.searched == 2
     assert files["md"] == sweep / "report.md" and files["md"].exists()
+
+
+def test_the_figure_gives_every_method_its_own_look_and_draws_the_paired_differences(tmp_path):
+    from dsr_tune.methods import names as registered  # every row name a report can hold
+    names = ["dsr", "dense", "static_1x", "static_2x", "thin_dense_1x", "thin_dense_2x", "gmp", "final_reinit",
+             "final_init", "random_control", "dsr_stop:2", "dsr_stop:5"] + [m for m in registered()
+                                                                           if m not in ("dsr", "dense")]
+    look = tables.styles(names)
+    assert len({(tuple(v["color"]) if not isinstance(v["color"], str) else v["color"], v["marker"])
+                for v in look.values()}) == len(look)  # no two rows drawn alike
+    assert look["dsr"]["color"] == "k" and look["dsr"]["lw"] > max(v["lw"] for k, v in look.items() if k != "dsr")
+
+    rows = []
+    for seed, (d, s, g) in enumerate([(0.90, 0.88, 0.93), (0.91, 0.88, 0.95), (0.92, 0.91, 0.955)], start=1):
+        for method, acc in (("dsr", d), ("static_1x", s), ("gmp", g)):
+            rows.append(RunRow(f"paired/{method}/s0.9/seed{seed}", "selected" if method == "dsr" else "baseline",
+                               method, 0.9, seed, "FINISHED", {"test_acc": acc}, 10))
+    t = results.summarize("x", rows)
+    out = tables.plot(t, tmp_path / "r.png")
+    import matplotlib.image
+    h, w = matplotlib.image.imread(out).shape[:2]
+    assert w > 1.8 * h  # the accuracy panel and one panel of paired differences beside it
+    diffs = {ln.method: ln.diff for ln in t.sections[0.9] if ln.diff}
+    assert set(diffs) == {"static_1x", "gmp"} and diffs["gmp"].resolved

@@ -169,8 +169,8 @@ def add_parsers(sub) -> None:
     r = sub.add_parser("report", help="table and figure of a sweep from MLflow", description=(
         "Per sparsity: each row's test accuracy over the report's seeds (mean, std, n, 95% CI, the "
         "seed-paired difference to DSR with its CI), the selection runs apart, epochs, non-zero params; "
-        "written as report.md, report.png (accuracy vs parameters, with the intervals) and report.csv, "
-        "and logged to the sweep's parent run."))
+        "written as report.md, report.png (accuracy vs parameters with the intervals, and the paired "
+        "differences to DSR) and report.csv, and logged to the sweep's parent run."))
     r.add_argument("sweep", help="a sweep folder, a sweep id, or an experiment name (its newest sweep)")
     r.add_argument("--tracking-uri", help="MLflow store (default: the sweep's own, else $MLFLOW_TRACKING_URI "
                    "or ./mlruns)")

@@ -134,9 +134,27 @@ def write_csv(t: Table, path: str | Path) -> Path:
     return runfolder.atomic_write(path, buf.getvalue())
 
 
+MARKERS = "osD^v<>pPX*h"
+
+
+def styles(methods: list[str]) -> dict[str, dict]:
+    """One colour and marker per method, none shared (matplotlib's 10-colour cycle
+    gave DSR and SNFS the same orange in a 16-row table); DSR black and thicker."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    out, others = {}, [m for m in sorted(methods) if m != "dsr"]
+    for i, m in enumerate(others):
+        out[m] = {"color": cmap(i % 20), "marker": MARKERS[i % len(MARKERS)], "lw": 1.2}
+    out["dsr"] = {"color": "k", "marker": "o", "lw": 2.4}
+    return out
+
+
 def plot(t: Table, out: str | Path) -> Path:
-    """Test accuracy against non-zero parameters, one line per method; the bars
-    are the 95% intervals of the mean (none where n = 1); dense as a dashed line."""
+    """Left: test accuracy against non-zero parameters, one line per method, bars the
+    95% intervals of the mean (none where n = 1), dense dashed. Then one panel per
+    sparsity: each row's seed-paired difference to DSR with its 95% interval, filled
+    where the interval excludes 0, hollow where it is not resolved."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,13 +168,19 @@ def plot(t: Table, out: str | Path) -> Path:
                 dense = ln
             else:
                 by_method.setdefault(ln.method, []).append(ln)
-    fig, ax = plt.subplots(figsize=(7.2, 4.6), dpi=110)
+    look = styles(list(by_method) + ["dense"])
+    sections = [(s, [ln for ln in lines if ln.diff is not None]) for s, lines in sorted(t.sections.items())]
+    sections = [(s, lines) for s, lines in sections if lines]
+    fig, axes = plt.subplots(1, 1 + len(sections), figsize=(7.2 + 4.2 * len(sections), 5.2), dpi=110,
+                             gridspec_kw={"width_ratios": [1.6] + [1] * len(sections)}, squeeze=False)
+    ax = axes[0][0]
     for method, lines in sorted(by_method.items()):
         lines = sorted(lines, key=lambda ln: ln.nonzero)
         err = [[100 * (ln.mean - ln.ci[0]) if ln.ci else 0 for ln in lines],
                [100 * (ln.ci[1] - ln.mean) if ln.ci else 0 for ln in lines]]
-        ax.errorbar([ln.nonzero for ln in lines], [100 * ln.mean for ln in lines], yerr=err, marker="o",
-                    capsize=3, label=method)
+        st = look[method]
+        ax.errorbar([ln.nonzero for ln in lines], [100 * ln.mean for ln in lines], yerr=err, marker=st["marker"],
+                    color=st["color"], lw=st["lw"], capsize=3, label=method, zorder=3 if method == "dsr" else 2)
     if dense is not None:
         ax.axhline(100 * dense.mean, color="k", ls="--", lw=1, label=f"dense ({round(dense.nonzero):,} params)")
     ax.set_xscale("log")
@@ -165,6 +189,20 @@ def plot(t: Table, out: str | Path) -> Path:
     ax.set_title(f"{t.title}\nmeans over seeds {t.seeds}; bars: 95% CI of the mean (Student t)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)
+    for ax, (s, lines) in zip(axes[0][1:], sections):
+        for y, ln in enumerate(lines):
+            d, st = ln.diff, look.get(ln.method, look["dense"])
+            lo, hi = (d.ci if d.ci else (d.mean, d.mean))
+            ax.errorbar([100 * d.mean], [y], xerr=[[100 * (d.mean - lo)], [100 * (hi - d.mean)]],
+                        marker=st["marker"], color=st["color"], capsize=3, ls="none",
+                        mfc=st["color"] if d.resolved else "white")
+        ax.axvline(0, color="k", lw=1)
+        ax.set_yticks(range(len(lines)), [f"{ln.method} (n {ln.diff.n})" for ln in lines], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("row - DSR, test accuracy points")
+        ax.set_title(f"sparsity {s:g}: paired difference to DSR, 95% CI\n(hollow: interval contains 0)",
+                     fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     out = Path(out)
     runfolder.save_figure(fig, out)
