@@ -785,6 +785,34 @@ def test_a_trial_in_the_trials_process_resumes_from_its_checkpoint_after_the_dri
     assert ckpt.load(run)["epoch"] == 8
 
 
+@pytest.mark.slow
+def test_asha_stops_trials_in_the_trials_process_and_the_sweep_selects_a_full_one(tmp_path):
+    """ASHA with single-worker trials in Tune's own process: weak trials end at a rung
+    (fewer epochs in their folder, KILLED in MLflow, not left RUNNING), and the selected
+    configuration is one that trained every epoch."""
+    sweep = tmp_path / "sweep"
+    args = ["train.epochs=6", "optim.milestones=[4]", "sparsity.stop_epoch=5", "sparsity.period_schedule=[[0, 15]]",
+            "search.samples=4", "search.asha={grace_period: 1, reduction_factor: 2}", "seeds=[1]", "baselines=[]",
+            "dense=false", "space.sparsity.sparsity=0.9", "--output", str(sweep)]
+    proc = run_in_group(dsr_tune_cmd(*args), cwd=tmp_path, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    epochs = {}
+    for run in (sweep / "runs" / "search" / "dsr").iterdir():
+        records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+        epochs[run.name] = sum(r["kind"] == "epoch" for r in records)
+    assert len(epochs) == 4 and min(epochs.values()) < 6 and max(epochs.values()) == 6, epochs
+    client = _mlflow(tmp_path)
+    _, children = _children(client, json.loads((sweep / "sweep.json").read_text())["sweep_id"])
+    status = {r.data.tags["dsr_tune.run"].rsplit("/", 1)[1]: r.info.status for r in children
+              if r.data.tags["role"] == "search"}
+    assert {k: v == "FINISHED" for k, v in status.items()} == {k: n == 6 for k, n in epochs.items()}
+    assert set(status.values()) <= {"FINISHED", "KILLED"}
+    selected = [r for r in children if r.data.tags["role"] == "selected"]
+    assert len(selected) == 1
+    chosen = selected[0].data.tags.get("selected_from_run_id")
+    assert chosen and client.get_run(chosen).info.status == "FINISHED"
+
+
 def test_relative_paths_of_a_space_are_read_from_where_the_sweep_runs(tmp_path, monkeypatch):
     """Trials run in other working directories (and on other nodes): a relative data.root,
     mask_from, ... is made absolute against the directory the sweep is started from."""
