@@ -234,7 +234,7 @@ def test_the_figure_gives_every_method_its_own_look_and_draws_the_paired_differe
     for seed, (d, s, g) in enumerate([(0.90, 0.88, 0.93), (0.91, 0.88, 0.95), (0.92, 0.91, 0.955)], start=1):
         for method, acc in (("dsr", d), ("static_1x", s), ("gmp", g)):
             rows.append(RunRow(f"paired/{method}/s0.9/seed{seed}", "selected" if method == "dsr" else "baseline",
-                               method, 0.9, seed, "FINISHED", {"test_acc": acc}, 10))
+                               method, 0.9, seed, "FINISHED", {"test_acc": acc, "nonzero_params": 700.0}, 10))
     t = results.summarize("x", rows)
     out = tables.plot(t, tmp_path / "r.png")
     import matplotlib.image
