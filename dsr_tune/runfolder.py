@@ -224,6 +224,25 @@ def last_epoch(run_dir: str | Path) -> dict | None:
     return {**found[-1], "epochs_done": found[-1]["epoch"] + 1}
 
 
+#: an epoch record's cost so far (see dsr_tune.train.flops): cumulative training FLOPs, inference
+#: FLOPs per image of the model at the epoch's end, cumulative seconds of epochs and of reallocations
+COST_KEYS = ("train_flops", "infer_flops", "train_time", "realloc_time", "device")
+
+
+def costs(run_dir: str | Path) -> dict | None:
+    """What a run cost up to its last finished epoch, from its records (no
+    torch): :data:`COST_KEYS` (None where the records lack one), ``epochs_done``
+    and ``export_bytes``, the size of its sparse export (None without one).
+    None before the first epoch. A derived run's parent (``gmp.dense_from``,
+    ``mask_from``, ``init_from`` in its config) is a run folder of its own."""
+    last = last_epoch(run_dir)
+    if last is None:
+        return None
+    export = Path(run_dir) / EXPORT
+    return {**{k: last.get(k) for k in COST_KEYS}, "epochs_done": last["epochs_done"],
+            "export_bytes": export.stat().st_size if export.is_file() else None}
+
+
 def has_run(run_dir: str | Path) -> bool:
     """The folder holds a complete checkpoint of a run (something to lose)."""
     return (Path(run_dir) / CHECKPOINT).is_file()

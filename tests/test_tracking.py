@@ -127,6 +127,14 @@ def test_sync_restores_the_records_exactly_once(offline_sweep, tmp_path):
     assert sorted(m.step for m in c.get_metric_history(rid, "realloc/threshold")) == [r["step"] for r in reallocs]
     arts = {a.path for a in c.list_artifacts(rid)} | {a.path for a in c.list_artifacts(rid, "export")}
     assert {"config.yaml", "density.png", "export/model.sparse.pt"} <= arts
+    # the run's cost: cumulative FLOPs and time per epoch, the device, the export's size
+    flops = sorted(c.get_metric_history(rid, "epoch/train_flops"), key=lambda m: m.step)
+    assert [m.value for m in flops] == [float(r["train_flops"]) for r in epochs] and flops[0].value > 0
+    assert run.data.metrics["epoch/infer_flops"] == epochs[-1]["infer_flops"]
+    assert run.data.metrics["epoch/train_time"] == pytest.approx(sum(r["epoch_time"] for r in epochs))
+    assert sorted(m.step for m in c.get_metric_history(rid, "realloc/realloc_time")) == [r["step"] for r in reallocs]
+    assert run.data.params["device"] == "cpu"
+    assert run.data.metrics["export_bytes"] == (o["run_dir"] / "model.sparse.pt").stat().st_size
     assert read_run_file(o["run_dir"])["mlflow_model"].startswith("models:/")  # and the MLflow model
     assert read_run_file(o["run_dir"])["synced"] is True and not (o["run_dir"] / OFFLINE_FILE).exists()
     parent = c.get_run(run.data.tags["mlflow.parentRunId"])
@@ -135,6 +143,7 @@ def test_sync_restores_the_records_exactly_once(offline_sweep, tmp_path):
     again = sync_sweep(o["root"], uri=uri, everything=True)
     assert again.runs == 1 and again.created == again.metrics == again.params == again.artifacts == 0
     assert len(c.get_metric_history(rid, "epoch/test_acc")) == 2
+    assert len(c.get_metric_history(rid, "export_bytes")) == 1
 
 
 def test_live_logger_skips_what_a_restart_logs_again(tmp_path):

@@ -56,7 +56,8 @@ def cmd_train(args) -> int:
         print(f"dsr-tune: error: {exc} (set data.skip_bad_images=true to skip such files; the last finished "
               f"epoch is saved in {out})", file=sys.stderr)
         return 1
-    summary = f"test accuracy {100 * record['test_acc']:.2f}%" if record else "nothing left to train"
+    summary = (f"test accuracy {100 * record['test_acc']:.2f}%{_cost(record)}" if record
+               else "nothing left to train")
     if record and record["epoch"] + 1 < cfg.train.epochs:  # train.stop_after cut it: say how to go on
         summary += (f" after epoch {record['epoch'] + 1} of {cfg.train.epochs} (train.stop_after); "
                     f"continue with: {' '.join(a for a in _resume_argv(args, out) if not a.startswith('train.stop_after='))}")
@@ -68,6 +69,14 @@ def cmd_train(args) -> int:
 # Keys a resumed run may change: the global batch stays, so the math does too.
 RESUMABLE_RAY_KEYS = {"train.workers", "train.use_gpu", "train.cpus_per_worker", "train.max_failures",
                       "train.keep_checkpoints", "train.storage_path"}
+
+
+def _cost(record: dict) -> str:
+    """The run's cost as the done line says it (nothing for records without it)."""
+    if record.get("train_flops") is None:
+        return ""
+    return (f", {record['train_flops']:.3g} training FLOPs, {record['infer_flops']:,} FLOPs per image at "
+            f"inference, {record['train_time']:.1f} s on {record['device']}")
 
 
 def _train_ray(args, cfg: C.Config, out: Path) -> int:
@@ -90,6 +99,7 @@ def _train_ray(args, cfg: C.Config, out: Path) -> int:
         return 1
     m = summary.metrics
     done = f"test accuracy {100 * m['test_acc']:.2f}% after {m['epoch'] + 1} epochs" if "test_acc" in m else "nothing left to train"
+    done += _cost(m) if "test_acc" in m else ""
     print(f"done: {done} on {m.get('workers', cfg.train.workers)} workers; run folder {out}; checkpoints {summary.storage}")
     return 0
 

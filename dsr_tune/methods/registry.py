@@ -39,6 +39,8 @@ if TYPE_CHECKING:  # the run's config, built by dsr_tune.config from this regist
     from ..config import Config
 
 KINDS = ("dense", "static", "dynamic", "baseline", "ablation")
+#: when a method needs the dense gradient of its sparse weights (a FLOPs count charges it)
+DENSE_GRAD = ("updates", "steps")
 #: the sparsity keys shared by the methods that reallocate on a period schedule
 TIMING = ("period_schedule", "period_scale", "stop_epoch")
 
@@ -64,6 +66,9 @@ class Method:
     rebuilt_as: the ``sparsity.method`` an exported model of this method is
         rebuilt as, when its own config reads files a model needs no more
         (GMP: ``static``, the same architecture without ``gmp.dense_from``).
+    dense_grad: the dense gradient of the sparse weights it needs, beyond
+        the active ones: at its reallocation steps ("updates": RigL's growth)
+        or at every step ("steps": SNFS's momentum of every weight); None.
     """
 
     name: str
@@ -78,6 +83,7 @@ class Method:
     parametric: bool = False
     default_row: bool = True
     rebuilt_as: str | None = None
+    dense_grad: str | None = None
     model: Callable[..., Any] | None = None
     start: Callable[..., None] | None = None
     masking: Callable[..., Any] | None = None
@@ -115,6 +121,9 @@ def register(method: Method) -> Method:
         raise ValueError(f"method {method.name!r} is registered twice")
     if method.kind not in KINDS:
         raise ValueError(f"method {method.name!r}: kind {method.kind!r} is not one of {', '.join(KINDS)}")
+    if method.dense_grad not in (None, *DENSE_GRAD):
+        raise ValueError(f"method {method.name!r}: dense_grad {method.dense_grad!r} is not None nor one of "
+                         f"{', '.join(DENSE_GRAD)}")
     if method.runs is not None and method.runs not in REGISTRY:
         raise ValueError(f"method {method.name!r} runs {method.runs!r}, which is not registered before it")
     REGISTRY[method.name] = method

@@ -28,4 +28,5 @@ def reallocator(cfg, steps_per_epoch: int):
 
 
 register(Method("rigl", "dynamic", "RigL: drop by magnitude (cosine-decayed fraction), grow where the dense "
-                "gradient is largest", options=RigLOptions, reads=TIMING, reallocator=reallocator))
+                "gradient is largest", options=RigLOptions, reads=TIMING,
+                dense_grad="updates", reallocator=reallocator))

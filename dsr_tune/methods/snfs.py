@@ -24,4 +24,4 @@ def reallocator(cfg, steps_per_epoch: int):
 
 register(Method("snfs", "dynamic", "SNFS (sparse momentum): regrowth across tensors by mean momentum, "
                 "inside them where momentum is largest", options=SNFSOptions, reads=TIMING,
-                reallocator=reallocator))
+                dense_grad="steps", reallocator=reallocator))

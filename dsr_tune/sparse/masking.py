@@ -20,6 +20,7 @@ and ``summarize(record, step)`` (to report a sum every N reallocations).
 from __future__ import annotations
 
 import fnmatch
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -56,6 +57,14 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work (accelerators run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 class Masking:
@@ -109,6 +118,9 @@ class Masking:
         self.budget = sum(counts.values())
         self._active: dict[str, int] | None = dict(counts)  # cache of nonzero_counts(); None = stale
         self._multipliers: dict[str, torch.Tensor] = {}  # what apply() multiplies by; rebuilt when masks change
+        # bumped whenever the masks may have changed: what derives from them (a FLOPs count) compares it
+        self.version = 0
+        self.realloc_seconds = 0.0  # wall time inside reallocate() in this process (not saved)
         self._hook = optimizer.register_step_post_hook(lambda *_: self.step()) if hook else None
         # reallocation records not yet taken by pop_events(); bounded for hook users who never take them
         self.events: deque[dict] = deque(maxlen=1000)
@@ -193,6 +205,9 @@ class Masking:
         masks), so a method may skip zeroing the positions it grows into.
         """
         self.inactive_zero = inactive_zero
+        device = next(iter(self.masks.values())).device
+        _sync(device)  # the time is the reallocation's, not that of the step queued before it
+        started = time.perf_counter()
         try:
             record = self.method.reallocate(self)
         finally:
@@ -200,9 +215,13 @@ class Masking:
         layers = record.get("layers")  # budget-changing schedules (GMP, DSD) report no per-layer counts
         self._multipliers.clear()
         self._active = {n: layer["nonzero"] for n, layer in layers.items()} if layers else None
+        self.version += 1
         if not getattr(self.method, "zeroes_pruned", False):
             self.apply()
-        record.update(step=self.global_step, epoch=self.epoch)
+        _sync(device)
+        seconds = time.perf_counter() - started
+        self.realloc_seconds += seconds
+        record.update(step=self.global_step, epoch=self.epoch, realloc_time=seconds)
         return record
 
     # ------------------------------------------------------------ helpers for methods
@@ -257,6 +276,7 @@ class Masking:
         editing ``masks`` outside a reallocation."""
         self._active = None
         self._multipliers.clear()
+        self.version += 1
 
     def densities(self) -> dict[str, float]:
         return {n: c / self.masks[n].numel() for n, c in self.nonzero_counts().items()}

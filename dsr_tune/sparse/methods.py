@@ -26,6 +26,8 @@ from .grow import (GradientGrowth, ProportionalToScore, ProportionalToSurvivors,
 from .prune import MagnitudeFractionPrune, SignFlipPrune, ThresholdPrune, keep_one
 from .schedule import CosineDecay, PeriodSchedule, every_step
 
+_SUMMED = ("pruned", "grown", "realloc_time")  # what a summarized record adds up over its reallocations
+
 
 class Reallocator:
     """Prune then regrow the same number of weights, keeping the budget exact.
@@ -158,7 +160,7 @@ class Reallocator:
 
         With ``report_every=N`` (DeepR rewires every step) the records are
         summed and one is reported when ``step`` is a multiple of N: counts
-        added up, ``nonzero`` and everything else from the latest, plus
+        and ``realloc_time`` added up, ``nonzero`` and everything else from the latest, plus
         ``reallocations``. Not saved: the trainer resumes at epoch ends, where
         a report with N = steps per epoch has just emptied the sum.
         """
@@ -169,12 +171,13 @@ class Reallocator:
             acc = self._pending = {**record, "layers": {n: dict(v) for n, v in record["layers"].items()},
                                    "reallocations": 1}
         else:
-            for key in ("pruned", "grown"):
-                acc[key] += record[key]
+            for key in _SUMMED:
+                if key in record:
+                    acc[key] = acc.get(key, 0) + record[key]
             for n, layer in record["layers"].items():
                 acc["layers"][n] = {"pruned": acc["layers"][n]["pruned"] + layer["pruned"],
                                     "grown": acc["layers"][n]["grown"] + layer["grown"], "nonzero": layer["nonzero"]}
-            acc.update({k: v for k, v in record.items() if k not in ("pruned", "grown", "layers")})
+            acc.update({k: v for k, v in record.items() if k not in (*_SUMMED, "layers")})
             acc["reallocations"] += 1
         if step % self.report_every:
             return None

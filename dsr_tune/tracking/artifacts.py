@@ -5,9 +5,9 @@ so the trial that just finished and ``dsr-tune sync`` log the same files.
 The model is logged twice: as an MLflow model of the run (``models:/...``,
 loadable with ``mlflow.pytorch.load_model``) and as the compressed sparse
 export under ``export/`` (values + positions, see :mod:`dsr_tune.train.export`),
-much smaller than the checkpoint with its optimizer state; the checkpoint is
-logged there only if the export fails. A run stopped early (KILLED by ASHA)
-gets the same files but no model.
+much smaller than the checkpoint with its optimizer state (its size is the
+metric ``export_bytes``); the checkpoint is logged there only if the export
+fails. A run stopped early (KILLED by ASHA) gets the same files but no model.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ DENSITY_PNG = "density.png"
 EXPORT = runfolder.EXPORT
 # the sparse export's artifact folder: "model" is the MLflow model's name (runs:/<id>/model resolves to it)
 EXPORT_DIR = "export"
+EXPORT_BYTES = "export_bytes"  # the metric: bytes of the sparse export
 
 
 def density_plot(records: list[dict], out: str | Path, title: str = "") -> Path | None:
@@ -126,6 +127,8 @@ def log_files(client, run_id: str, run_dir: str | Path, title: str = "", model: 
     for name, path in files(run_dir, title, skip=have, model=model).items():
         folder = str(Path(name).parent) if "/" in name else None
         client.log_artifact(run_id, str(path), artifact_path=folder)
+        if name == f"{EXPORT_DIR}/{EXPORT}":  # the final model's size as exported, beside its FLOPs
+            client.log_metric(run_id, EXPORT_BYTES, path.stat().st_size)
         n += 1
     from .runs import read_run_file, update_run_file
 

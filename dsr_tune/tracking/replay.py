@@ -39,7 +39,9 @@ def replay(client, tracker: SweepTracker, run_dir: Path, summary: SyncSummary) -
                                   reopen=False)
     summary.created += created
     if (run_dir / runfolder.CONFIG).exists():
-        summary.params += runs.log_params(client, run_id, C.load(run_dir / runfolder.CONFIG).flat())
+        last = runfolder.last_epoch(run_dir) or {}  # the device, as the trainer logs it (records name it)
+        device = {"device": last["device"]} if last.get("device") else {}
+        summary.params += runs.log_params(client, run_id, C.load(run_dir / runfolder.CONFIG).flat() | device)
     triples = [t for r in runfolder.read_records(run_dir) for t in runs.record_metrics(r)]
     done = runs.logged_steps(client, run_id, {k for k, _, _ in triples})
     summary.metrics += runs.log_metrics(client, run_id, triples, skip=done)

@@ -43,8 +43,9 @@ TAG_GIT = "git_revision"
 TAG_GIT_MLFLOW = "mlflow.source.git.commit"
 TAG_PARENT = "mlflow.parentRunId"
 EPOCH_KEYS = ("val_acc", "val_acc5", "val_loss", "test_acc", "test_acc5", "test_loss", "train_loss", "train_acc",
-              "nonzero_params", "lr", "samples_per_s", "epoch_time", "bad_images")
-REALLOC_KEYS = ("threshold", "pruned", "grown")
+              "nonzero_params", "lr", "samples_per_s", "epoch_time", "bad_images",
+              "train_flops", "infer_flops", "train_time", "realloc_time")  # the cost so far (train/flops.py)
+REALLOC_KEYS = ("threshold", "pruned", "grown", "realloc_time")
 EPOCH, REALLOC = "epoch/", "realloc/"  # metric-name prefixes: per epoch, per reallocation
 MAX_PARAMS = 100   # MLflow's limits per log_batch call
 MAX_METRICS = 1000
@@ -130,8 +131,9 @@ def record_metrics(record: dict) -> list[tuple[str, float, int]]:
             out.append((f"density/{layer}", float(d), step))
     elif record.get("kind") == "realloc":
         step = int(record["step"])
-        if isinstance(record.get("threshold"), (int, float)):
-            out.append((REALLOC + "threshold", float(record["threshold"]), step))
+        for k in ("threshold", "realloc_time"):
+            if isinstance(record.get(k), (int, float)):
+                out.append((REALLOC + k, float(record[k]), step))
         layers = (record.get("layers") or {}).values()
         for k in ("pruned", "grown"):
             total = record.get(k)

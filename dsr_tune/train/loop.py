@@ -103,6 +103,7 @@ def train_epoch(run: Run, epoch: int, on_realloc, show_bar: bool) -> dict:
             run.masking.step()
             for event in run.masking.pop_events():
                 on_realloc({"kind": "realloc", **event})
+        run.flops.charge(len(y))  # at the masks this step trained with (a skipped fp16 step computed too)
         loss_sum += loss.detach().double() * len(y)
         correct += (out.argmax(1) == y).sum()
         seen += len(y)
@@ -116,7 +117,8 @@ def train_epoch(run: Run, epoch: int, on_realloc, show_bar: bool) -> dict:
 
 def epoch_record(run: Run, epoch: int, trained: dict, epoch_lr: float, started: float) -> dict:
     """The epoch's record: training stats, validation and test metrics, the
-    budget, per-tensor densities and the mask digest (equal on every rank)."""
+    budget, the cost so far (FLOPs, time, device), per-tensor densities and
+    the mask digest (equal on every rank)."""
     record = {"kind": "epoch", "epoch": epoch, "step": run.step, **trained}
     if run.data.val is not None:
         record.update(evaluate(run, run.data.val, "val"))
@@ -124,6 +126,7 @@ def epoch_record(run: Run, epoch: int, trained: dict, epoch_lr: float, started: 
     record["bad_images"] = run.data.pop_bad_images(run.device)  # files dropped as undecodable (skip_bad_images)
     record.update({"nonzero_params": nonzero_params(run.model, run.masking), "total_params": _count(run.model),
                    "lr": epoch_lr, "epoch_time": time.perf_counter() - started})
+    record.update(run.flops.epoch_fields(run.records, record["epoch_time"], run.device))
     masking = run.masking
     if masking is not None:
         active = masking.active_counts()

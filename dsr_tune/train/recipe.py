@@ -57,6 +57,7 @@ def restore(run: Run, path: Path) -> None:
     run.scaler.load_state_dict(state["scaler"])
     if run.masking is not None:
         run.masking.load_state_dict(state["masking"])
+        run.flops.refresh()  # the checkpoint's masks, not the fresh ones
     run.start_epoch, run.step = state["epoch"], state["step"]
     metrics = run.out_dir / runfolder.METRICS
     if "records" in state:
@@ -131,7 +132,8 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
         _start_folder(run, fresh=resume_from is None)
     loggers = ([JsonlLogger(out_dir / runfolder.METRICS)] + list(loggers)) if run.info.main else []
     for lg in loggers:
-        lg.log_params(cfg.flat() | {f"resolved.{k}": v for k, v in resolved(run).items()})
+        lg.log_params(cfg.flat() | {f"resolved.{k}": v for k, v in resolved(run).items()}
+                      | {"device": run.flops.device})  # the first device of a run resumed elsewhere: see records
     if run.info.main:
         log.info("%s", _describe(run))
 

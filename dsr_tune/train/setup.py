@@ -25,6 +25,7 @@ from .. import methods, runfolder
 from ..data import DataBundle, build_data
 from ..models import build_model, count_params
 from ..sparse import Masking
+from .flops import FlopCounter, device_name, layer_costs
 
 log = logging.getLogger("dsr_tune.train")
 
@@ -66,6 +67,7 @@ class Run:
     start_epoch: int = 0
     step: int = 0
     records: list[dict] = field(default_factory=list)  # every record so far (the checkpoint carries them)
+    flops: FlopCounter | None = None  # the run's FLOPs and reallocation time (see .flops)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -233,6 +235,9 @@ def setup(cfg: C.Config, out_dir: Path, resume: bool | str | Path) -> Run:
     if not resume:
         load_masks_from(cfg, masking, init_state)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+    size = data.resolved["image_size"]
+    flops = FlopCounter(layer_costs(model, (1, data.in_channels, size, size)), masking, method.dense_grad,
+                        device_name(device, info.world_size))
     return Run(cfg=cfg, out_dir=out_dir, info=info, device=device, data=data, model=model,
                forward=_wrap(cfg, model, device, info), optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-               masking=masking, init_state=init_state, lr=lr)
+               masking=masking, init_state=init_state, lr=lr, flops=flops)
