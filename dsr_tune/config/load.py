@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from .. import methods, runfolder
-from ..schema import ConfigError, build, docs
+from ..schema import ConfigError, build, docs, epochs_within
 from .sections import SECTIONS, Config
 
 
@@ -101,8 +101,6 @@ def _check_schedules(cfg: Config) -> None:
     """An epoch a schedule names at or beyond train.epochs would never apply:
     refused whatever the method, also one that does not read the key (a
     value given and silently ignored is a mistake all the same)."""
-    from ..methods.registry import epochs_within
-
     s, epochs = cfg.sparsity, cfg.train.epochs
     epochs_within("optim.milestones", cfg.optim.milestones, epochs, "milestone")
     if t_stop := cfg.train.stop_after:
@@ -158,14 +156,13 @@ def check_paths(cfg: Config) -> None:
     trainer) and by the CLI before it starts work on this machine (not when it
     only launches onto a cluster, whose nodes hold the data)."""
     from ..data.checks import check_files as check_data
-    from ..methods.registry import require_run_file
 
     check_data(cfg.data)
     s = cfg.sparsity
     if s.mask_from:
-        require_run_file("sparsity.mask_from", s.mask_from, runfolder.CHECKPOINT)
+        runfolder.require_run_file("sparsity.mask_from", s.mask_from, runfolder.CHECKPOINT)
     if s.init_from:
-        require_run_file("sparsity.init_from", s.init_from, runfolder.INIT)
+        runfolder.require_run_file("sparsity.init_from", s.init_from, runfolder.INIT)
     method = methods.get(s.method)
     if method.check_paths is not None:
         method.check_paths(cfg)

@@ -13,8 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, create_model, model_validator
 
 from .. import methods
-from ..methods.registry import scaled
-from ..schema import Real, Section, checked, opt
+from ..schema import Real, Section, checked, opt, scaled
 
 
 def _periods(v) -> str | None:

@@ -3,9 +3,9 @@ a cubic schedule, then fine-tuning. Keys: ``sparsity.gmp.*``."""
 
 import logging
 
-from ..runfolder import CHECKPOINT
+from ..runfolder import CHECKPOINT, require_run_file, run_file
 from ..schema import ConfigError, Section, opt
-from .registry import Method, register, require_run_file, run_file
+from .registry import Method, register
 
 log = logging.getLogger("dsr_tune")
 

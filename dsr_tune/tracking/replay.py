@@ -1,20 +1,18 @@
-"""Replay one run folder into MLflow: what ``dsr-tune sync`` and a trial that
-ran without a live logger both do. Idempotent: params, metric steps and
-artifacts MLflow already holds are not logged again."""
+"""Replay one run folder into its MLflow run: what ``dsr-tune sync`` and a
+trial that ran without a live logger both do. Idempotent: params, metric
+steps and artifacts MLflow already holds are not logged again. Which run
+that is (found by tag, or created under the sweep's parent) is the
+tracker's business: :meth:`~.tracker.SweepTracker.sync`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .. import runfolder
 from . import runs
 from .logger import OFFLINE_FILE
 from .runs import TERMINAL, read_run_file, update_run_file
-
-if TYPE_CHECKING:
-    from .tracker import SweepTracker
 
 
 @dataclass
@@ -28,16 +26,12 @@ class SyncSummary:
     running: int = 0         # left alone: still RUNNING (their trial may be logging them)
 
 
-def replay(client, tracker: SweepTracker, run_dir: Path, summary: SyncSummary) -> None:
-    """Make MLflow hold everything ``run_dir`` has (idempotent)."""
+def replay(client, run_id: str, run_dir: Path, summary: SyncSummary) -> None:
+    """Make MLflow's run ``run_id`` hold everything ``run_dir`` has (idempotent)."""
     from .. import config as C
     from .artifacts import log_files
 
     info = read_run_file(run_dir) or {}
-    run_id, created = runs.ensure(client, tracker.experiment_id, runs.run_key(tracker.sweep_id, info["key"]),
-                                  info["run_name"], tracker.child_tags(info), parent_id=tracker.parent_id,
-                                  reopen=False)
-    summary.created += created
     if (run_dir / runfolder.CONFIG).exists():
         summary.params += runs.log_params(client, run_id, C.load(run_dir / runfolder.CONFIG).flat())
     triples = [t for r in runfolder.read_records(run_dir) for t in runs.record_metrics(r)]

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from .. import runfolder
 from . import store
-from .replay import SyncSummary, replay as sync_run
-from .runs import RUN_FILE, TERMINAL, read_run_file
+from .replay import SyncSummary
+from .runs import TERMINAL, read_run_file
 from .tracker import SweepTracker
 
 log = logging.getLogger("dsr_tune")
@@ -44,7 +44,7 @@ def load_tracker(sweep_dir: str | Path, uri: str | None = None) -> SweepTracker:
 
 def run_folders(sweep_dir: str | Path) -> list[Path]:
     """Every run folder of a sweep (those holding a tracking.json), sorted."""
-    return sorted(p.parent for p in (Path(sweep_dir) / runfolder.RUNS).glob(f"**/{RUN_FILE}"))
+    return sorted(p.parent for p in (Path(sweep_dir) / runfolder.RUNS).glob(f"**/{runfolder.TRACKING}"))
 
 
 def sync_sweep(sweep_dir: str | Path, uri: str | None = None, everything: bool = False) -> SyncSummary:
@@ -71,7 +71,7 @@ def sync_sweep(sweep_dir: str | Path, uri: str | None = None, everything: bool =
             continue
         summary.runs += 1
         try:
-            sync_run(client, tracker, run_dir, summary)
+            tracker.sync(client, run_dir, summary)
         except Exception as exc:  # noqa: BLE001 (report it, go on with the other runs)
             log.warning("sync of %s failed: %s", run_dir, str(exc).splitlines()[0] if str(exc) else exc)
             summary.failed.append(info["key"])

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import runs, store
-from .runs import RUN_FILE, TERMINAL, read_run_file, update_run_file  # noqa: F401 (the tracker's run files)
+from .replay import SyncSummary, replay as replay_folder
+from .runs import read_run_file, update_run_file
 
 log = logging.getLogger("dsr_tune")
 
@@ -118,9 +119,7 @@ class SweepTracker:
         try:
             client = self._live_client()
             if replay:
-                from .replay import SyncSummary, replay
-
-                replay(client, self, Path(run_dir), SyncSummary())
+                self.sync(client, Path(run_dir), SyncSummary())
                 return True
             if status == "FINISHED":
                 from .artifacts import log_files
@@ -133,6 +132,14 @@ class SweepTracker:
         lost = offline_reason(run_dir)
         update_run_file(run_dir, synced=lost is None, error=lost)
         return lost is None
+
+    def sync(self, client, run_dir: Path, summary: SyncSummary) -> None:
+        """Replay ``run_dir`` into its child run, found by tag or created under the parent (idempotent)."""
+        info = read_run_file(run_dir) or {}
+        run_id, created = runs.ensure(client, self.experiment_id, runs.run_key(self.sweep_id, info["key"]),
+                                      info["run_name"], self.child_tags(info), parent_id=self.parent_id, reopen=False)
+        summary.created += created
+        replay_folder(client, run_id, run_dir, summary)
 
     def close_parent(self, status: str, artifacts: dict[str, Path] | None = None) -> str | None:
         """Driver side: the parent's status and report files. Returns an error or None."""
