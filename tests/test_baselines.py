@@ -22,7 +22,7 @@ from dsr_tune.sweep.plan import known_labels, parse, row_config
 from dsr_tune.train import setup
 from dsr_tune.models import build_model, count_params, sparse_names
 from dsr_tune.sparse import Masking, layer_counts
-from dsr_tune.sparse.gmp import DenseSparseDense, GradualMagnitudePruning, cubic_sparsity, magnitude_prune_to
+from dsr_tune.sparse.pruning_schedules import DenseSparseDense, GradualMagnitudePruning, cubic_sparsity, magnitude_prune_to
 from dsr_tune.train import train
 from dsr_tune.checkpoint import load as load_ckpt
 

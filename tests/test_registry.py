@@ -94,8 +94,8 @@ NAMED_ELSEWHERE = {
                   "difference is taken against, and a value of Method.needs",
     ("*", "dense"): "the full-network reference row and the other value of Method.needs; also a plain word "
                     "(export's dense tensors, DSD's dense phase, a search space's `dense:` flag)",
-    ("sparse/gmp.py", "gmp"): "GMP's schedule tags its own records (the torch-only core reads no registry)",
-    ("sparse/gmp.py", "dsd"): "DSD's schedule tags its own records (the torch-only core reads no registry)",
+    ("sparse/pruning_schedules.py", "gmp"): "GMP's schedule tags its own records (the torch-only core reads no registry)",
+    ("sparse/pruning_schedules.py", "dsd"): "DSD's schedule tags its own records (the torch-only core reads no registry)",
     ("sweep/plan.py", "gmp"): "row_config clears sparsity.gmp.dense_from, a link no derived row inherits",
     ("sweep/space.py", "static"): "a search space's default baselines (the paper's controls)",
     ("sweep/space.py", "thin_dense"): "a search space's default baselines (the paper's controls)",

@@ -493,7 +493,7 @@ def test_stopped_trial_is_replayed_and_resume_keeps_the_parent_running(tmp_path)
     from dsr_tune.sweep import folder as driver
     from dsr_tune.sweep.callbacks import Finalizer
     from dsr_tune.sweep.tunephase import open_tracker
-    from dsr_tune.tracking import runs
+    from dsr_tune.tracking import mlflow_runs as runs
     from dsr_tune.tracking.tracker import read_run_file, update_run_file
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -721,7 +721,7 @@ def test_the_logged_mlflow_model_predicts_like_the_checkpoint(e2e):
     import torch
 
     from dsr_tune import checkpoint as ckpt
-    from dsr_tune.tracking.runs import read_run_file
+    from dsr_tune.tracking.mlflow_runs import read_run_file
     from dsr_tune.train.setup import build_run_model
 
     run_dir = e2e["sweep"] / "runs" / "paired" / "static_2x" / "s0.9" / "seed1"

@@ -44,7 +44,7 @@ def start(cfg, model) -> None:
 
 
 def masking(cfg, model, optimizer, steps_per_epoch: int):
-    from ..sparse.gmp import GradualMagnitudePruning
+    from ..sparse.pruning_schedules import GradualMagnitudePruning
     from .registry import sparse_masking
 
     g = cfg.sparsity.gmp

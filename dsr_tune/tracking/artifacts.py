@@ -127,7 +127,7 @@ def log_files(client, run_id: str, run_dir: str | Path, title: str = "", model: 
         folder = str(Path(name).parent) if "/" in name else None
         client.log_artifact(run_id, str(path), artifact_path=folder)
         n += 1
-    from .runs import read_run_file, update_run_file
+    from .mlflow_runs import read_run_file, update_run_file
 
     run_dir = Path(run_dir)
     if model and (run_dir / EXPORT).exists() and not (read_run_file(run_dir) or {}).get("mlflow_model"):

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import runfolder
-from . import runs
+from . import mlflow_runs
 from .logger import OFFLINE_FILE
-from .runs import TERMINAL, read_run_file, update_run_file
+from .mlflow_runs import TERMINAL, read_run_file, update_run_file
 
 
 @dataclass
@@ -33,10 +33,10 @@ def replay(client, run_id: str, run_dir: Path, summary: SyncSummary) -> None:
 
     info = read_run_file(run_dir) or {}
     if (run_dir / runfolder.CONFIG).exists():
-        summary.params += runs.log_params(client, run_id, C.load(run_dir / runfolder.CONFIG).flat())
-    triples = [t for r in runfolder.read_records(run_dir) for t in runs.record_metrics(r)]
-    done = runs.logged_steps(client, run_id, {k for k, _, _ in triples})
-    summary.metrics += runs.log_metrics(client, run_id, triples, skip=done)
+        summary.params += mlflow_runs.log_params(client, run_id, C.load(run_dir / runfolder.CONFIG).flat())
+    triples = [t for r in runfolder.read_records(run_dir) for t in mlflow_runs.record_metrics(r)]
+    done = mlflow_runs.logged_steps(client, run_id, {k for k, _, _ in triples})
+    summary.metrics += mlflow_runs.log_metrics(client, run_id, triples, skip=done)
     status = info.get("status")
     if status in ("FINISHED", "KILLED"):  # KILLED: stopped early by ASHA; its model is not the final one
         summary.artifacts += log_files(client, run_id, run_dir, title=info["run_name"], model=status == "FINISHED")

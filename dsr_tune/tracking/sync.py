@@ -19,7 +19,7 @@ from pathlib import Path
 from .. import runfolder
 from . import store
 from .replay import SyncSummary
-from .runs import TERMINAL, read_run_file
+from .mlflow_runs import TERMINAL, read_run_file
 from .tracker import SweepTracker
 
 log = logging.getLogger("dsr_tune")
