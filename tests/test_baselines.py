@@ -5,7 +5,6 @@ comes from, and ``dsr-tune compare``."""
 import csv
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +25,7 @@ from dsr_tune.sparse.pruning_schedules import DenseSparseDense, GradualMagnitude
 from dsr_tune.train import train
 from dsr_tune.checkpoint import load as load_ckpt
 
-DIGITS = str(Path(__file__).resolve().parents[1] / "configs" / "digits.yaml")
+from conftest import DIGITS
 
 TINY = {"model": {"name": "small_cnn", "width": 1.0}, "data": {"name": "digits", "batch_size": 64},
         "optim": {"lr": 0.05, "milestones": []},

@@ -16,8 +16,7 @@ from dsr_tune.sweep import plan as P
 from dsr_tune.sweep.space import searchable_methods
 from dsr_tune.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = str(ROOT / "configs" / "digits.yaml")
+from conftest import DIGITS, ROOT
 SHORT = ["train.epochs=3", "optim.milestones=[]", "sparsity.period_schedule=[[0, 10]]", "sparsity.stop_epoch=3",
          "sparsity.dsr.target_pruned=100", "data.batch_size=64", "train.threads=1"]
 TRAINABLE = [m for m in methods.trainable() if methods.get(m).needs is None]

@@ -27,8 +27,7 @@ from dsr_tune.sweep.jobs import SweepContext
 from dsr_tune.sweep.search import OptunaSpace
 from dsr_tune.tracking import SweepTracker, store
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "search_spaces" / "digits_demo.yaml"
+from conftest import DEMO, ROOT
 TINY = ["train.epochs=2", "optim.milestones=[1]", "sparsity.stop_epoch=2", "sparsity.period_schedule=[[0, 15]]"]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,7 @@ from dsr_tune.tracking.tracker import read_run_file
 from dsr_tune.train import train
 from dsr_tune.runfolder import read_records
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 FAST = ["train.epochs=2", "optim.milestones=[1]", "sparsity.period_schedule=[[0, 10]]", "sparsity.stop_epoch=2",
         "sparsity.dsr.target_pruned=100", "train.threads=1"]
 
