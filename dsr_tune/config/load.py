@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from .. import methods, runfolder
+from .. import methods, models, runfolder
+from ..data import registry as data_sets
 from ..schema import ConfigError, build, docs, epochs_within
 from .sections import SECTIONS, Config
 
@@ -76,25 +77,28 @@ def replace(cfg: Config, **dotted: Any) -> Config:
 def check(cfg: Config) -> None:
     """Checks that involve more than one key; none reads the file system."""
     d, t = cfg.data, cfg.train
-    if d.name in ("cifar10", "imagenet", "folder") and not d.root:
-        raise ConfigError("data.root", f"None: data set {d.name!r} needs a root directory")
-    if d.name == "folder" and d.image_size == 0:
-        raise ConfigError("data.image_size", "0: data set 'folder' needs an image size (e.g. 64)")
-    if d.download and d.name != "cifar10":
-        raise ConfigError("data.download", f"true: only cifar10 can be downloaded, not {d.name!r}")
     from ..data.checks import check_keys  # torch-free: the data keys together, no file read
 
     check_keys(d)
     if t.precision == "fp16" and t.device in ("cpu", "mps"):
         raise ConfigError("train.precision", f"'fp16' needs CUDA (device is {t.device!r}); use bf16 on CPU")
-    if cfg.model.name == "resnet50" and d.name == "digits":
-        raise ConfigError("model.name", "'resnet50' cannot take 8x8 digits; use small_cnn or wrn")
+    _check_image_size(cfg)
     _check_schedules(cfg)
     _check_workers(cfg)
     _check_runs_from(cfg)
     method = methods.get(cfg.sparsity.method)
     if method.check is not None:
         method.check(cfg)
+
+
+def _check_image_size(cfg: Config) -> None:
+    """A data set whose images have a size of their own against the model's smallest
+    (a size the config sets, or the files give, is the user's choice)."""
+    size = data_sets.get(cfg.data.name).image_size
+    if size and size < models.get(cfg.model.name).min_image_size:
+        fits = [m.name for m in models.REGISTRY.values() if m.min_image_size <= size]
+        raise ConfigError("model.name", f"{cfg.model.name!r} cannot take {size}x{size} {cfg.data.name}; "
+                                        f"use {' or '.join(fits)}")
 
 
 def _check_schedules(cfg: Config) -> None:
