@@ -1,13 +1,10 @@
 """``dsr-tune sync``: log what MLflow lost, from a sweep's run folders.
 
-A sweep folder holds ``sweep.json`` (its tracker: store URI, experiment,
-sweep id) and one folder per trial under ``runs/`` with ``tracking.json``,
-``config.yaml``, ``metrics.jsonl`` and ``checkpoint.pt``. Syncing a run
-finds its MLflow run by tag (or creates it under the parent), then logs the
-params, metric steps and artifacts it does not hold yet, and its final
-status. Running it twice logs nothing the second time. A run still marked
-RUNNING is left alone (its trial may be logging it right now) unless
-``everything`` is asked for.
+The sweep's tracker comes back from ``sweep.json``; each run folder (one
+holding ``tracking.json``) is replayed into its child run, which logs only
+what MLflow does not hold yet, so running it twice logs nothing the second
+time. A run still marked RUNNING is left alone (its trial may be logging it
+right now) unless ``everything`` is asked for.
 """
 
 from __future__ import annotations

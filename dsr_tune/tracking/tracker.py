@@ -5,10 +5,7 @@ The sweep driver calls :meth:`SweepTracker.connect` (experiment and parent
 run); each trial calls :meth:`child` before training and :meth:`finish`
 after. Every method returns instead of raising when MLflow fails: the
 failure is written to the run folder's ``tracking.json`` (``synced: false``)
-and ``dsr-tune sync`` logs the run later from that folder.
-
-``tracking.json`` (one per run folder) is the run's identity for MLflow:
-key, run name, tags, status, run id, synced, error.
+and ``dsr-tune sync`` logs the run later from that folder (:meth:`sync`).
 
 Before a trial's first and last call an HTTP store is probed (GET /health,
 2 s): a dead server costs a trial 2 s, not a round of retries per call.
