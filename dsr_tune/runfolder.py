@@ -34,7 +34,7 @@ METRICS = "metrics.jsonl"       # one JSON record per line: "epoch" and "realloc
 CHECKPOINT = "checkpoint.pt"    # the latest finished epoch: everything to continue exactly
 INIT = "init.pt"                # the initial weights and masks (the ablations start from them)
 RESULT = "result.json"          # a comparison run's summary, written when it finished
-TRACKING = "tracking.json"      # a sweep run's identity and MLflow state
+TRACKING = "tracking.json"      # a sweep run's identity and MLflow state: key, name, tags, status, run id, synced
 OFFLINE = "mlflow_offline.json"  # MLflow lost records of this run (dsr-tune sync logs them)
 RAY_RUN = "ray_run.json"        # a Ray Train run: its name and where its checkpoints live
 WORKERS = "ray_workers"         # a Ray Train run: rank<R>.json per worker (:func:`worker_file`)
@@ -246,3 +246,17 @@ def costs(run_dir: str | Path) -> dict | None:
 def has_run(run_dir: str | Path) -> bool:
     """The folder holds a complete checkpoint of a run (something to lose)."""
     return (Path(run_dir) / CHECKPOINT).is_file()
+
+
+def run_file(run: str | Path, name: str) -> Path:
+    """``run`` is a run folder (take ``name`` in it) or a file itself."""
+    path = Path(run).expanduser()
+    return path / name if path.is_dir() else path
+
+
+def require_run_file(key: str, value: str, name: str) -> None:
+    """A run-folder key (``sparsity.mask_from``, ...) points at a folder holding ``name`` or at such a file."""
+    from .schema import ConfigError
+
+    if not run_file(value, name).is_file():
+        raise ConfigError(key, f"{value!r} is not a run folder holding {name} (nor such a file)")

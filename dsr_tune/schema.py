@@ -219,3 +219,27 @@ def docs(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, Any, str]]:
         default = info.get_default(call_default_factory=True)
         out.append((key, default, info.description or ""))
     return out
+
+
+# ---------------------------------------------------------------- schedules given in epochs
+
+
+def scaled(pairs, epochs: int) -> list[list]:
+    """``[[fraction of the run, value], ...]`` as ``[[start epoch, value], ...]``
+    for a run of ``epochs``; a start that rounds onto the previous one, or onto
+    the end of the run, is dropped."""
+    out: list[list] = []
+    for fraction, value in pairs:
+        start = round(fraction * epochs)
+        if not out or out[-1][0] < start < epochs:
+            out.append([start, value])
+    return out
+
+
+def epochs_within(key: str, epochs: list[int], total: int, what: str = "start epoch") -> None:
+    """Schedule epochs at or beyond ``train.epochs`` would never apply: refuse them."""
+    late = [e for e in epochs if e >= total]
+    if late:
+        raise ConfigError(key, f"{what} {late[0]} is not below train.epochs={total}, so it would never apply; "
+                               f"give epochs within the run (or keep train.epochs and stop early with "
+                               f"train.stop_after={total})")

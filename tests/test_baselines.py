@@ -5,7 +5,6 @@ comes from, and ``dsr-tune compare``."""
 import csv
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,11 +21,11 @@ from dsr_tune.sweep.plan import known_labels, parse, row_config
 from dsr_tune.train import setup
 from dsr_tune.models import build_model, count_params, sparse_names
 from dsr_tune.sparse import Masking, layer_counts
-from dsr_tune.sparse.gmp import DenseSparseDense, GradualMagnitudePruning, cubic_sparsity, magnitude_prune_to
+from dsr_tune.sparse.pruning_schedules import DenseSparseDense, GradualMagnitudePruning, cubic_sparsity, magnitude_prune_to
 from dsr_tune.train import train
 from dsr_tune.checkpoint import load as load_ckpt
 
-DIGITS = str(Path(__file__).resolve().parents[1] / "configs" / "digits.yaml")
+from conftest import DIGITS
 
 TINY = {"model": {"name": "small_cnn", "width": 1.0}, "data": {"name": "digits", "batch_size": 64},
         "optim": {"lr": 0.05, "milestones": []},

@@ -1,23 +1,20 @@
 """scripts/claims.py: the verdicts of RESULTS.md, from a report.csv, by rules fixed in advance."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "claims.py"
+from conftest import ROOT, load_script
+
+SCRIPT = ROOT / "scripts" / "claims.py"
 HEAD = "sparsity,method,epochs,tuned,n,mean,std,ci_low,ci_high,diff_to_dsr,diff_ci_low,diff_ci_high,diff_n,nonzero_params,seeds\n"
 
 
 @pytest.fixture(scope="module")
 def claims():
-    spec = importlib.util.spec_from_file_location("claims", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield load_script(SCRIPT)
+    sys.modules.pop(SCRIPT.stem, None)
 
 
 def _csv(tmp_path: Path, rows: dict[str, tuple]) -> Path:

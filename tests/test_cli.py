@@ -20,9 +20,7 @@ from PIL import Image
 
 from dsr_tune import cli
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = str(ROOT / "configs" / "digits.yaml")
-DEMO = str(ROOT / "search_spaces" / "digits_demo.yaml")
+from conftest import DEMO, DIGITS
 
 
 def test_overrides_go_anywhere_on_the_command_line(tmp_path, capsys):

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 log = logging.getLogger("test_cluster")
 BIN = Path(sys.executable).parent  # the venv's ray, mlflow, dsr-tune
 CONFIGS = ["cluster.yaml", "cluster-local.yaml"]

@@ -2,15 +2,13 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from dsr_tune import cli, config as C
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = str(ROOT / "configs" / "digits.yaml")
+from conftest import DIGITS, ROOT
 
 BAD = [  # (overrides, key that must be named)
     (["bogus.key=1"], "bogus"),

@@ -8,7 +8,6 @@ trainer refuses it on the CPU) and moving a checkpoint between two devices.
     python -m pytest -m cuda tests/test_cuda.py     # benchmarks/gpu_check.py runs this on the GPU
 """
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +27,7 @@ CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs
 DEVICES = ["cpu", CUDA]
 FP16 = "fp16 trains with a grad scaler on CUDA only (train.precision=fp16 is refused on the CPU)"
 MOVE = "moves a checkpoint between CPU and GPU: needs CUDA, which this machine lacks"
-DIGITS = str(Path(__file__).resolve().parents[1] / "configs" / "digits.yaml")
+from conftest import DIGITS
 # the trainer-level test's config keys: a 3-epoch schedule, cut after 2 (train.stop_after) and resumed
 DIGITS_FAST = ["train.epochs=3", "optim.milestones=[]", "sparsity.period_schedule=[[0, 7]]", "sparsity.stop_epoch=3",
                "sparsity.dsr.target_pruned=100"]

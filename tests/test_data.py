@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import DIGITS, package_copy, readme_block, run_python
 from datafiles import write_cifar, write_tree
 
 from dsr_tune import config as C
@@ -167,3 +168,30 @@ def test_val_fraction_zero_means_no_validation_loader():
     assert bundle.val is None and len(bundle.train.dataset) == 1797 - 359
     with pytest.raises(C.ConfigError, match="data.val_fraction"):
         C.load(None, ["data.val_fraction=0.7"])
+
+
+def test_the_readme_s_new_data_set_is_one_file_and_one_import(tmp_path):
+    """README's "Adding a data set", as written: its file and its import line in a copy of the
+    package give a data.name choice that `dsr-tune keys` lists and a run trains on."""
+    path = package_copy(tmp_path, {"data/mine.py": readme_block("Write `dsr_tune/data/mine.py`:")},
+                        {"data/__init__.py": (r"from \. import sets(?=  #)", "from . import sets, mine")})
+    script = f"""
+from dsr_tune import config as C, data
+from dsr_tune.train import train
+assert list(data.REGISTRY)[-1] == "mine"
+for bad in (["data.name=yours"], ["data.name=mine", "data.hflip=true"]):
+    try:
+        C.load({DIGITS!r}, bad)
+    except C.ConfigError as exc:
+        print("refused:", exc)
+cfg = C.load({DIGITS!r}, ["data.name=mine", "train.epochs=1", "optim.milestones=[]", "sparsity.stop_epoch=1",
+                          "sparsity.period_schedule=[[0, 10]]", "train.threads=1"])
+record = train(cfg, {str(tmp_path / 'run')!r}, progress=False)
+print("trained", record["epoch"], data.resolve(cfg.data))
+print(C.describe("data"))
+"""
+    out = run_python(script, path)
+    assert "refused: data.name: 'yours' must be one of 'digits', 'cifar10', 'imagenet', 'folder', 'synthetic' or 'mine'" in out
+    assert "refused: data.hflip: True applies to data.name=cifar10 or imagenet or folder, not 'mine'" in out
+    assert "trained 0 {'name': 'mine', 'image_size': 8, 'channels': 1," in out
+    assert "name = 'digits'  # the data set: digits, cifar10, imagenet, folder, synthetic, mine" in out

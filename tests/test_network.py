@@ -24,8 +24,7 @@ import pytest
 from dsr_tune import cli
 from dsr_tune.distributed import reaper, session
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = ROOT / "configs" / "digits.yaml"
+from conftest import DIGITS
 # (process name prefix, why) of sockets allowed beyond 127.0.0.1; docs/network.md explains the list
 EXCEPTIONS: dict[str, str] = {}
 

@@ -1,20 +1,18 @@
 """scripts/plot_curves.py: the learning curves of RESULTS.md, averaged over a row's seeds."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "plot_curves.py"
+from conftest import ROOT, load_script
+
+SCRIPT = ROOT / "scripts" / "plot_curves.py"
 
 
 @pytest.fixture(scope="module")
 def curves():
-    spec = importlib.util.spec_from_file_location("plot_curves", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _run(folder: Path, accs: list[float], lrs: list[float]) -> Path:

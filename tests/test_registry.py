@@ -16,8 +16,7 @@ from dsr_tune.sweep import plan as P
 from dsr_tune.sweep.space import searchable_methods
 from dsr_tune.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = str(ROOT / "configs" / "digits.yaml")
+from conftest import DIGITS, package_copy, readme_block, run_python
 SHORT = ["train.epochs=3", "optim.milestones=[]", "sparsity.period_schedule=[[0, 10]]", "sparsity.stop_epoch=3",
          "sparsity.dsr.target_pruned=100", "data.batch_size=64", "train.threads=1"]
 TRAINABLE = [m for m in methods.trainable() if methods.get(m).needs is None]
@@ -94,8 +93,8 @@ NAMED_ELSEWHERE = {
                   "difference is taken against, and a value of Method.needs",
     ("*", "dense"): "the full-network reference row and the other value of Method.needs; also a plain word "
                     "(export's dense tensors, DSD's dense phase, a search space's `dense:` flag)",
-    ("sparse/gmp.py", "gmp"): "GMP's schedule tags its own records (the torch-only core reads no registry)",
-    ("sparse/gmp.py", "dsd"): "DSD's schedule tags its own records (the torch-only core reads no registry)",
+    ("sparse/pruning_schedules.py", "gmp"): "GMP's schedule tags its own records (the torch-only core reads no registry)",
+    ("sparse/pruning_schedules.py", "dsd"): "DSD's schedule tags its own records (the torch-only core reads no registry)",
     ("sweep/plan.py", "gmp"): "row_config clears sparsity.gmp.dense_from, a link no derived row inherits",
     ("sweep/space.py", "static"): "a search space's default baselines (the paper's controls)",
     ("sweep/space.py", "thin_dense"): "a search space's default baselines (the paper's controls)",
@@ -136,17 +135,8 @@ def test_every_method_file_registers_itself_and_nothing_else_lists_methods():
 def test_the_readme_s_new_method_is_one_file_and_one_import(tmp_path):
     """README's "Adding a method", as written: its file and its import line in a copy of the
     package give a method that validates its own keys, lists them and trains."""
-    import re
-    import shutil
-    import subprocess
-    import sys
-
-    code = (ROOT / "README.md").read_text().split("Write `dsr_tune/methods/mine.py`:\n\n```python\n")[1]
-    pkg = tmp_path / "dsr_tune"
-    shutil.copytree(ROOT / "dsr_tune", pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    (pkg / "methods" / "mine.py").write_text(code.split("```")[0])
-    init = pkg / "methods" / "__init__.py"
-    init.write_text(re.sub(r"(from \. import dense, [^#\n]*snfs)", r"\1, mine", init.read_text(), count=1))
+    path = package_copy(tmp_path, {"methods/mine.py": readme_block("Write `dsr_tune/methods/mine.py`:")},
+                        {"methods/__init__.py": (r"(from \. import dense, [^#\n]*snfs)", r"\1, mine")})
     script = f"""
 from dsr_tune import config as C, methods
 from dsr_tune.train import train
@@ -160,11 +150,9 @@ record = train(cfg, {str(tmp_path / 'run')!r}, progress=False)
 print("trained", record["nonzero_params"], record["epoch"])
 print(C.describe("sparsity"))
 """
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "refused: sparsity.mine.fraction" in proc.stdout and "trained 7367 2" in proc.stdout
-    assert "mine.fraction = 0.2" in proc.stdout and "rigl, snfs, mine" in proc.stdout
+    out = run_python(script, path)
+    assert "refused: sparsity.mine.fraction" in out and "trained 7367 2" in out
+    assert "mine.fraction = 0.2" in out and "rigl, snfs, mine" in out
 
 
 @pytest.mark.parametrize("name", ROWS)

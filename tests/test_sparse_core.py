@@ -322,7 +322,7 @@ def test_every_stateful_part_keeps_its_checkpoint_keys_and_loads_them_back():
     names they always were, numbers load through their type, per-tensor dicts load in place
     onto the device of the tensor they replace."""
     from dsr_tune.sparse import DenseMomentum, SignFlipPrune
-    from dsr_tune.sparse.gmp import DenseSparseDense, GradualMagnitudePruning
+    from dsr_tune.sparse.pruning_schedules import DenseSparseDense, GradualMagnitudePruning
 
     prune = ThresholdPrune(0.01)
     prune.threshold = 0.04

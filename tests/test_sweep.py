@@ -27,8 +27,7 @@ from dsr_tune.sweep.jobs import SweepContext
 from dsr_tune.sweep.search import OptunaSpace
 from dsr_tune.tracking import SweepTracker, store
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "search_spaces" / "digits_demo.yaml"
+from conftest import DEMO, ROOT
 TINY = ["train.epochs=2", "optim.milestones=[1]", "sparsity.stop_epoch=2", "sparsity.period_schedule=[[0, 15]]"]
 
 
@@ -493,7 +492,7 @@ def test_stopped_trial_is_replayed_and_resume_keeps_the_parent_running(tmp_path)
     from dsr_tune.sweep import folder as driver
     from dsr_tune.sweep.callbacks import Finalizer
     from dsr_tune.sweep.tunephase import open_tracker
-    from dsr_tune.tracking import runs
+    from dsr_tune.tracking import mlflow_runs as runs
     from dsr_tune.tracking.tracker import read_run_file, update_run_file
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -721,7 +720,7 @@ def test_the_logged_mlflow_model_predicts_like_the_checkpoint(e2e):
     import torch
 
     from dsr_tune import checkpoint as ckpt
-    from dsr_tune.tracking.runs import read_run_file
+    from dsr_tune.tracking.mlflow_runs import read_run_file
     from dsr_tune.train.setup import build_run_model
 
     run_dir = e2e["sweep"] / "runs" / "paired" / "static_2x" / "s0.9" / "seed1"

@@ -9,19 +9,18 @@ from __future__ import annotations
 import json
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
 from dsr_tune import cli, config as C
-from dsr_tune.tracking import MlflowLoggerSpec, SweepTracker, runs, store
+from dsr_tune.tracking import MlflowLoggerSpec, SweepTracker, mlflow_runs, store
 from dsr_tune.tracking.logger import OFFLINE_FILE
 from dsr_tune.tracking.sync import SWEEP_FILE, SyncError, sync_sweep
 from dsr_tune.tracking.tracker import read_run_file
 from dsr_tune.train import train
 from dsr_tune.runfolder import read_records
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 FAST = ["train.epochs=2", "optim.milestones=[1]", "sparsity.period_schedule=[[0, 10]]", "sparsity.stop_epoch=2",
         "sparsity.dsr.target_pruned=100", "train.threads=1"]
 
@@ -110,9 +109,9 @@ def test_sync_restores_the_records_exactly_once(offline_sweep, tmp_path):
     # a live logger had got the first epoch and two reallocations in before the server went away
     client = store.client(store.resolve(uri))
     exp = store.experiment_id(client, "offline", store.resolve(uri))
-    first = [t for r in records[:records.index(epochs[0]) + 1] for t in runs.record_metrics(r)]
-    rid = runs.find_or_create(client, exp, "offline-1/search/t1", "dsr s0.9 seed0 t1", {"sweep": "offline-1"})
-    runs.log_metrics(client, rid, first)
+    first = [t for r in records[:records.index(epochs[0]) + 1] for t in mlflow_runs.record_metrics(r)]
+    rid = mlflow_runs.find_or_create(client, exp, "offline-1/search/t1", "dsr s0.9 seed0 t1", {"sweep": "offline-1"})
+    mlflow_runs.log_metrics(client, rid, first)
 
     s = sync_sweep(o["root"], uri=uri)
     assert s.runs == 1 and s.created == 0 and s.params > 50 and s.artifacts >= 3 and not s.failed
@@ -267,7 +266,7 @@ def test_logger_waits_for_the_run_the_trial_creates(tmp_path):
     logger = MlflowLoggerSpec(uri, str(tmp_path), experiment_id=exp, key="s-1/search/t").make()
     logger.log_record({"kind": "epoch", "epoch": 0, "test_acc": 0.5})  # queued: training never waits
     time.sleep(1.5)
-    rid = runs.find_or_create(client, exp, "s-1/search/t", "t", {})
+    rid = mlflow_runs.find_or_create(client, exp, "s-1/search/t", "t", {})
     logger.close()
     assert logger.online and logger.run_id == rid
     assert [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(rid, "epoch/test_acc")] == [(1, 0.5)]

@@ -15,8 +15,7 @@ from dsr_tune import checkpoint as ckpt
 from dsr_tune.train import train
 from dsr_tune.runfolder import read_records
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = str(ROOT / "configs" / "digits.yaml")
+from conftest import DIGITS, ROOT
 FAST = ["train.epochs=4", "optim.milestones=[2]", "sparsity.period_schedule=[[0, 7], [2, 11]]",
         "sparsity.stop_epoch=3", "sparsity.dsr.target_pruned=100"]
 

@@ -3,9 +3,9 @@
 - :mod:`.thin`: the thin dense width solver (bisection over the real width);
 - :mod:`.hashed`: HashedNet layers over any registry model's sparse layers.
 
-GMP and DSD are magnitude-pruning schedules in ``dsr_tune.sparse.gmp``; how
-each baseline is built from a config is its method's file in
-:mod:`dsr_tune.methods`.
+GMP and DSD are magnitude-pruning schedules in
+``dsr_tune.sparse.pruning_schedules``; how each baseline is built from a
+config is its method's file in :mod:`dsr_tune.methods`.
 """
 
 from .hashed import HashedWeight, bank_names, hash_layers

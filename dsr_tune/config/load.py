@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from .. import methods, runfolder
-from ..schema import ConfigError, build, docs
+from .. import methods, models, runfolder
+from ..data import registry as data_sets
+from ..schema import ConfigError, build, docs, epochs_within
 from .sections import SECTIONS, Config
 
 
@@ -76,19 +77,12 @@ def replace(cfg: Config, **dotted: Any) -> Config:
 def check(cfg: Config) -> None:
     """Checks that involve more than one key; none reads the file system."""
     d, t = cfg.data, cfg.train
-    if d.name in ("cifar10", "imagenet", "folder") and not d.root:
-        raise ConfigError("data.root", f"None: data set {d.name!r} needs a root directory")
-    if d.name == "folder" and d.image_size == 0:
-        raise ConfigError("data.image_size", "0: data set 'folder' needs an image size (e.g. 64)")
-    if d.download and d.name != "cifar10":
-        raise ConfigError("data.download", f"true: only cifar10 can be downloaded, not {d.name!r}")
     from ..data.checks import check_keys  # torch-free: the data keys together, no file read
 
     check_keys(d)
     if t.precision == "fp16" and t.device in ("cpu", "mps"):
         raise ConfigError("train.precision", f"'fp16' needs CUDA (device is {t.device!r}); use bf16 on CPU")
-    if cfg.model.name == "resnet50" and d.name == "digits":
-        raise ConfigError("model.name", "'resnet50' cannot take 8x8 digits; use small_cnn or wrn")
+    _check_image_size(cfg)
     _check_schedules(cfg)
     _check_workers(cfg)
     _check_runs_from(cfg)
@@ -97,12 +91,20 @@ def check(cfg: Config) -> None:
         method.check(cfg)
 
 
+def _check_image_size(cfg: Config) -> None:
+    """A data set whose images have a size of their own against the model's smallest
+    (a size the config sets, or the files give, is the user's choice)."""
+    size = data_sets.get(cfg.data.name).image_size
+    if size and size < models.get(cfg.model.name).min_image_size:
+        fits = [m.name for m in models.REGISTRY.values() if m.min_image_size <= size]
+        raise ConfigError("model.name", f"{cfg.model.name!r} cannot take {size}x{size} {cfg.data.name}; "
+                                        f"use {' or '.join(fits)}")
+
+
 def _check_schedules(cfg: Config) -> None:
     """An epoch a schedule names at or beyond train.epochs would never apply:
     refused whatever the method, also one that does not read the key (a
     value given and silently ignored is a mistake all the same)."""
-    from ..methods.registry import epochs_within
-
     s, epochs = cfg.sparsity, cfg.train.epochs
     epochs_within("optim.milestones", cfg.optim.milestones, epochs, "milestone")
     if t_stop := cfg.train.stop_after:
@@ -158,14 +160,13 @@ def check_paths(cfg: Config) -> None:
     trainer) and by the CLI before it starts work on this machine (not when it
     only launches onto a cluster, whose nodes hold the data)."""
     from ..data.checks import check_files as check_data
-    from ..methods.registry import require_run_file
 
     check_data(cfg.data)
     s = cfg.sparsity
     if s.mask_from:
-        require_run_file("sparsity.mask_from", s.mask_from, runfolder.CHECKPOINT)
+        runfolder.require_run_file("sparsity.mask_from", s.mask_from, runfolder.CHECKPOINT)
     if s.init_from:
-        require_run_file("sparsity.init_from", s.init_from, runfolder.INIT)
+        runfolder.require_run_file("sparsity.init_from", s.init_from, runfolder.INIT)
     method = methods.get(s.method)
     if method.check_paths is not None:
         method.check_paths(cfg)

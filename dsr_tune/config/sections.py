@@ -1,9 +1,8 @@
 """The sections of a run's config: one pydantic model per concern.
 
-``sparsity`` holds the keys every sparse method shares; each method's own keys
-are a section of their own under it (``sparsity.dsr.delta``,
-``sparsity.deepr.temperatures``, ...), made from the method registry
-(:mod:`dsr_tune.methods`): a method added there gets its keys here.
+The choices of ``model.name``, ``data.name`` and ``sparsity.method`` and each
+method's own section (``sparsity.dsr.delta``, ...) are made from the model,
+data-set and method registries: what is registered there is a choice here.
 """
 
 from __future__ import annotations
@@ -12,9 +11,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, create_model, model_validator
 
-from .. import methods
-from ..methods.registry import scaled
-from ..schema import Real, Section, checked, opt
+from .. import methods, models
+from ..data import registry as data_sets
+from ..schema import Real, Section, checked, opt, scaled
 
 
 def _periods(v) -> str | None:
@@ -74,8 +73,28 @@ Epochs = Annotated[list[int], checked(_increasing)]
 Patterns = Annotated[list[str] | None, checked(_patterns)]
 
 
+def _for(key: str) -> str:
+    """The data sets an optional data key applies to, as the start of its doc line."""
+    return ", ".join(data_sets.reading(key)) + ": "
+
+
+def _null(key: str, among: tuple[str, ...] | None = None) -> str:
+    """What null means for a data key, by data set: ``"null: 4 for cifar10, 0 otherwise"``."""
+    values = {name: getattr(data_sets.REGISTRY[name], key) for name in (among or data_sets.REGISTRY)}
+    usual = max(set(values.values()), key=list(values.values()).count)
+    text = lambda v: str(v).lower() if isinstance(v, bool) else str(v)  # noqa: E731
+    odd = [f"{text(v)} for {name}" for name, v in values.items() if v != usual]
+    return "null: " + ", ".join([*odd, f"{text(usual)} otherwise"] if odd else [text(usual)])
+
+
+def _image_size_doc() -> str:
+    sized = [d for d in data_sets.REGISTRY.values() if not d.image_size]  # the others have a size of their own
+    defaults = ", ".join(f"{d.default_size} for {d.name}" for d in sized if d.default_size)
+    return f"image size for {', '.join(d.name for d in sized)}" + (f" (0: {defaults})" if defaults else "")
+
+
 class ModelConfig(Section):
-    name: Literal["small_cnn", "wrn", "resnet50"] = opt("small_cnn", "model from the registry")
+    name: Literal[models.names()] = opt("small_cnn", "the model: " + ", ".join(models.names()))
     depth: Annotated[int, checked(_depth)] = opt(28, "WRN depth (6n+4)")
     width: Real = opt(2.0, "width: WRN widen factor k, ResNet-50 / small CNN width multiplier (any real > 0)",
                       gt=0, le=64)
@@ -85,10 +104,11 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    name: Literal["digits", "cifar10", "imagenet", "folder", "synthetic"] = opt("digits", "data set")
+    name: Literal[data_sets.names()] = opt("digits", "the data set: " + ", ".join(data_sets.names()))
     root: str | None = opt(None, "data root: CIFAR-10 folder, or a tree with train/ and val/ class folders")
-    download: bool = opt(False, "CIFAR-10 only: download into root if missing")
-    image_size: int = opt(0, "image size for 'folder' and 'imagenet' (0: 224 for imagenet)", ge=0, le=4096)
+    download: bool = opt(False, f"{' or '.join(data_sets.names(downloads=True))} only: download into root if "
+                                "missing")
+    image_size: int = opt(0, _image_size_doc(), ge=0, le=4096)
     batch_size: int = opt(64, "per-step batch size over all workers (the global batch)", ge=1)
     eval_batch_size: int = opt(256, "batch size for evaluation", ge=1)
     loader_workers: int = opt(-1, "loader processes per training process (-1: auto, 0: in-process)", ge=-1, le=256)
@@ -96,26 +116,26 @@ class DataConfig(Section):
     synthetic_size: int = opt(512, "synthetic only: number of random training samples", ge=16)
     # -- image pipeline, validation split, decoding (dsr_tune/data/): null = the data set's default,
     # made concrete by dsr_tune.data.resolve(); checks that span keys: dsr_tune/data/checks.py
-    channels: Literal[0, 1, 3] = opt(0, "folder, imagenet: input channels; 0: from a few files (all grey -> 1, "
-                                     "else 3); 1 or 3: converted")
+    channels: Literal[0, 1, 3] = opt(0, ", ".join(data_sets.names(channels=0)) + ": input channels; 0: from a few "
+                                     "files (all grey -> 1, else 3); 1 or 3: converted")
     mean: Annotated[list[Real] | None, checked(_channel_values)] = opt(
         None, "per-channel normalisation mean (0..1 pixels); null: CIFAR-10's / ImageNet's constants, a folder's "
               "own (from up to 2,000 training images)")
     std: Annotated[list[Real] | None, checked(_positive_channel_values)] = opt(
         None, "per-channel normalisation std (> 0); null: like data.mean")
-    hflip: bool | None = opt(None, "cifar10, imagenet, folder: random horizontal flip in training; null: true "
-                             "(set false for digits-like images)")
-    crop_padding: int | None = opt(None, "cifar10, imagenet, folder: random crop after reflect-padding by this "
-                                   "many pixels; null: 4 for cifar10, 0 otherwise", ge=0, le=1024)
-    random_resized_crop: bool | None = opt(None, "imagenet, folder: random-resized crop in training, resize to 8/7 "
-                                           "and center crop at test; null: true for imagenet, false for folder")
+    hflip: bool | None = opt(None, _for("hflip") + "random horizontal flip in training; "
+                             + _null("hflip", data_sets.reading("hflip")) + " (set false for digits-like images)")
+    crop_padding: int | None = opt(None, _for("crop_padding") + "random crop after reflect-padding by this many "
+                                   "pixels; " + _null("crop_padding", data_sets.reading("crop_padding")), ge=0, le=1024)
+    random_resized_crop: bool | None = opt(None, _for("random_resized_crop") + "random-resized crop in training, "
+                                           "resize to 8/7 and center crop at test; "
+                                           + _null("random_resized_crop", data_sets.reading("random_resized_crop")))
     val_fraction: Real | None = opt(None, "share of the training data held out as validation (a fixed-seed slice, "
-                                    "the same for every train.seed); 0: none; null: 0.01 for imagenet, 0.1 "
-                                    "otherwise", ge=0, le=0.5)
-    decode: Literal["cpu", "gpu"] = opt("cpu", "imagenet, folder: decode images in the loader processes (cpu), or "
+                                    "the same for every train.seed); 0: none; " + _null("val_fraction"), ge=0, le=0.5)
+    decode: Literal["cpu", "gpu"] = opt("cpu", _for("decode") + "decode images in the loader processes (cpu), or "
                                         "only read the files there and decode + augment batches on the training "
                                         "device (gpu)")
-    skip_bad_images: bool = opt(False, "imagenet, folder: drop images that fail to decode from their batch, "
+    skip_bad_images: bool = opt(False, _for("skip_bad_images") + "drop images that fail to decode from their batch, "
                                 "counted as bad_images per epoch (false: stop with an error naming the file)")
 
 

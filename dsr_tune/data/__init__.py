@@ -1,32 +1,25 @@
-"""Data sets by name, as train / validation / test loaders.
+"""Data sets by name (see :mod:`.registry`; the built-in ones: :mod:`.sets`),
+as train / validation / test loaders.
 
-- digits: scikit-learn's 1,797 real 8x8 handwritten digits, a fixed test
-  split (the embedded default: no download, no GPU).
-- cifar10: torchvision's CIFAR-10 under ``root`` (downloaded on request),
-  with the paper's augmentation.
-- imagenet: a ``train/`` and ``val/`` tree of class folders, standard
-  ImageNet transforms (random-resized crop 224, resize 256 + center crop).
-- folder: any such tree (grey or colour), resized to ``image_size``, its
-  mean and std computed from its own training images.
-- synthetic: random tensors of a given shape (tests and benchmarks).
+Automatic choices are made concrete by :func:`resolve`; bad inputs are
+refused before any work by :func:`check`. Importing this package, its
+registry and its checks imports no torch (the CLI's pre-check): the loaders
+and torch load on first use of ``build_data`` and friends.
 
-Every data set gets a validation split: a fixed-seed slice of its training
-data (``data.val_fraction``), the same for every train.seed. Automatic
-choices are made concrete by :func:`resolve`; bad inputs are refused before
-any work by :func:`check` (torch-free, like this package's import: the
-loaders and torch load on first use of ``build_data`` and friends).
-
-Modules: files (listing, reading, DataError; no torch), checks (pre-checks;
-no torch), choices (resolve(), the validation split), images (CIFAR-10,
-folder data sets, the crop recipe), device (decoding and augmenting batches
-on the training device, decode=gpu), tensors (digits, synthetic), loaders
-(build_data, DataBundle).
+Modules: registry and sets (no torch), files (listing, reading, DataError;
+no torch), checks (pre-checks; no torch), choices (resolve(), the validation
+split), images (CIFAR-10, class-folder trees, the crop recipe), device
+(decoding and augmenting batches on the training device, decode=gpu),
+tensors (digits, synthetic), loaders (build_data, DataBundle).
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
+
+from . import sets  # noqa: F401  (registers the built-in data sets)
+from .registry import REGISTRY, DataSet, register
 
 if TYPE_CHECKING:
     from .checks import check, check_files, check_keys  # noqa: F401
@@ -44,7 +37,7 @@ _EXPORTS = {
     "check": "checks", "check_keys": "checks", "check_files": "checks",
     "decode_images": "device", "device_transform": "device", "encoded_batch_to_device": "device",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "REGISTRY", "DataSet", "register"])
 
 
 def __getattr__(name: str):

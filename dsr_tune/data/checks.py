@@ -20,15 +20,14 @@ import socket
 from pathlib import Path
 
 from ..schema import ConfigError
+from . import registry
 from .files import IMG_EXTENSIONS, first_images, infer_channels, is_image, scan_split, tree_key, verify_images
 
 log = logging.getLogger("dsr_tune")
 
-IMAGE_TREES = ("imagenet", "folder")
 VERIFY_LIMIT = 20_000  # a tree with at most this many files has every image opened up front
 CIFAR_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
                "batches.meta")
-IN_MEMORY_CHANNELS = {"digits": 1, "synthetic": 3, "cifar10": 3}
 
 
 def _error(key: str, message: str) -> ConfigError:
@@ -41,38 +40,33 @@ def check(cfg) -> None:
     check_files(cfg)
 
 
-# keys that only some data sets use, with their neutral value: any other
-# value elsewhere would be silently ignored, so it is refused
-ONLY_FOR = {
-    "decode": (IMAGE_TREES, "cpu"),
-    "random_resized_crop": (IMAGE_TREES, None),
-    "skip_bad_images": (IMAGE_TREES, False),
-    "mean": (("cifar10", *IMAGE_TREES), None),
-    "std": (("cifar10", *IMAGE_TREES), None),
-    "hflip": (("cifar10", *IMAGE_TREES), None),
-    "crop_padding": (("cifar10", *IMAGE_TREES), None),
-}
-
-
 def check_keys(cfg) -> None:
     """The data keys that only make sense together, or for some data sets."""
-    for key, (names, neutral) in ONLY_FOR.items():
+    data = registry.get(cfg.name)
+    if data.needs_root and not cfg.root:
+        raise _error("data.root", f"None: data set {cfg.name!r} needs a root directory")
+    if not (data.image_size or data.default_size) and cfg.image_size == 0:
+        raise _error("data.image_size", f"0: data set {cfg.name!r} needs an image size (e.g. 64)")
+    if cfg.download and not data.downloads:
+        raise _error("data.download", f"true: only {' or '.join(registry.names(downloads=True))} can be "
+                                      f"downloaded, not {cfg.name!r}")
+    for key, neutral in registry.OPTIONAL.items():  # any other value would be silently ignored
         value = getattr(cfg, key)
-        if value != neutral and cfg.name not in names:
-            raise _error(f"data.{key}", f"{value!r} applies to data.name={' or '.join(names)}, not {cfg.name!r}; "
-                                        f"leave it {'null' if neutral is None else repr(neutral)}")
-    if cfg.name in IN_MEMORY_CHANNELS and cfg.channels not in (0, IN_MEMORY_CHANNELS[cfg.name]):
-        raise _error("data.channels", f"{cfg.channels}: {cfg.name!r} has {IN_MEMORY_CHANNELS[cfg.name]} "
-                                      "channel(s); leave it 0")
-    _check_normalisation(cfg)
-    rrc = cfg.name == "imagenet" if cfg.random_resized_crop is None else cfg.random_resized_crop
+        if value != neutral and key not in data.reads:
+            raise _error(f"data.{key}", f"{value!r} applies to data.name={' or '.join(registry.reading(key))}, "
+                                        f"not {cfg.name!r}; leave it {'null' if neutral is None else repr(neutral)}")
+    if data.channels and cfg.channels not in (0, data.channels):
+        raise _error("data.channels", f"{cfg.channels}: {cfg.name!r} has {data.channels} channel(s); leave it 0")
+    _check_normalisation(cfg, data)
+    rrc = data.random_resized_crop if cfg.random_resized_crop is None else cfg.random_resized_crop
     if rrc and cfg.crop_padding:
+        by_default = " and ".join(registry.names(random_resized_crop=True))
         raise _error("data.crop_padding", f"{cfg.crop_padding} with random-resized crops (data.random_resized_crop, "
-                                          "true by default for imagenet): choose one random crop (crop_padding 0 "
-                                          "or null, or random_resized_crop=false)")
+                                          f"true by default for {by_default}): choose one random crop (crop_padding "
+                                          "0 or null, or random_resized_crop=false)")
 
 
-def _check_normalisation(cfg) -> None:
+def _check_normalisation(cfg, data: registry.DataSet) -> None:
     if (cfg.mean is None) != (cfg.std is None):
         given, missing = ("mean", "std") if cfg.std is None else ("std", "mean")
         raise _error(f"data.{missing}", f"null while data.{given} is set: give both (one value per channel) or neither")
@@ -81,10 +75,10 @@ def _check_normalisation(cfg) -> None:
     if len(cfg.mean) != len(cfg.std):
         raise _error("data.std", f"{cfg.std}: {len(cfg.std)} values but data.mean has {len(cfg.mean)}; "
                                  "one value per channel in both")
-    channels = IN_MEMORY_CHANNELS.get(cfg.name, cfg.channels)
+    channels = data.channels or cfg.channels
     if channels and len(cfg.mean) != channels:
         raise _error("data.mean", f"{cfg.mean}: {len(cfg.mean)} values for {channels} channel(s) "
-                                  f"({'data.channels' if cfg.name in IMAGE_TREES else cfg.name}); one per channel")
+                                  f"({cfg.name if data.channels else 'data.channels'}); one per channel")
     if not channels and len(cfg.mean) not in (1, 3):
         raise _error("data.mean", f"{cfg.mean}: {len(cfg.mean)} values; one per channel (1 or 3)")
 
@@ -93,14 +87,14 @@ def check_files(cfg) -> None:
     """The data set is where the config says and holds what training needs.
     Called through ``config.check_paths`` where training runs (and by the CLI
     on the machine it starts from, unless it joins a cluster); messages name
-    the host that looked."""
-    if cfg.name not in ("cifar10", *IMAGE_TREES) or not cfg.root:
-        return
-    root = Path(cfg.root).expanduser()
-    where = f" on {socket.gethostname()}"  # a cluster's nodes may differ: say which one looked
-    if cfg.name == "cifar10":
-        _check_cifar(cfg, root, where)
-        return
+    the host that looked (a cluster's nodes may differ)."""
+    data = registry.get(cfg.name)
+    if data.check_files is not None and cfg.root:
+        data.check_files(cfg, Path(cfg.root).expanduser(), f" on {socket.gethostname()}")
+
+
+def check_tree_files(cfg, root: Path, where: str) -> None:
+    """A class-folder tree: train/ and val/ with the same classes and readable images."""
     if not root.is_dir():
         raise _error("data.root", f"{cfg.root!r} does not exist{where}; expected a folder with train/ and val/ "
                                   "class folders")
@@ -118,7 +112,8 @@ def check_files(cfg) -> None:
                                       "or set data.channels")
 
 
-def _check_cifar(cfg, root: Path, where: str) -> None:
+def check_cifar_files(cfg, root: Path, where: str) -> None:
+    """torchvision's CIFAR-10 python layout under data.root (or data.download to fetch it)."""
     batches = root / "cifar-10-batches-py"
     if cfg.download:
         return  # torchvision fetches what is missing

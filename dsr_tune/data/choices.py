@@ -14,22 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import IN_MEMORY_CHANNELS
+from . import registry
 from .files import DataError, first_images, infer_channels, scan_split, split_indices, tree_key
 
 STATS_SEED, STATS_IMAGES = 0, 2000  # the sample a folder's mean and std come from
-
-# name: (hflip, crop_padding, random_resized_crop, val_fraction); today's
-# augmentation for cifar10, imagenet and folder; ImageNet's val/ is what papers
-# report as test, so its validation is a 1% slice of train (~12,800 images)
-DEFAULTS = {
-    "digits": (False, 0, False, 0.1),
-    "synthetic": (False, 0, False, 0.1),
-    "cifar10": (True, 4, False, 0.1),
-    "imagenet": (True, 0, True, 0.01),
-    "folder": (True, 0, False, 0.1),
-}
-IMAGE_SIZES = {"digits": 8, "cifar10": 32}
 
 
 def resolve(cfg) -> dict:
@@ -40,61 +28,43 @@ def resolve(cfg) -> dict:
     Invariants: len(mean) == len(std) == channels; a key the user set is
     kept as set; the same config and files give the same dict.
     """
-    hflip, padding, rrc, val_fraction = DEFAULTS[cfg.name]
+    data = registry.get(cfg.name)
     r = {
         "name": cfg.name,
         "image_size": image_size(cfg),
-        "channels": _channels(cfg),
-        "hflip": hflip if cfg.hflip is None else cfg.hflip,
-        "crop_padding": padding if cfg.crop_padding is None else cfg.crop_padding,
-        "random_resized_crop": rrc if cfg.random_resized_crop is None else cfg.random_resized_crop,
-        "val_fraction": val_fraction if cfg.val_fraction is None else cfg.val_fraction,
-        "decode": cfg.decode,
-        "skip_bad_images": cfg.skip_bad_images,
+        "channels": _channels(cfg, data),
     }
-    r["mean"], r["std"] = _normalisation(cfg, r)
+    for key in ("hflip", "crop_padding", "random_resized_crop", "val_fraction"):
+        r[key] = getattr(data, key) if getattr(cfg, key) is None else getattr(cfg, key)
+    r.update(decode=cfg.decode, skip_bad_images=cfg.skip_bad_images)
+    if cfg.mean is not None:
+        r["mean"], r["std"] = [float(v) for v in cfg.mean], [float(v) for v in cfg.std]
+    elif data.normalisation is None:  # its tensors are standardised already
+        r["mean"], r["std"] = [0.0] * r["channels"], [1.0] * r["channels"]
+    else:
+        r["mean"], r["std"] = data.normalisation(cfg, r)
     return r
 
 
 def image_size(cfg) -> int:
     """The side of the images the model sees for a DataConfig (no file read)."""
-    if cfg.name in IMAGE_SIZES:
-        return IMAGE_SIZES[cfg.name]
-    if cfg.name in ("imagenet", "synthetic"):
-        return cfg.image_size or (224 if cfg.name == "imagenet" else 32)
-    return cfg.image_size
+    data = registry.get(cfg.name)
+    return data.image_size or cfg.image_size or data.default_size
 
 
-def _channels(cfg) -> int:
-    if cfg.name in IN_MEMORY_CHANNELS:
-        return IN_MEMORY_CHANNELS[cfg.name]
+def _channels(cfg, data: registry.DataSet) -> int:
+    if data.channels:
+        return data.channels
     if cfg.channels:
         return cfg.channels
     # a few headers spread over the classes: grey files stay grey
     return infer_channels(first_images(Path(cfg.root).expanduser() / "train"))
 
 
-def _normalisation(cfg, r: dict) -> tuple[list[float], list[float]]:
-    if cfg.mean is not None:
-        return [float(v) for v in cfg.mean], [float(v) for v in cfg.std]
-    c = r["channels"]
-    if cfg.name == "cifar10":
-        from .images import CIFAR_MEAN, CIFAR_STD
-
-        return list(CIFAR_MEAN), list(CIFAR_STD)
-    if cfg.name == "imagenet" and c == 3:
-        from .images import IMAGENET_MEAN, IMAGENET_STD
-
-        return list(IMAGENET_MEAN), list(IMAGENET_STD)
-    if cfg.name == "digits":
-        from .tensors import digits_norm
-
-        mean, std = digits_norm(cfg.test_fraction)
-        return [mean], [std]
-    if cfg.name == "synthetic":  # standard normal already
-        return [0.0] * c, [1.0] * c
+def tree_stats(cfg, r: dict) -> tuple[list[float], list[float]]:
+    """The mean and std of a class-folder tree's training images (see :func:`_folder_stats`)."""
     root = Path(cfg.root).expanduser().resolve() / "train"
-    mean, std = _folder_stats(root, c, r["image_size"], r["random_resized_crop"], r["val_fraction"],
+    mean, std = _folder_stats(root, r["channels"], r["image_size"], r["random_resized_crop"], r["val_fraction"],
                               r["skip_bad_images"], tree_key(root))
     return list(mean), list(std)
 

@@ -215,3 +215,21 @@ def image_folder(r: dict, train_samples, val_samples, test_samples):
     encoded = r["decode"] == "gpu"
     return (FolderImages(train_samples, train_spec, encoded), FolderImages(val_samples, test_spec, encoded),
             FolderImages(test_samples, test_spec, encoded))
+
+
+def class_tree(cfg, r: dict):
+    """(train, val, test, classes, channels) of ``data.root``'s ``train/`` and
+    ``val/`` class folders: val/ is the test set, validation a slice of train/."""
+    from ..schema import ConfigError
+    from .checks import class_mismatch
+    from .files import class_folders, scan_split, split_indices
+
+    root = Path(cfg.root).expanduser()
+    classes, samples = scan_split(root / "train")
+    problem = class_mismatch(list(classes), class_folders(root / "val"))
+    if problem:
+        raise ConfigError("data.root", f"{cfg.root}: {problem}")
+    test_samples = scan_split(root / "val", list(classes))[1]
+    train_idx, val_idx = split_indices(len(samples), r["val_fraction"])
+    sets = image_folder(r, [samples[i] for i in train_idx], [samples[i] for i in val_idx], test_samples)
+    return (*sets, len(classes), r["channels"])

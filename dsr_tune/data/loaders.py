@@ -5,18 +5,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from .checks import class_mismatch
-from .files import DataError, class_folders, scan_split
-from .images import ImageSpec, cifar10, image_folder, specs
+from . import registry
 from .choices import resolve
-from .files import split_indices
-from .tensors import digits, synthetic
+from .files import DataError
+from .images import ImageSpec, specs
 
 log = logging.getLogger("dsr_tune.data")
 
@@ -89,33 +86,14 @@ class DataBundle:
 def datasets(cfg, r: dict) -> tuple[Dataset, Dataset, Dataset, int, int]:
     """(train, validation, test, classes, input channels) of the resolved
     choices ``r``. The validation part is a fixed-seed slice of the training
-    data (:func:`split_indices`), disjoint from the train part."""
-    if cfg.name in ("digits", "synthetic"):
-        if cfg.name == "digits":
-            full, test, classes, channels = digits(cfg.test_fraction)  # the fixed test split stays
-        else:
-            full, test, classes, channels = synthetic(cfg.synthetic_size, r["image_size"])
-        train_idx, val_idx = split_indices(len(full), r["val_fraction"])
-        return Subset(full, train_idx), Subset(full, val_idx), test, classes, channels
-    if cfg.name == "cifar10":
-        return (*cifar10(cfg.root, cfg.download, r), 10, 3)
-    root = Path(cfg.root).expanduser()
-    classes, samples = scan_split(root / "train")
-    problem = class_mismatch(list(classes), class_folders(root / "val"))
-    if problem:
-        from ..schema import ConfigError
-
-        raise ConfigError("data.root", f"{cfg.root}: {problem}")
-    test_samples = scan_split(root / "val", list(classes))[1]
-    train_idx, val_idx = split_indices(len(samples), r["val_fraction"])
-    sets = image_folder(r, [samples[i] for i in train_idx], [samples[i] for i in val_idx], test_samples)
-    return (*sets, len(classes), r["channels"])
+    data (:func:`~.files.split_indices`), disjoint from the train part."""
+    return registry.get(cfg.name).load(cfg, r)
 
 
 def auto_workers(cfg) -> int:
     if cfg.loader_workers >= 0:
         return cfg.loader_workers
-    if cfg.name in ("digits", "synthetic"):
+    if registry.get(cfg.name).in_memory:
         return 0  # already tensors in memory: worker processes only add cost
     return min(8, max(1, (os.cpu_count() or 2) - 1))
 

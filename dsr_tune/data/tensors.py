@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Subset, TensorDataset
+
+from .files import split_indices
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,3 +78,9 @@ def synthetic(n: int = 512, size: int = 32, classes: int = 10, channels: int = 3
     proj = torch.randn(channels * size * size, classes, generator=g)
     y = (x.flatten(1) @ proj).argmax(1)
     return TensorDataset(x[:n], y[:n]), TensorDataset(x[n:], y[n:]), classes, channels
+
+
+def with_validation(full, test, classes: int, channels: int, val_fraction: float):
+    """(train, val, test, classes, channels): validation a fixed-seed slice of ``full``."""
+    train_idx, val_idx = split_indices(len(full), val_fraction)
+    return Subset(full, train_idx), Subset(full, val_idx), test, classes, channels

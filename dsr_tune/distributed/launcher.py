@@ -31,8 +31,6 @@ from .session import LOCAL_RAY_ENV, TRAIN_ENV, joins_cluster, ray_env, ray_sessi
 
 log = logging.getLogger("dsr_tune")
 
-RUN_FILE = runfolder.RAY_RUN  # in the run folder: where the run's checkpoints live
-
 
 class LoggerSpec(Protocol):
     """A picklable recipe for a metric logger, shipped to the workers; rank 0
@@ -204,7 +202,7 @@ def launch(cfg: C.Config, run_dir: str | Path, *, resume: bool = False, address:
     if joins_cluster(address) and not cfg.train.storage_path:
         raise C.ConfigError("train.storage_path", "None: on a Ray cluster checkpoints need storage every node "
                             "reaches: train.storage_path=s3://..., gs://... or a shared folder")
-    run_file = run_dir / RUN_FILE
+    run_file = run_dir / runfolder.RAY_RUN  # where the run's checkpoints live
     previous = json.loads(run_file.read_text()) if resume and run_file.exists() else None
     if previous and cfg.train.storage_path and storage.resolve(cfg.train.storage_path, run_dir) != previous["storage_path"]:
         raise C.ConfigError("train.storage_path", f"{cfg.train.storage_path!r}: the run keeps its checkpoints in "

@@ -119,7 +119,7 @@ def _metrics(record: dict, world_size: int) -> dict:
     with ``epochs_done``, ASHA's time attribute (Tune's training_iteration
     starts again when a trial is restarted). Per-layer densities stay in
     metrics.jsonl and the loggers."""
-    from ..tracking.runs import epoch_scalars
+    from ..tracking.mlflow_runs import epoch_scalars
 
     return {**epoch_scalars(record), "workers": world_size}
 

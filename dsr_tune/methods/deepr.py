@@ -6,8 +6,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
-from ..schema import Real, Section, checked, opt
-from .registry import Method, epochs_within, register, scaled
+from ..schema import Real, Section, checked, epochs_within, opt, scaled
+from .registry import Method, register
 
 
 def _temperatures(v) -> str | None:

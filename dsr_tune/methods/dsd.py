@@ -36,7 +36,7 @@ def check(cfg) -> None:
 
 
 def masking(cfg, model, optimizer, steps_per_epoch: int):
-    from ..sparse.gmp import DenseSparseDense
+    from ..sparse.pruning_schedules import DenseSparseDense
 
     return sparse_masking(cfg, model, optimizer, DenseSparseDense(cfg.sparsity.sparsity, *phases(cfg)),
                           sparsity=0.0)

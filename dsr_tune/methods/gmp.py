@@ -3,9 +3,9 @@ a cubic schedule, then fine-tuning. Keys: ``sparsity.gmp.*``."""
 
 import logging
 
-from ..runfolder import CHECKPOINT
+from ..runfolder import CHECKPOINT, require_run_file, run_file
 from ..schema import ConfigError, Section, opt
-from .registry import Method, register, require_run_file, run_file
+from .registry import Method, register
 
 log = logging.getLogger("dsr_tune")
 
@@ -44,7 +44,7 @@ def start(cfg, model) -> None:
 
 
 def masking(cfg, model, optimizer, steps_per_epoch: int):
-    from ..sparse.gmp import GradualMagnitudePruning
+    from ..sparse.pruning_schedules import GradualMagnitudePruning
     from .registry import sparse_masking
 
     g = cfg.sparsity.gmp

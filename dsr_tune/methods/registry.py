@@ -31,12 +31,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..schema import ConfigError, Section
 
-if TYPE_CHECKING:  # the run's config, built by dsr_tune.config from this registry
-    from ..config import Config
+#: the run's config (a dsr_tune.config.Config) as the hooks see it: the config is built from
+#: this registry, so naming its class here would tie the registry back to what it feeds
+RunConfig = Any
 
 KINDS = ("dense", "static", "dynamic", "baseline", "ablation")
 #: when a method needs the dense gradient of its sparse weights (a FLOPs count charges it)
@@ -88,11 +89,11 @@ class Method:
     start: Callable[..., None] | None = None
     masking: Callable[..., Any] | None = None
     reallocator: Callable[..., Any] | None = None
-    lr_factor: Callable[[Config, int], float] | None = None
-    check: Callable[[Config], None] | None = None
-    check_paths: Callable[[Config], None] | None = None
+    lr_factor: Callable[[RunConfig, int], float] | None = None
+    check: Callable[[RunConfig], None] | None = None
+    check_paths: Callable[[RunConfig], None] | None = None
     derive: Callable[[dict, str | None, int | None], None] | None = None
-    resolve: Callable[[Config], None] | None = None  # fill its null options from the run (e.g. its length)
+    resolve: Callable[[RunConfig], None] | None = None  # fill its null options from the run (e.g. its length)
 
     @property
     def trains_as(self) -> str:
@@ -155,13 +156,13 @@ def with_options() -> dict[str, type[Section]]:
 # ---------------------------------------------------------------- helpers for the hooks
 
 
-def timing(cfg: Config) -> dict:
+def timing(cfg: RunConfig) -> dict:
     """The period-schedule arguments of the sparse core's methods."""
     s = cfg.sparsity
     return {"periods": s.period_schedule, "stop_epoch": s.stop_epoch, "period_scale": s.period_scale}
 
 
-def sparse_masking(cfg: Config, model, optimizer, method=None, *, sparsity: float | None = None):
+def sparse_masking(cfg: RunConfig, model, optimizer, method=None, *, sparsity: float | None = None):
     """A :class:`~dsr_tune.sparse.Masking` over the model's sparse tensors (its
     sparse rule, or the user's patterns), with the sparse core's ``method``."""
     from ..models import sparse_names
@@ -172,38 +173,3 @@ def sparse_masking(cfg: Config, model, optimizer, method=None, *, sparsity: floa
         raise ConfigError("model.sparse_layers", f"{cfg.model.sparse_layers!r} matches no parameter of {cfg.model.name}")
     return Masking(model, optimizer, sparsity=cfg.sparsity.sparsity if sparsity is None else sparsity,
                    method=method, names=names_, distribution=cfg.sparsity.distribution, seed=cfg.train.seed)
-
-
-def run_file(run: str, name: str):
-    """``run`` is a run folder (take ``name`` in it) or a file itself."""
-    from pathlib import Path
-
-    path = Path(run).expanduser()
-    return path / name if path.is_dir() else path
-
-
-def require_run_file(key: str, value: str, name: str) -> None:
-    """A run-folder key (``sparsity.mask_from``, ...) points at a folder holding ``name`` or at such a file."""
-    if not run_file(value, name).is_file():
-        raise ConfigError(key, f"{value!r} is not a run folder holding {name} (nor such a file)")
-
-
-def epochs_within(key: str, epochs: list[int], total: int, what: str = "start epoch") -> None:
-    """Schedule epochs at or beyond ``train.epochs`` would never apply: refuse them."""
-    late = [e for e in epochs if e >= total]
-    if late:
-        raise ConfigError(key, f"{what} {late[0]} is not below train.epochs={total}, so it would never apply; "
-                               f"give epochs within the run (or keep train.epochs and stop early with "
-                               f"train.stop_after={total})")
-
-
-def scaled(pairs, epochs: int) -> list[list]:
-    """``[[fraction of the run, value], ...]`` as ``[[start epoch, value], ...]``
-    for a run of ``epochs``; a start that rounds onto the previous one, or onto
-    the end of the run, is dropped."""
-    out: list[list] = []
-    for fraction, value in pairs:
-        start = round(fraction * epochs)
-        if not out or out[-1][0] < start < epochs:
-            out.append([start, value])
-    return out

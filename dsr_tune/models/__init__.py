@@ -1,45 +1,45 @@
-"""Models by name, and which of their weights are sparse.
+"""Models by name (see :mod:`.registry`), and which of their weights are sparse.
 
-``build_model("wrn", depth=28, width=2.0, num_classes=10)``; every entry
-takes ``width`` (a real multiplier) so thin dense baselines can be sized.
+``build_model("wrn", depth=28, width=2.0, num_classes=10)``. Adding a model:
+its network in a module here with ``build`` and ``sparse_rule`` functions, and
+its ``register`` line below. Nothing here imports torch until a model is built.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from torch import nn
+from .registry import REGISTRY, Model, get, lazy, names, register
 
-from ..sparse import select_names
-from . import resnet, small_cnn, wrn
+if TYPE_CHECKING:
+    from torch import nn
 
-# name -> (factory(width, depth, num_classes, in_channels), sparse rule)
-REGISTRY: dict[str, tuple[Callable[..., nn.Module], Callable[[nn.Module], list[str]]]] = {
-    "small_cnn": (lambda width, depth, num_classes, in_channels:
-                  small_cnn.SmallCNN(width, num_classes, in_channels), small_cnn.sparse_rule),
-    "wrn": (lambda width, depth, num_classes, in_channels:
-            wrn.WideResNet(depth, width, num_classes, in_channels), wrn.sparse_rule),
-    "resnet50": (lambda width, depth, num_classes, in_channels:
-                 resnet.resnet50(width, num_classes, in_channels), resnet.sparse_rule),
-}
+register(Model("small_cnn", "three convs and two linears, for 8x8 digits and other tiny images",
+               lazy("small_cnn", "build"), lazy("small_cnn", "sparse_rule")))
+register(Model("wrn", "Wide ResNet WRN-depth-width (pre-activation), the paper's CIFAR-10 network",
+               lazy("wrn", "build"), lazy("wrn", "sparse_rule")))
+register(Model("resnet50", "torchvision's ResNet-50 with a width multiplier, the paper's ImageNet network",
+               lazy("resnet", "build"), lazy("resnet", "sparse_rule"), min_image_size=32))
+
+__all__ = ["REGISTRY", "Model", "build_model", "count_params", "get", "lazy", "names", "register", "sparse_names"]
 
 
 def build_model(name: str, *, width: float = 1.0, depth: int = 28, num_classes: int = 10,
                 in_channels: int = 3) -> nn.Module:
-    if name not in REGISTRY:
-        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(REGISTRY)}")
-    return REGISTRY[name][0](width, depth, num_classes, in_channels)
+    return get(name).build(width, depth, num_classes, in_channels)
 
 
 def sparse_names(name: str, model: nn.Module, include: list[str] | None = None,
                  exclude: list[str] | None = None) -> list[str]:
     """The sparse weights: the model's own rule, or ``include`` patterns if given,
     minus ``exclude`` patterns."""
-    names = select_names(model, include) if include is not None else REGISTRY[name][1](model)
+    from ..sparse import select_names
+
+    names_ = select_names(model, include) if include is not None else get(name).sparse_rule(model)
     if exclude:
         drop = set(select_names(model, exclude))
-        names = [n for n in names if n not in drop]
-    return names
+        names_ = [n for n in names_ if n not in drop]
+    return names_
 
 
 def count_params(model: nn.Module) -> int:

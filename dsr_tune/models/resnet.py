@@ -48,6 +48,10 @@ def resnet50(width: float = 1.0, num_classes: int = 1000, in_channels: int = 3) 
     return model
 
 
+def build(width: float, depth: int, num_classes: int, in_channels: int) -> ResNet:
+    return resnet50(width, num_classes, in_channels)  # depth is 50
+
+
 def sparse_rule(model: ResNet) -> list[str]:
     """The paper's split: every bottleneck conv and the final FC are sparse;
     the 7x7 stem and the 1x1 downsample convs stay dense."""

@@ -27,6 +27,10 @@ class SmallCNN(nn.Module):
         return self.fc(F.relu(self.fc1(x)))
 
 
+def build(width: float, depth: int, num_classes: int, in_channels: int) -> SmallCNN:
+    return SmallCNN(width, num_classes, in_channels)  # no depth: three convs
+
+
 def sparse_rule(model: SmallCNN) -> list[str]:
     """Inner convs and the hidden linear layer; first conv and classifier dense."""
     return ["conv2.weight", "conv3.weight", "fc1.weight"]

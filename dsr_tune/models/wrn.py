@@ -59,6 +59,10 @@ class WideResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+def build(width: float, depth: int, num_classes: int, in_channels: int) -> WideResNet:
+    return WideResNet(depth, width, num_classes, in_channels)
+
+
 def sparse_rule(model: WideResNet) -> list[str]:
     """The paper's split: the 3x3 convs inside residual blocks are sparse."""
     return [n for n, p in model.named_parameters()

@@ -14,7 +14,7 @@ from .dynamics import DEEPR_TEMPERATURES, DeepRDynamics, DenseMomentum
 from .grow import (GradientGrowth, ProportionalToScore, ProportionalToSurvivors, RandomGrowth, SameTensor,
                    ScoreGrowth, proportional_counts, sample_positions, top_positions)
 from .masking import Masking, default_sparse_names, select_names, unwrap
-from .methods import Reallocator, deepr, dsr, rigl, set_, snfs
+from .reallocators import Reallocator, deepr, dsr, rigl, set_, snfs
 from .prune import MagnitudeFractionPrune, SignFlipPrune, ThresholdPrune, drop_count, keep_one, set_fraction
 from .schedule import CosineDecay, EpochTable, PeriodSchedule, every_step
 

@@ -1,6 +1,6 @@
 """What a method does at every training step, besides the mask update.
 
-A dynamics part plugs into a :class:`~dsr_tune.sparse.methods.Reallocator`
+A dynamics part plugs into a :class:`~dsr_tune.sparse.reallocators.Reallocator`
 and may define any of:
 
 - ``attach(masking)``: once, when the masking is built;

@@ -74,7 +74,7 @@ class Masking:
         model: the model (wrappers are unwrapped for naming).
         optimizer: whose state of inactive weights is kept at zero; may be None.
         sparsity: share of zeros over all sparse tensors at the start.
-        method: a reallocator (see :mod:`dsr_tune.sparse.methods`); None keeps
+        method: a reallocator (see :mod:`dsr_tune.sparse.reallocators`); None keeps
             the masks fixed (static sparse).
         names: parameter names of the sparse tensors; default: every conv and
             linear weight.

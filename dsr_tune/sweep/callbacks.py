@@ -17,7 +17,7 @@ import time
 
 from ray.tune import Callback
 
-from ..tracking.runs import read_run_file
+from ..tracking.mlflow_runs import read_run_file
 from .jobs import SweepContext
 
 log = logging.getLogger("dsr_tune")

@@ -14,7 +14,7 @@ import time
 from .. import config as C
 from .. import runfolder
 from ..tracking import MlflowLoggerSpec
-from ..tracking.runs import run_key, update_run_file
+from ..tracking.mlflow_runs import run_key, update_run_file
 from .jobs import Job, SweepContext
 
 log = logging.getLogger("dsr_tune")

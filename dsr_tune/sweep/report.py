@@ -41,7 +41,7 @@ def _row(key: str, tags: dict, status: str, metrics: dict, epochs: int) -> RunRo
 
 
 def row_from_mlflow(run) -> RunRow:
-    from ..tracking.runs import EPOCH
+    from ..tracking.mlflow_runs import EPOCH
 
     tags, params = run.data.tags, run.data.params
     metrics = {k.removeprefix(EPOCH): v for k, v in run.data.metrics.items()}  # epoch/test_acc -> test_acc
@@ -109,7 +109,7 @@ def load_local(sweep_dir: str | Path) -> list[RunRow]:
     """The same rows from a sweep folder's run folders (no MLflow)."""
     import yaml
 
-    from ..tracking.runs import last_epoch, read_run_file
+    from ..tracking.mlflow_runs import last_epoch, read_run_file
     from ..tracking.sync import run_folders
 
     rows = []

@@ -33,7 +33,7 @@ import time
 
 from .. import config as C
 from .. import runfolder
-from ..tracking.runs import epoch_scalars, update_run_file
+from ..tracking.mlflow_runs import epoch_scalars, update_run_file
 from .execute import finished, run_job
 from .jobs import Job, SweepContext
 
@@ -97,7 +97,7 @@ def _worker_group_trial(ctx: SweepContext, job: Job, started: float) -> None:
 
     from ..distributed import fit, storage
     from ..tracking import MlflowLoggerSpec
-    from ..tracking.runs import run_key
+    from ..tracking.mlflow_runs import run_key
 
     run_dir, cfg, tracker = ctx.run_dir(job.key), C.from_dict(job.config), ctx.tracker
     name = job.key.replace("/", "-")  # the Ray Train run: <sweep>/ray_train/<name>

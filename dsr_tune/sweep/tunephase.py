@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .. import runfolder
 from ..tracking import SweepTracker, store
-from ..tracking.runs import read_run_file
+from ..tracking.mlflow_runs import read_run_file
 from ..tracking.sync import SyncError, run_folders, sync_sweep
 from .folder import parent_params
 from .jobs import SweepContext

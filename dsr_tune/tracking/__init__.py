@@ -2,7 +2,7 @@
 
 - :mod:`.store`: the embedded default (sqlite + artifact folder under the
   working directory) or any tracking URI; fast-failing HTTP; reachability;
-- :mod:`.runs`: runs found by tag before one is created; records -> metrics;
+- :mod:`.mlflow_runs`: MLflow runs found by tag before one is created; records -> metrics;
 - :mod:`.logger`: the live logger on rank 0 of a Ray Train worker group;
 - :mod:`.tracker`: the sweep's experiment, parent and child runs;
 - :mod:`.artifacts`: config, sparse export, per-layer density plot;

@@ -130,7 +130,7 @@ def log_files(client, run_id: str, run_dir: str | Path, title: str = "", model: 
         if name == f"{EXPORT_DIR}/{EXPORT}":  # the final model's size as exported, beside its FLOPs
             client.log_metric(run_id, EXPORT_BYTES, path.stat().st_size)
         n += 1
-    from .runs import read_run_file, update_run_file
+    from .mlflow_runs import read_run_file, update_run_file
 
     run_dir = Path(run_dir)
     if model and (run_dir / EXPORT).exists() and not (read_run_file(run_dir) or {}).get("mlflow_model"):

@@ -4,7 +4,7 @@
 trial (``dsr_tune.distributed.fit(logger_specs=...)``); its ``make()`` builds
 an :class:`MlflowLogger` at every (re)start of the worker group. The logger
 logs the resolved config as params and each record as metrics (see
-:func:`.runs.record_metrics`), skipping steps the run already holds, so a
+:func:`.mlflow_runs.record_metrics`), skipping steps the run already holds, so a
 restarted worker group does not log an epoch twice.
 
 It never slows training down nor stops it: every MLflow call (the import,
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import runfolder
-from . import runs, store
+from . import mlflow_runs, store
 
 log = logging.getLogger("dsr_tune")
 
@@ -129,7 +129,7 @@ class MlflowLogger:
         self._client = store.client(store.Target(self.spec.uri))
         deadline = time.monotonic() + self.spec.wait_s
         while self.run_id is None:  # the trial creates the run while the worker group starts
-            run = runs.find(self._client, self.spec.experiment_id, self.spec.key)
+            run = mlflow_runs.find(self._client, self.spec.experiment_id, self.spec.key)
             if run is not None:
                 self.run_id = run.info.run_id
             elif time.monotonic() > deadline:
@@ -137,16 +137,16 @@ class MlflowLogger:
             else:
                 time.sleep(0.5)
         self._params = dict(self._client.get_run(self.run_id).data.params)
-        self._done = runs.logged_steps(self._client, self.run_id, ("epoch", runs.REALLOC + "pruned"))
+        self._done = mlflow_runs.logged_steps(self._client, self.run_id, ("epoch", mlflow_runs.REALLOC + "pruned"))
 
     def _handle(self, kind: str, payload: dict) -> None:
         if kind == "params":
-            runs.log_params(self._client, self.run_id, payload, existing=self._params)
+            mlflow_runs.log_params(self._client, self.run_id, payload, existing=self._params)
         elif payload.get("kind") == "realloc":
-            if self._new(runs.REALLOC + "pruned", int(payload["step"])):
-                self._buffer += runs.record_metrics(payload)
+            if self._new(mlflow_runs.REALLOC + "pruned", int(payload["step"])):
+                self._buffer += mlflow_runs.record_metrics(payload)
         elif payload.get("kind") == "epoch" and self._new("epoch", int(payload["epoch"]) + 1):
-            self._buffer += runs.record_metrics(payload)
+            self._buffer += mlflow_runs.record_metrics(payload)
             self._flush()
 
     def _new(self, key: str, step: int) -> bool:
@@ -156,7 +156,7 @@ class MlflowLogger:
     def _flush(self) -> None:
         if self._buffer:
             batch, self._buffer = self._buffer, []
-            runs.log_metrics(self._client, self.run_id, batch)
+            mlflow_runs.log_metrics(self._client, self.run_id, batch)
 
     def _offline(self, exc: BaseException) -> None:
         if self._failed:

@@ -1,20 +1,18 @@
-"""Replay one run folder into MLflow: what ``dsr-tune sync`` and a trial that
-ran without a live logger both do. Idempotent: params, metric steps and
-artifacts MLflow already holds are not logged again."""
+"""Replay one run folder into its MLflow run: what ``dsr-tune sync`` and a
+trial that ran without a live logger both do. Idempotent: params, metric
+steps and artifacts MLflow already holds are not logged again. Which run
+that is (found by tag, or created under the sweep's parent) is the
+tracker's business: :meth:`~.tracker.SweepTracker.sync`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .. import runfolder
-from . import runs
+from . import mlflow_runs
 from .logger import OFFLINE_FILE
-from .runs import TERMINAL, read_run_file, update_run_file
-
-if TYPE_CHECKING:
-    from .tracker import SweepTracker
+from .mlflow_runs import TERMINAL, read_run_file, update_run_file
 
 
 @dataclass
@@ -28,23 +26,19 @@ class SyncSummary:
     running: int = 0         # left alone: still RUNNING (their trial may be logging them)
 
 
-def replay(client, tracker: SweepTracker, run_dir: Path, summary: SyncSummary) -> None:
-    """Make MLflow hold everything ``run_dir`` has (idempotent)."""
+def replay(client, run_id: str, run_dir: Path, summary: SyncSummary) -> None:
+    """Make MLflow's run ``run_id`` hold everything ``run_dir`` has (idempotent)."""
     from .. import config as C
     from .artifacts import log_files
 
     info = read_run_file(run_dir) or {}
-    run_id, created = runs.ensure(client, tracker.experiment_id, runs.run_key(tracker.sweep_id, info["key"]),
-                                  info["run_name"], tracker.child_tags(info), parent_id=tracker.parent_id,
-                                  reopen=False)
-    summary.created += created
     if (run_dir / runfolder.CONFIG).exists():
         last = runfolder.last_epoch(run_dir) or {}  # the device, as the trainer logs it (records name it)
         device = {"device": last["device"]} if last.get("device") else {}
-        summary.params += runs.log_params(client, run_id, C.load(run_dir / runfolder.CONFIG).flat() | device)
-    triples = [t for r in runfolder.read_records(run_dir) for t in runs.record_metrics(r)]
-    done = runs.logged_steps(client, run_id, {k for k, _, _ in triples})
-    summary.metrics += runs.log_metrics(client, run_id, triples, skip=done)
+        summary.params += mlflow_runs.log_params(client, run_id, C.load(run_dir / runfolder.CONFIG).flat() | device)
+    triples = [t for r in runfolder.read_records(run_dir) for t in mlflow_runs.record_metrics(r)]
+    done = mlflow_runs.logged_steps(client, run_id, {k for k, _, _ in triples})
+    summary.metrics += mlflow_runs.log_metrics(client, run_id, triples, skip=done)
     status = info.get("status")
     if status in ("FINISHED", "KILLED"):  # KILLED: stopped early by ASHA; its model is not the final one
         summary.artifacts += log_files(client, run_id, run_dir, title=info["run_name"], model=status == "FINISHED")

@@ -1,13 +1,10 @@
 """``dsr-tune sync``: log what MLflow lost, from a sweep's run folders.
 
-A sweep folder holds ``sweep.json`` (its tracker: store URI, experiment,
-sweep id) and one folder per trial under ``runs/`` with ``tracking.json``,
-``config.yaml``, ``metrics.jsonl`` and ``checkpoint.pt``. Syncing a run
-finds its MLflow run by tag (or creates it under the parent), then logs the
-params, metric steps and artifacts it does not hold yet, and its final
-status. Running it twice logs nothing the second time. A run still marked
-RUNNING is left alone (its trial may be logging it right now) unless
-``everything`` is asked for.
+The sweep's tracker comes back from ``sweep.json``; each run folder (one
+holding ``tracking.json``) is replayed into its child run, which logs only
+what MLflow does not hold yet, so running it twice logs nothing the second
+time. A run still marked RUNNING is left alone (its trial may be logging it
+right now) unless ``everything`` is asked for.
 """
 
 from __future__ import annotations
@@ -18,8 +15,8 @@ from pathlib import Path
 
 from .. import runfolder
 from . import store
-from .replay import SyncSummary, replay as sync_run
-from .runs import RUN_FILE, TERMINAL, read_run_file
+from .replay import SyncSummary
+from .mlflow_runs import TERMINAL, read_run_file
 from .tracker import SweepTracker
 
 log = logging.getLogger("dsr_tune")
@@ -44,7 +41,7 @@ def load_tracker(sweep_dir: str | Path, uri: str | None = None) -> SweepTracker:
 
 def run_folders(sweep_dir: str | Path) -> list[Path]:
     """Every run folder of a sweep (those holding a tracking.json), sorted."""
-    return sorted(p.parent for p in (Path(sweep_dir) / runfolder.RUNS).glob(f"**/{RUN_FILE}"))
+    return sorted(p.parent for p in (Path(sweep_dir) / runfolder.RUNS).glob(f"**/{runfolder.TRACKING}"))
 
 
 def sync_sweep(sweep_dir: str | Path, uri: str | None = None, everything: bool = False) -> SyncSummary:
@@ -71,7 +68,7 @@ def sync_sweep(sweep_dir: str | Path, uri: str | None = None, everything: bool =
             continue
         summary.runs += 1
         try:
-            sync_run(client, tracker, run_dir, summary)
+            tracker.sync(client, run_dir, summary)
         except Exception as exc:  # noqa: BLE001 (report it, go on with the other runs)
             log.warning("sync of %s failed: %s", run_dir, str(exc).splitlines()[0] if str(exc) else exc)
             summary.failed.append(info["key"])

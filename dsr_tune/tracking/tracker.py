@@ -5,10 +5,7 @@ The sweep driver calls :meth:`SweepTracker.connect` (experiment and parent
 run); each trial calls :meth:`child` before training and :meth:`finish`
 after. Every method returns instead of raising when MLflow fails: the
 failure is written to the run folder's ``tracking.json`` (``synced: false``)
-and ``dsr-tune sync`` logs the run later from that folder.
-
-``tracking.json`` (one per run folder) is the run's identity for MLflow:
-key, run name, tags, status, run id, synced, error.
+and ``dsr-tune sync`` logs the run later from that folder (:meth:`sync`).
 
 Before a trial's first and last call an HTTP store is probed (GET /health,
 2 s): a dead server costs a trial 2 s, not a round of retries per call.
@@ -20,8 +17,9 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import runs, store
-from .runs import RUN_FILE, TERMINAL, read_run_file, update_run_file  # noqa: F401 (the tracker's run files)
+from . import mlflow_runs, store
+from .replay import SyncSummary, replay as replay_folder
+from .mlflow_runs import read_run_file, update_run_file
 
 log = logging.getLogger("dsr_tune")
 
@@ -63,23 +61,25 @@ class SweepTracker:
                 "dsr_tune: dynamic sparse reparameterization against its baselines. A parent run per sweep "
                 "(its report: report.md, report.png), a child run per trial and per reported run; the "
                 "group tag joins a selected configuration, its seed repeats and its baselines."))
-            self.parent_id = runs.find_or_create(
-                client, self.experiment_id, runs.run_key(self.sweep_id, "parent"), self.sweep_id,
-                tags={runs.TAG_SWEEP: self.sweep_id, runs.TAG_ROLE: "parent", runs.TAG_GIT: self.git,
-                      runs.TAG_GIT_MLFLOW: (self.git or "").removesuffix("-dirty") or None,
+            self.parent_id = mlflow_runs.find_or_create(
+                client, self.experiment_id, mlflow_runs.run_key(self.sweep_id, "parent"), self.sweep_id,
+                tags={**self._sweep_tags(), mlflow_runs.TAG_ROLE: "parent",
                       store.DESCRIPTION_TAG: f"The sweep {self.sweep_id}: its settings are this run's params, "
                                              "its comparison table the report/ artifacts and s<sparsity>/<row>/* "
                                              "metrics."}, reopen=reopen)
             if params:
-                runs.log_params(client, self.parent_id, params)
+                mlflow_runs.log_params(client, self.parent_id, params)
         except Exception as exc:  # noqa: BLE001 (any MLflow or network failure)
             self.error = store.describe(exc, self.target.uri)
             self.experiment_id = self.parent_id = None
         return self.error
 
+    def _sweep_tags(self) -> dict:
+        return {mlflow_runs.TAG_SWEEP: self.sweep_id, mlflow_runs.TAG_GIT: self.git,
+                mlflow_runs.TAG_GIT_MLFLOW: (self.git or "").removesuffix("-dirty") or None}
+
     def child_tags(self, identity: dict) -> dict:
-        tags = {runs.TAG_SWEEP: self.sweep_id, runs.TAG_GIT: self.git,
-                runs.TAG_GIT_MLFLOW: (self.git or "").removesuffix("-dirty") or None}
+        tags = self._sweep_tags()
         tags.update({k: v for k, v in identity.get("tags", {}).items() if v is not None})
         if identity.get("description"):
             tags[store.DESCRIPTION_TAG] = identity["description"]
@@ -94,8 +94,9 @@ class SweepTracker:
             return None
         try:
             client = self._live_client()
-            run_id = runs.find_or_create(client, self.experiment_id, runs.run_key(self.sweep_id, identity["key"]),
-                                         identity["run_name"], self.child_tags(identity), parent_id=self.parent_id)
+            key = mlflow_runs.run_key(self.sweep_id, identity["key"])
+            run_id = mlflow_runs.find_or_create(client, self.experiment_id, key, identity["run_name"],
+                                                self.child_tags(identity), parent_id=self.parent_id)
         except Exception as exc:  # noqa: BLE001
             msg = store.describe(exc, self.target.uri)
             log.warning("%s; trial %s trains anyway (dsr-tune sync logs it later)", msg, identity["key"])
@@ -118,9 +119,7 @@ class SweepTracker:
         try:
             client = self._live_client()
             if replay:
-                from .replay import SyncSummary, replay
-
-                replay(client, self, Path(run_dir), SyncSummary())
+                self.sync(client, Path(run_dir), SyncSummary())
                 return True
             if status == "FINISHED":
                 from .artifacts import log_files
@@ -133,6 +132,15 @@ class SweepTracker:
         lost = offline_reason(run_dir)
         update_run_file(run_dir, synced=lost is None, error=lost)
         return lost is None
+
+    def sync(self, client, run_dir: Path, summary: SyncSummary) -> None:
+        """Replay ``run_dir`` into its child run, found by tag or created under the parent (idempotent)."""
+        info = read_run_file(run_dir) or {}
+        key = mlflow_runs.run_key(self.sweep_id, info["key"])
+        run_id, created = mlflow_runs.ensure(client, self.experiment_id, key, info["run_name"], self.child_tags(info),
+                                             parent_id=self.parent_id, reopen=False)
+        summary.created += created
+        replay_folder(client, run_id, run_dir, summary)
 
     def close_parent(self, status: str, artifacts: dict[str, Path] | None = None) -> str | None:
         """Driver side: the parent's status and report files. Returns an error or None."""

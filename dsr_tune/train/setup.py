@@ -139,7 +139,7 @@ def build_run_model(cfg: C.Config, num_classes: int, in_channels: int, *, resumi
     if resuming:
         return model
     if cfg.sparsity.init_from:
-        path = methods.registry.run_file(cfg.sparsity.init_from, runfolder.INIT)
+        path = runfolder.run_file(cfg.sparsity.init_from, runfolder.INIT)
         ckpt.load_weights(model, path, "sparsity.init_from", part="model")
         log.info("initial weights from %s", path)
     if method.start is not None:
@@ -169,7 +169,7 @@ def load_masks_from(cfg: C.Config, masking: Masking | None, init_state: dict[str
         return
     if masking is None:
         raise C.ConfigError("sparsity.mask_from", f"method {cfg.sparsity.method!r} has no masks to take")
-    path = methods.registry.run_file(src, runfolder.CHECKPOINT)
+    path = runfolder.run_file(src, runfolder.CHECKPOINT)
     state = ckpt.load(path, key="sparsity.mask_from").get("masking")
     if not state:
         raise C.ConfigError("sparsity.mask_from", f"{str(path)!r} holds no masks (a dense run?)")

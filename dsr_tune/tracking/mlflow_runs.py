@@ -19,12 +19,11 @@ from pathlib import Path
 
 from .. import runfolder
 
-RUN_FILE = runfolder.TRACKING  # a run folder's identity for MLflow: key, name, tags, status, run id, synced
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
 def read_run_file(run_dir: str | Path) -> dict | None:
-    return runfolder.read_json(Path(run_dir) / RUN_FILE)
+    return runfolder.read_json(Path(run_dir) / runfolder.TRACKING)
 
 
 def update_run_file(run_dir: str | Path, **fields) -> dict:
@@ -33,7 +32,7 @@ def update_run_file(run_dir: str | Path, **fields) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     data = read_run_file(run_dir) or {}
     data.update(fields)
-    runfolder.write_json(run_dir / RUN_FILE, data)
+    runfolder.write_json(run_dir / runfolder.TRACKING, data)
     return data
 
 TAG_RUN = "dsr_tune.run"          # <sweep id>/<key>: the identity of a run

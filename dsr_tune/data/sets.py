@@ -1,0 +1,75 @@
+"""The built-in data sets, registered (see :mod:`.registry`). Torch-free: each
+hook imports its loader when called."""
+
+from __future__ import annotations
+
+from .checks import check_cifar_files, check_tree_files
+from .registry import AUGMENTED, OPTIONAL, DataSet, register
+
+TREE = tuple(OPTIONAL)  # a class-folder tree reads every optional key
+
+
+def _digits(cfg, r):
+    from .tensors import digits, with_validation
+
+    return with_validation(*digits(cfg.test_fraction), r["val_fraction"])  # the fixed test split stays
+
+
+def _digits_norm(cfg, r):
+    from .tensors import digits_norm
+
+    mean, std = digits_norm(cfg.test_fraction)
+    return [mean], [std]
+
+
+def _synthetic(cfg, r):
+    from .tensors import synthetic, with_validation
+
+    return with_validation(*synthetic(cfg.synthetic_size, r["image_size"]), r["val_fraction"])
+
+
+def _cifar10(cfg, r):
+    from .images import cifar10
+
+    return (*cifar10(cfg.root, cfg.download, r), 10, 3)
+
+
+def _cifar10_norm(cfg, r):
+    from .images import CIFAR_MEAN, CIFAR_STD
+
+    return list(CIFAR_MEAN), list(CIFAR_STD)
+
+
+def _tree(cfg, r):
+    from .images import class_tree
+
+    return class_tree(cfg, r)
+
+
+def _tree_norm(cfg, r):
+    from .choices import tree_stats
+
+    return tree_stats(cfg, r)
+
+
+def _imagenet_norm(cfg, r):
+    if r["channels"] != 3:  # ImageNet's constants are colour ones: a grey tree gets its own
+        return _tree_norm(cfg, r)
+    from .images import IMAGENET_MEAN, IMAGENET_STD
+
+    return list(IMAGENET_MEAN), list(IMAGENET_STD)
+
+
+register(DataSet("digits", "scikit-learn's 1,797 real 8x8 digits, a fixed test split (no download)", _digits,
+                 channels=1, image_size=8, in_memory=True, normalisation=_digits_norm))
+register(DataSet("cifar10", "torchvision's CIFAR-10 under data.root, the paper's augmentation", _cifar10,
+                 reads=AUGMENTED, channels=3, image_size=32, hflip=True, crop_padding=4, needs_root=True,
+                 downloads=True, normalisation=_cifar10_norm, check_files=check_cifar_files))
+# ImageNet's val/ is what papers report as test, so its validation is a 1% slice of train (~12,800 images)
+register(DataSet("imagenet", "a train/ and val/ tree of class folders, ImageNet's crops and constants", _tree,
+                 reads=TREE, default_size=224, hflip=True, random_resized_crop=True, val_fraction=0.01,
+                 needs_root=True, normalisation=_imagenet_norm, check_files=check_tree_files))
+register(DataSet("folder", "any such tree (grey or colour), its mean and std from its own training images", _tree,
+                 reads=TREE, hflip=True, needs_root=True, normalisation=_tree_norm, check_files=check_tree_files))
+register(DataSet("synthetic", "random tensors with a learnable label (tests and benchmarks)", _synthetic,
+                 channels=3, default_size=32, in_memory=True))
