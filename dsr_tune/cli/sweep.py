@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .. import config as C
+from ..records import Status
 from .common import fail, interrupted, joining_cluster, ray_host_error, starting
 from .serve import UI_PORT
 
@@ -58,8 +59,8 @@ def cmd_sweep(args) -> int:
 
 def finish(outcome, resume_argv: list[str]) -> int:
     """After a sweep or comparison: the report, what MLflow lacks, where to browse it."""
-    if outcome.status == "KILLED":
-        outcome.tracker.close_parent("KILLED")
+    if outcome.status == Status.KILLED:
+        outcome.tracker.close_parent(Status.KILLED)
         return interrupted("finished runs are kept, cut-off ones continue from their checkpoints", resume_argv)
     code = _print_report(str(outcome.sweep_dir), outcome)
     target, prog = outcome.tracker.target, _program()
@@ -74,7 +75,7 @@ def finish(outcome, resume_argv: list[str]) -> int:
               f"http://127.0.0.1:{UI_PORT})")
     elif not outcome.unsynced:
         print(f"\nEvery run is in MLflow at {uri} (experiment {outcome.tracker.experiment!r})")
-    return code if outcome.status == "FINISHED" else 1
+    return code if outcome.status == Status.FINISHED else 1
 
 
 def _redact(uri: str) -> str:

@@ -45,11 +45,12 @@ from typing import Any, Literal
 
 from .. import config as C
 from .. import methods
+from ..records import SCORES
 from ..schema import Real, Section, build, opt
 from . import plan
 from .params import DISTRIBUTIONS, Param, _check_values, parse_param, readers, searchable_methods  # noqa: F401
 
-METRICS = ("test_acc", "test_acc5", "test_loss", "train_loss", "train_acc", "val_acc", "val_acc5", "val_loss")
+METRICS = SCORES  # the split scores of the epoch record (dsr_tune.records)
 TOP_KEYS = ("name", "base", "config", "methods", "space", "search", "seeds", "baselines", "dense", "tune_baselines",
             "tracking")
 

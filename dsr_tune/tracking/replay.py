@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import runfolder
+from ..records import SCORED, TERMINAL, Status
 from . import runs
 from .logger import OFFLINE_FILE
-from .runs import TERMINAL, read_run_file, update_run_file
+from .runs import read_run_file, update_run_file
 
 if TYPE_CHECKING:
     from .tracker import SweepTracker
@@ -44,8 +45,8 @@ def replay(client, tracker: SweepTracker, run_dir: Path, summary: SyncSummary) -
     done = runs.logged_steps(client, run_id, {k for k, _, _ in triples})
     summary.metrics += runs.log_metrics(client, run_id, triples, skip=done)
     status = info.get("status")
-    if status in ("FINISHED", "KILLED"):  # KILLED: stopped early by ASHA; its model is not the final one
-        summary.artifacts += log_files(client, run_id, run_dir, title=info["run_name"], model=status == "FINISHED")
+    if status in SCORED:  # KILLED: stopped early by ASHA; its model is not the final one
+        summary.artifacts += log_files(client, run_id, run_dir, title=info["run_name"], model=status == Status.FINISHED)
     if status in TERMINAL:
         client.set_terminated(run_id, status=status)
     (run_dir / OFFLINE_FILE).unlink(missing_ok=True)

@@ -17,9 +17,10 @@ import logging
 from pathlib import Path
 
 from .. import runfolder
+from ..records import TERMINAL
 from . import store
 from .replay import SyncSummary, replay as sync_run
-from .runs import RUN_FILE, TERMINAL, read_run_file
+from .runs import RUN_FILE, read_run_file
 from .tracker import SweepTracker
 
 log = logging.getLogger("dsr_tune")
