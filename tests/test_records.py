@@ -32,7 +32,7 @@ def test_the_trainers_records_are_the_declared_ones(tmp_path):
 
 
 def test_metric_names_derive_from_the_schema():
-    from dsr_tune.sweep.space import Search
+    from dsr_tune.sweep.spec import Search
     from dsr_tune.tracking import runs
 
     assert runs.EPOCH_KEYS == R.EPOCH_METRICS and runs.REALLOC_KEYS == R.REALLOC_METRICS
