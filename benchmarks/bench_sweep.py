@@ -183,7 +183,7 @@ def ray_train_floor(trials: int, concurrency: int, trial_cpus: float, worker_cpu
     from ray import tune
 
     from dsr_tune.distributed import ray_env
-    from dsr_tune.sweep.tunephase import TUNE_ENV
+    from dsr_tune.sweep.tune import TUNE_ENV
 
     env = ray_env(False, TUNE_ENV)
     work = Path(tempfile.mkdtemp(prefix="bench_floor_"))

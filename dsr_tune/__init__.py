@@ -3,7 +3,7 @@
 Imports run one way, from the command line down to the pure-torch core (a
 package imports only packages to its right; tests/test_layers.py checks it):
 
-    cli -> sweep -> distributed -> tracking -> train -> config -> methods -> baselines -> data / models -> sparse -> checkpoint -> runfolder -> schema
+    cli -> sweep -> distributed -> tracking -> train -> config -> methods -> baselines -> data / models -> sparse -> checkpoint -> runfolder -> schema -> records
 
 - ``sparse``: masks and the methods that move them (torch only);
 - ``models``, ``data``: networks and data sets by name;
@@ -14,7 +14,8 @@ package imports only packages to its right; tests/test_layers.py checks it):
 - ``tracking``: MLflow; ``distributed``: Ray Train; ``sweep``: Tune + Optuna,
   the comparison planner, reports; ``cli``: the ``dsr-tune`` command;
 - ``checkpoint``, ``runfolder``, ``schema``: files and config sections, used by all
-  (``runfolder`` names a bad run-folder key with ``schema``'s ConfigError).
+  (``runfolder`` names a bad run-folder key with ``schema``'s ConfigError);
+- ``records``: what a run reports (its records, status and role), shared by every layer.
 """
 
 __version__ = "0.2.0"

@@ -26,11 +26,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
+from .records import EPOCH
+
 # ---------------------------------------------------------------- names
 
 # a run folder
 CONFIG = "config.yaml"          # the resolved config of the run
-METRICS = "metrics.jsonl"       # one JSON record per line: "epoch" and "realloc" records
+METRICS = "metrics.jsonl"       # one JSON record per line: epoch and realloc records (dsr_tune.records)
 CHECKPOINT = "checkpoint.pt"    # the latest finished epoch: everything to continue exactly
 INIT = "init.pt"                # the initial weights and masks (the ablations start from them)
 RESULT = "result.json"          # a comparison run's summary, written when it finished
@@ -213,7 +215,7 @@ def write_records(path: str | Path, records: Iterable[dict]) -> Path:
 
 
 def epochs(run_dir: str | Path) -> list[dict]:
-    return [r for r in read_records(run_dir) if r.get("kind") == "epoch"]
+    return [r for r in read_records(run_dir) if r.get("kind") == EPOCH]
 
 
 def last_epoch(run_dir: str | Path) -> dict | None:

@@ -16,8 +16,7 @@ from dsr_tune.baselines import hash_layers, solve_width, sparse_target
 from dsr_tune.baselines.hashed import bank_names
 from dsr_tune.cli import main
 from dsr_tune.methods.ablations import REINIT_SEED_OFFSET
-from dsr_tune.sweep.compare import default_methods
-from dsr_tune.sweep.plan import known_labels, parse, row_config
+from dsr_tune.sweep.plan import default_labels, known_labels, parse, row_config
 from dsr_tune.train import setup
 from dsr_tune.models import build_model, count_params, sparse_names
 from dsr_tune.sparse import Masking, layer_counts
@@ -366,7 +365,7 @@ def test_every_list_of_methods_comes_from_the_one_registry():
                                                      if name == "gmp" else []))
     with pytest.raises(C.ConfigError, match="sparsity.method"):
         C.load(None, ["sparsity.method=final_reinit"])
-    assert default_methods() == [m.name for m in methods.REGISTRY.values() if m.default_row]
+    assert default_labels() == [m.name for m in methods.REGISTRY.values() if m.default_row]
     for label in known_labels():
         parse(label.replace(":E", ":3"), 2.0) if label != "ablations" else None
     # config.py reads the table, and must still import without torch

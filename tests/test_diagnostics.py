@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from dsr_tune import runfolder
-from dsr_tune.sweep import diagnostics, results
+from dsr_tune.sweep.report import dynamics, stats
 
 
 def _run(folder: Path, method: str, threshold: bool) -> None:
@@ -22,8 +22,8 @@ def _run(folder: Path, method: str, threshold: bool) -> None:
 
 
 def test_turnover_is_pruned_over_the_kept_budget():
-    assert diagnostics.turnover({"pruned": 30, "layers": {"a": {"nonzero": 200}, "b": {"nonzero": 100}}}) == 0.1
-    assert diagnostics.turnover({"pruned": 3, "layers": {}}) is None
+    assert dynamics.turnover({"pruned": 30, "layers": {"a": {"nonzero": 200}, "b": {"nonzero": 100}}}) == 0.1
+    assert dynamics.turnover({"pruned": 3, "layers": {}}) is None
 
 
 def test_the_figure_draws_every_dynamic_row_from_its_first_seed(tmp_path):
@@ -31,14 +31,14 @@ def test_the_figure_draws_every_dynamic_row_from_its_first_seed(tmp_path):
     _run(paired / "dsr" / "s0.9" / "seed1", "dsr", threshold=True)
     _run(paired / "set" / "s0.9" / "seed1", "set", threshold=False)
     _run(paired / "dsr_stop_2" / "s0.9" / "seed1", "dsr", threshold=True)
-    lines = [results.Line(m, 0.9, {1: 0.9, 2: 0.91}, 100, 10) for m in ("dsr", "set", "dsr_stop:2", "static_1x")]
-    table = results.Table("t", "val_acc", "max", sections={0.9: lines})
-    assert set(diagnostics._runs(tmp_path, table, 0.9)) == {"dsr", "set", "dsr_stop:2"}  # static moves nothing
-    written = diagnostics.plot(tmp_path, table)
+    lines = [stats.Line(m, 0.9, {1: 0.9, 2: 0.91}, 100, 10) for m in ("dsr", "set", "dsr_stop:2", "static_1x")]
+    table = stats.Table("t", "val_acc", "max", sections={0.9: lines})
+    assert set(dynamics._runs(tmp_path, table, 0.9)) == {"dsr", "set", "dsr_stop:2"}  # static moves nothing
+    written = dynamics.plot(tmp_path, table)
     assert written == [tmp_path / "report_dynamics_s0.9.png"] and written[0].stat().st_size > 20_000
     assert not list(tmp_path.glob(".*tmp-*"))  # written through the atomic write
 
 
 def test_no_dynamic_row_no_figure(tmp_path):
-    table = results.Table("t", "val_acc", "max", sections={0.9: [results.Line("static_1x", 0.9, {1: 0.9}, 100, 10)]})
-    assert diagnostics.plot(tmp_path, table) == []
+    table = stats.Table("t", "val_acc", "max", sections={0.9: [stats.Line("static_1x", 0.9, {1: 0.9}, 100, 10)]})
+    assert dynamics.plot(tmp_path, table) == []

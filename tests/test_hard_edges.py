@@ -85,7 +85,7 @@ def _live_writers(folder: Path) -> Path:
 
 def test_a_killed_writers_temporaries_go_at_the_next_start_of_every_folder(tmp_path):
     from dsr_tune.distributed import reaper, worker
-    from dsr_tune.sweep import folder, space
+    from dsr_tune.sweep import folder, spec as space
 
     run, sweep, workers, state = (tmp_path / n for n in ("run", "sweep", f"run/{runfolder.WORKERS}", "state"))
     for d in (run, sweep, workers, state):

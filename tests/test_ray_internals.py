@@ -25,7 +25,7 @@ def test_head_node_resource_name():
     # resource, which Ray gives the head node of every cluster
     from ray._common.constants import HEAD_NODE_RESOURCE_NAME
 
-    from dsr_tune.sweep.tunephase import HEAD_NODE_RESOURCE
+    from dsr_tune.sweep.tune import HEAD_NODE_RESOURCE
 
     assert HEAD_NODE_RESOURCE == HEAD_NODE_RESOURCE_NAME
 

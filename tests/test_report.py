@@ -14,9 +14,9 @@ import sys
 import pytest
 
 from dsr_tune import cli
-from dsr_tune.sweep import report, results, tables
-from dsr_tune.sweep.results import RunRow
-from dsr_tune.sweep.selection import best_per_cell
+from dsr_tune.sweep.report import gather, render, stats
+from dsr_tune.sweep.report.stats import RunRow
+from dsr_tune.sweep.select import best_per_cell
 
 SWEEP = "toy-20260101-000000"
 
@@ -74,7 +74,7 @@ def _lines(rep, s):
 
 def test_report_means_intervals_and_paired_differences_from_the_store(store, tmp_path):
     uri, client, parent = store
-    rep, files, source = report.build(SWEEP, uri, out_dir=tmp_path)
+    rep, files, source = gather.build(SWEEP, uri, out_dir=tmp_path)
     assert source == uri and rep.searched == 3 and rep.seeds == [1, 2] and rep.metric == "val_acc"
     s9 = _lines(rep, 0.9)
     assert list(s9) == ["dsr", "thin_dense_1x", "static_2x", "dense"]
@@ -123,35 +123,35 @@ def test_report_means_intervals_and_paired_differences_from_the_store(store, tmp
         assert static["selected_from_run_id"] == rid("search/dsr/b")
     assert by_key["paired/static_2x/s0.8/seed1"].data.tags["dsr_run_id"] == rid("paired/dsr/s0.8/seed1")
     assert "dsr_run_id" not in by_key["paired/dense/seed1"].data.tags
-    assert report.link_runs(client, list(by_key.values())) == 0  # idempotent: a second report sets nothing
+    assert gather.link_runs(client, list(by_key.values())) == 0  # idempotent: a second report sets nothing
 
 
 def test_t_interval_and_paired_difference_by_hand():
     values = [0.80, 0.84, 0.83, 0.81, 0.82]
     s = statistics.stdev(values)
-    lo, hi = results.t_interval(values)
+    lo, hi = stats.t_interval(values)
     assert (hi - lo) / 2 == pytest.approx(2.7764451 * s / math.sqrt(5), rel=1e-6)  # t(0.975, 4)
-    assert results.t_interval([0.5]) is None
-    d = results.paired({1: 0.9, 2: 0.8, 3: 0.7}, {1: 0.8, 2: 0.7, 3: 0.6, 4: 0.0})  # seed 4 has no partner
+    assert stats.t_interval([0.5]) is None
+    d = stats.paired({1: 0.9, 2: 0.8, 3: 0.7}, {1: 0.8, 2: 0.7, 3: 0.6, 4: 0.0})  # seed 4 has no partner
     # three equal differences: a zero-width t interval, which says nothing; the sign test needs n >= 6
     assert d.n == 3 and d.mean == pytest.approx(0.1) and d.ci == pytest.approx((0.1, 0.1)) and d.degenerate
-    assert not d.resolved and "+10.00 [+10.00, +10.00] ~0 (no spread)" in tables._diff(
-        results.Line("static_2x", 0.9, {1: 0.9, 2: 0.8, 3: 0.7}, 100, 20, diff=d))
-    six = results.paired({k: 0.5 for k in range(6)}, {k: 0.4 for k in range(6)})
+    assert not d.resolved and "+10.00 [+10.00, +10.00] ~0 (no spread)" in render._diff(
+        stats.Line("static_2x", 0.9, {1: 0.9, 2: 0.8, 3: 0.7}, 100, 20, diff=d))
+    six = stats.paired({k: 0.5 for k in range(6)}, {k: 0.4 for k in range(6)})
     assert six.degenerate and six.resolved  # 2 * 0.5**6 = 0.031 < 0.05
-    spread = results.paired({1: 0.9, 2: 0.85, 3: 0.7}, {1: 0.8, 2: 0.7, 3: 0.6})
+    spread = stats.paired({1: 0.9, 2: 0.85, 3: 0.7}, {1: 0.8, 2: 0.7, 3: 0.6})
     assert not spread.degenerate and spread.resolved  # [0.03, 0.20] excludes 0
 
 
 def test_a_test_metric_selection_is_flagged_in_the_header():
     rows = [RunRow("search/dsr/a", "search", "dsr", 0.9, 0, "FINISHED", {"test_acc": 0.95, "val_acc": 0.9}, 10),
             RunRow("paired/dsr/s0.9/seed1", "selected", "dsr", 0.9, 1, "FINISHED", {"test_acc": 0.9}, 10)]
-    t = results.summarize("x", rows, metric="test_acc")
-    assert any("test metric" in w for w in t.warnings) and "WARNING" in tables.text(t)
-    head = tables.header(t)[0]  # worded from the metric's own split
+    t = stats.summarize("x", rows, metric="test_acc")
+    assert any("test metric" in w for w in t.warnings) and "WARNING" in render.text(t)
+    head = render.header(t)[0]  # worded from the metric's own split
     assert "selected on test_acc (max) of the test split" in head and "validation" not in head, head
-    assert not results.summarize("x", rows, metric="val_acc").warnings
-    assert "of the validation split" in tables.header(results.summarize("x", rows, metric="val_acc"))[0]
+    assert not stats.summarize("x", rows, metric="val_acc").warnings
+    assert "of the validation split" in render.header(stats.summarize("x", rows, metric="val_acc"))[0]
 
 
 def test_a_row_that_starts_from_another_run_names_it_and_its_epochs():
@@ -163,7 +163,7 @@ def test_a_row_that_starts_from_another_run_names_it_and_its_epochs():
             row("paired/final_init/s0.9/seed1", "baseline", "final_init", 0.9, 10),
             row("paired/static_2x/s0.9/seed1", "baseline", "static_2x", 0.9, 20),
             row("paired/dense/seed1", "dense", "dense", None, 12)]
-    notes = {ln.method: ln.note for ln in results.summarize("x", rows).sections[0.9]}
+    notes = {ln.method: ln.note for ln in stats.summarize("x", rows).sections[0.9]}
     assert notes["gmp"] == "starts from the trained dense run of its seed, which trained 12 epochs first"
     assert notes["final_init"] == "starts from the trained dsr run of its seed, which trained 10 epochs first"
     assert notes["static_2x"] == notes["dsr"] == notes["dense"] == ""
@@ -213,7 +213,7 @@ def test_report_falls_back_to_the_run_folders_when_mlflow_has_none(store, tmp_pa
             "selected_from": "search/dsr/b" if role == "selected" else None}}))
     (sweep / "sweep.json").write_text(json.dumps({"sweep_id": "offline-1", "space": {}, "tracker": {
         "target": {"uri": uri, "artifact_root": None}}}))
-    rep, files, source = report.build(str(sweep))
+    rep, files, source = gather.build(str(sweep))
     assert "run folders" in source and "holds no run of offline-1" in source
     dsr = _lines(rep, 0.9)["dsr"]
     assert dsr.acc == [0.92] and dsr.epochs == 3 and rep.searched == 2
@@ -225,7 +225,7 @@ def test_the_figure_gives_every_method_its_own_look_and_draws_the_paired_differe
     names = ["dsr", "dense", "static_1x", "static_2x", "thin_dense_1x", "thin_dense_2x", "gmp", "final_reinit",
              "final_init", "random_control", "dsr_stop:2", "dsr_stop:5"] + [m for m in registered()
                                                                            if m not in ("dsr", "dense")]
-    look = tables.styles(names)
+    look = render.styles(names)
     assert len({(tuple(v["color"]) if not isinstance(v["color"], str) else v["color"], v["marker"])
                 for v in look.values()}) == len(look)  # no two rows drawn alike
     assert look["dsr"]["color"] == "k" and look["dsr"]["lw"] > max(v["lw"] for k, v in look.items() if k != "dsr")
@@ -235,8 +235,8 @@ def test_the_figure_gives_every_method_its_own_look_and_draws_the_paired_differe
         for method, acc in (("dsr", d), ("static_1x", s), ("gmp", g)):
             rows.append(RunRow(f"paired/{method}/s0.9/seed{seed}", "selected" if method == "dsr" else "baseline",
                                method, 0.9, seed, "FINISHED", {"test_acc": acc, "nonzero_params": 700.0}, 10))
-    t = results.summarize("x", rows)
-    out = tables.plot(t, tmp_path / "r.png")
+    t = stats.summarize("x", rows)
+    out = render.plot(t, tmp_path / "r.png")
     import matplotlib.image
     h, w = matplotlib.image.imread(out).shape[:2]
     assert w > 1.8 * h  # the accuracy panel and one panel of paired differences beside it

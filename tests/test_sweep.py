@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 
 from dsr_tune import cli, config as C
-from dsr_tune.sweep import space as S
+from dsr_tune.sweep import plan, spec as S
 from dsr_tune.sweep.jobs import SweepContext
-from dsr_tune.sweep.search import OptunaSpace
+from dsr_tune.sweep.terms import Phase
+from dsr_tune.sweep.tune import OptunaSpace
 from dsr_tune.tracking import SweepTracker, store
 
 from conftest import DEMO, ROOT
@@ -35,113 +36,17 @@ TINY = ["train.epochs=2", "optim.milestones=[1]", "sparsity.stop_epoch=2", "spar
 
 
 def test_progress_table_shows_searched_values_and_latest_metrics():
-    from dsr_tune.sweep.tunephase import progress_table
+    from dsr_tune.sweep.progress import table as progress_table
 
     sp = S.load(DEMO)
-    search = progress_table("search-dsr", sp)
+    search = progress_table(Phase.parse("search-dsr"), sp)
     assert search._parameter_columns == {"sparsity.sparsity": "sparsity", "sparsity.period_scale": "period_scale",
                                          "sparsity.dsr.delta": "delta", "sparsity.dsr.target_pruned": "target_pruned",
                                          "optim.lr": "lr"}
     assert search._metric_columns == {"epochs_done": "epochs", "val_acc": "val_acc", "test_acc": "test_acc",
                                       "nonzero_params": "non-zero"}
-    assert progress_table("paired-0", sp)._parameter_columns == {"job": "run"}
-    assert not progress_table("search-dsr", S.load(DEMO, ["search.pareto=true"]))._sort_by_metric
-
-
-def test_progress_lines_carry_the_best_so_far_and_the_phase_eta(tmp_path, monkeypatch, caplog):
-    from types import SimpleNamespace
-
-    from dsr_tune.sweep import callbacks
-
-    ctx = SimpleNamespace(run_dir_of=lambda config, trial_id: tmp_path / trial_id)
-    progress = callbacks.Progress("search-dsr", 4, ctx, "val_acc", "max")
-    clock = iter([1000.0, 1060.0, 1090.0])  # the first start, then ends 60 s and 90 s in
-    monkeypatch.setattr(callbacks, "_now", lambda: next(clock))
-    trials = [SimpleNamespace(trial_id=f"t{i}", status="PENDING", config={"method": "dsr"}, last_result={})
-              for i in range(4)]
-    caplog.set_level("INFO", logger="dsr_tune")
-    for t in trials[:2]:
-        t.status = "RUNNING"
-        progress.on_trial_start(0, trials, t)
-    trials[0].last_result = {"val_acc": 0.9, "test_acc": 0.8, "epochs_done": 3, "nonzero_params": 10}
-    progress.on_trial_complete(0, trials, trials[0])
-    trials[0].status = "TERMINATED"
-    first = caplog.records[-1].getMessage()
-    # 1 of 4 ended 60 s after the first start: 3 left at 60 s each
-    assert "best val_acc so far 90.00% (t0)" in first and first.endswith("phase ETA 3m00s"), first
-    trials[1].last_result = {"val_acc": 0.95, "test_acc": 0.9, "epochs_done": 3, "nonzero_params": 10}
-    progress.on_trial_complete(0, trials, trials[1])
-    second = caplog.records[-1].getMessage()
-    assert "best val_acc so far 95.00% (t1)" in second and second.endswith("phase ETA 1m30s"), second  # 45 s each
-    assert pickle.loads(pickle.dumps(progress))._clock is None  # a resumed sweep times its own trials
-
-
-def test_progress_lines_carry_the_sweeps_eta_and_the_best_per_sparsity(tmp_path, monkeypatch, caplog):
-    from types import SimpleNamespace
-
-    from dsr_tune.sweep import callbacks
-    from dsr_tune.sweep.jobs import Job
-
-    caplog.set_level("INFO", logger="dsr_tune")
-    clock = iter([1000.0, 1060.0, 1090.0])
-    monkeypatch.setattr(callbacks, "_now", lambda: next(clock))
-    ctx = SimpleNamespace(run_dir_of=lambda config, trial_id: tmp_path / trial_id)
-    # a search over two sparsities: 4 trials of 10 epochs, then 60 epochs planned in later phases
-    progress = callbacks.Progress("search-dsr", 4, ctx, "val_acc", "max", planned=10, later=60)
-    trials = [SimpleNamespace(trial_id=f"t{i}", status="RUNNING", last_result={},
-                              config={"method": "dsr", "sparsity.sparsity": (0.9, 0.98)[i % 2]}) for i in range(4)]
-    for t in trials[:2]:
-        progress.on_trial_start(0, trials, t)
-    trials[0].last_result = {"val_acc": 0.9, "test_acc": 0.8, "epochs_done": 10}
-    progress.on_trial_complete(0, trials, trials[0])
-    trials[0].status = "TERMINATED"
-    first = caplog.records[-1].getMessage()
-    # 10 epochs in 60 s: 30 left in this phase + 60 later = 90 epochs at 6 s; the phase: 3 trials at 60 s
-    assert first.endswith("best val_acc so far: s0.9 90.00% (t0); total ETA 9m00s, phase ETA 3m00s"), first
-    trials[1].last_result = {"val_acc": 0.95, "test_acc": 0.9, "epochs_done": 10}
-    progress.on_trial_complete(0, trials, trials[1])
-    second = caplog.records[-1].getMessage()  # per sparsity: 95% at 0.98 is not the best at 0.9
-    assert "best val_acc so far: s0.9 90.00% (t0), s0.98 95.00% (t1); total ETA 6m00s, phase ETA 1m30s" in second
-
-    # a paired phase: DSR's and the leading row's test mean at the ending trial's sparsity
-    def job(key, method, seed):
-        return Job(key, "selected" if method == "dsr" else "baseline", method, 0.9, seed,
-                   {"train": {"epochs": 20 if method.endswith("_2x") else 10}})
-    jobs = {j.key: j for j in (job("paired/dsr/s0.9/seed1", "dsr", 1), job("paired/dsr/s0.9/seed2", "dsr", 2),
-                               job("paired/static_2x/s0.9/seed1", "static_2x", 1))}
-    ctx.paired_jobs = lambda: jobs
-    monkeypatch.setattr(callbacks, "_now", lambda: 2000.0)
-    paired = callbacks.Progress("paired-0", 3, ctx, "val_acc", "max", planned={k: j.config["train"]["epochs"]
-                                                                                for k, j in jobs.items()}, later=0)
-    trials = [SimpleNamespace(trial_id=k, status="RUNNING", config={"job": k}, last_result={}) for k in jobs]
-    for t, acc in zip(trials, (0.90, 0.86, 0.95)):
-        t.last_result = {"test_acc": acc, "epochs_done": 10}
-        paired.on_trial_complete(0, trials, t)
-        t.status = "TERMINATED"
-    lines = [r.getMessage() for r in caplog.records[-3:]]
-    assert "s0.9 so far (test mean over the seeds ended): dsr 90.00% (n 1), the best" in lines[0], lines[0]
-    assert "dsr 88.00% (n 2), best static_2x 95.00% (n 1)" in lines[2], lines[2]
-    old = callbacks.Progress.__new__(callbacks.Progress)  # pickled by the previous version: no total ETA
-    old.__setstate__({"phase": "search-dsr", "total": 4, "_ctx": None, "best": None, "done": 0, "_clock": None})
-    assert old.planned is None and old._eta() == ""
-
-
-def test_the_sweeps_eta_counts_the_phases_still_to_come(tmp_path):
-    from dsr_tune.sweep.jobs import Job, write_paired
-    from dsr_tune.sweep.selection import epochs_after
-
-    sp = S.load(DEMO)  # 2 sparsities x 2 seeds x (dsr 10 + static 10, 20 + thin dense 10, 20) + dense 2 x 10
-    ctx = SweepContext(str(tmp_path), sp.base.to_dict(), 0, None)
-    # one search of 2 trials x 10 epochs per sparsity: search-dsr-s0.8, then search-dsr-s0.9
-    assert S.search_phases(sp) == ["search-dsr-s0.8", "search-dsr-s0.9"]
-    assert epochs_after(sp, ctx, "search-dsr-s0.8") == 2 * 10 + 2 * 2 * 70 + 20
-    assert epochs_after(sp, ctx, "search-dsr-s0.9") == 300
-    tuned = S.load(DEMO, ["tune_baselines=true"])  # static and thin dense: two more searches per sparsity
-    assert epochs_after(tuned, ctx, "search-dsr-s0.8") == 5 * 2 * 10 + 300
-    assert epochs_after(tuned, ctx, "search-thin_dense-s0.9") == 300
-    write_paired(tmp_path, [Job("paired/dense/seed1", "dense", "dense", None, 1, {"train": {"epochs": 10}}),
-                            Job("paired/gmp/s0.9/seed1", "baseline", "gmp", 0.9, 1, {"train": {"epochs": 20}}, stage=1)])
-    assert epochs_after(sp, ctx, "paired-0") == 20 and epochs_after(sp, ctx, "paired-1") == 0
+    assert progress_table(Phase.parse("paired-0"), sp)._parameter_columns == {"job": "run"}
+    assert not progress_table(Phase.parse("search-dsr"), S.load(DEMO, ["search.pareto=true"]))._sort_by_metric
 
 
 def test_a_trial_trains_on_its_reserved_gpu_or_on_the_cpu(monkeypatch):
@@ -236,10 +141,10 @@ def test_space_is_define_by_run_and_picklable():
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from dsr_tune.sweep.space import params_for
+    from dsr_tune.sweep.spec import params_for
 
     sp = S.load(DEMO, ["methods=[dsr, set]"])
-    assert [f"search-{m}" for m in S.tuned_methods(sp)] == ["search-dsr", "search-set"]  # a search each
+    assert [Phase.search(m).name for m in plan.tuned_methods(sp)] == ["search-dsr", "search-set"]  # a search each
     for method in ("dsr", "set"):
         fn = pickle.loads(pickle.dumps(OptunaSpace(params_for(sp, method), method)))  # Tune pickles the searcher
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
@@ -252,22 +157,24 @@ def test_space_is_define_by_run_and_picklable():
             study.tell(t, 0.5)
     # tune_baselines: static and thin dense get their own search, over the keys they read (LR, sparsity)
     tuned = S.load(DEMO, ["tune_baselines=true"])
-    assert S.tuned_methods(tuned) == ["dsr", "static", "thin_dense"]
+    assert plan.tuned_methods(tuned) == ["dsr", "static", "thin_dense"]
     assert {p.key for p in params_for(tuned, "static")} == {"sparsity.sparsity", "optim.lr"}
     with pytest.raises(C.ConfigError, match="space.sparsity.rigl.drop_fraction"):
         S.load(DEMO, ["space.sparsity.rigl.drop_fraction={uniform: [0.1, 0.5]}"])  # only rigl/snfs read it
 
 
 def test_concurrency_follows_the_cluster():
+    from dsr_tune.sweep.tune import concurrency
+
     sp = S.load(DEMO)
-    assert S.concurrency(sp, {"CPU": 2.0}) == 2            # 0.1 + 0.9 per trial
-    assert S.concurrency(sp, {"CPU": 16.0}) == 16
-    assert S.concurrency(S.load(DEMO, ["train.cpus_per_worker=1"]), {"CPU": 2.0}) == 1
-    assert S.concurrency(S.load(DEMO, ["search.max_concurrent=3"]), {"CPU": 16.0}) == 3
-    assert S.concurrency(S.load(DEMO, ["train.cpus_per_worker=4"]), {"CPU": 2.0}) == 1  # never 0
+    assert concurrency(sp, {"CPU": 2.0}) == 2            # 0.1 + 0.9 per trial
+    assert concurrency(sp, {"CPU": 16.0}) == 16
+    assert concurrency(S.load(DEMO, ["train.cpus_per_worker=1"]), {"CPU": 2.0}) == 1
+    assert concurrency(S.load(DEMO, ["search.max_concurrent=3"]), {"CPU": 16.0}) == 3
+    assert concurrency(S.load(DEMO, ["train.cpus_per_worker=4"]), {"CPU": 2.0}) == 1  # never 0
     # an autoscaling cluster starts without its GPU nodes: max_concurrent wins over what fits now
     gpu = S.load(DEMO, ["search.max_concurrent=4", "train.cpus_per_worker=4"])
-    assert S.concurrency(gpu, {"CPU": 2.0}) == 4
+    assert concurrency(gpu, {"CPU": 2.0}) == 4
 
 
 def test_sweep_on_a_cluster_needs_a_shared_output(capsys, monkeypatch):
@@ -283,41 +190,41 @@ def test_sweep_on_a_cluster_needs_a_shared_output(capsys, monkeypatch):
 
 
 def test_output_folder_and_resume_rules(tmp_path):
-    from dsr_tune.sweep import folder as driver
+    from dsr_tune.sweep import folder
 
     sp, out = S.load(DEMO), tmp_path / "sweep"
-    meta = driver.prepare(sp, out, resume=False, overwrite=False)
+    meta = folder.prepare(sp, out, resume=False, overwrite=False)
     assert meta["done"] == [] and meta["sweep_id"].startswith("digits_demo-")
     with pytest.raises(C.ConfigError, match="--overwrite"):
-        driver.prepare(sp, out, resume=False, overwrite=False)  # never silently over a sweep
-    assert driver.prepare(S.load(DEMO), out, resume=True, overwrite=False)["sweep_id"] == meta["sweep_id"]
+        folder.prepare(sp, out, resume=False, overwrite=False)  # never silently over a sweep
+    assert folder.prepare(S.load(DEMO), out, resume=True, overwrite=False)["sweep_id"] == meta["sweep_id"]
     with pytest.raises(C.ConfigError, match="search.samples"):
-        driver.prepare(S.load(DEMO, ["search.samples=9"]), out, resume=True, overwrite=False)
+        folder.prepare(S.load(DEMO, ["search.samples=9"]), out, resume=True, overwrite=False)
     with pytest.raises(C.ConfigError, match="no sweep to resume"):
-        driver.prepare(sp, tmp_path / "other", resume=True, overwrite=False)
-    assert driver.prepare(sp, out, resume=False, overwrite=True)["sweep_id"]  # --overwrite starts over
+        folder.prepare(sp, tmp_path / "other", resume=True, overwrite=False)
+    assert folder.prepare(sp, out, resume=False, overwrite=True)["sweep_id"]  # --overwrite starts over
     # --resume marks the sweep RUNNING again before anything syncs (a KILLED sweep.json closes the parent)
     meta = json.loads((out / "sweep.json").read_text())
     (out / "sweep.json").write_text(json.dumps({**meta, "status": "KILLED"}))
-    assert driver.prepare(sp, out, resume=True, overwrite=False)["status"] == "RUNNING"
+    assert folder.prepare(sp, out, resume=True, overwrite=False)["status"] == "RUNNING"
     assert json.loads((out / "sweep.json").read_text())["status"] == "RUNNING"
     # a moved sweep folder: Tune's state points to the old place
     moved = tmp_path / "moved"
     out.rename(moved)
     with pytest.raises(C.ConfigError, match="has moved"):
-        driver.prepare(sp, moved, resume=True, overwrite=False)
+        folder.prepare(sp, moved, resume=True, overwrite=False)
     # --overwrite deletes only a sweep folder
     other = tmp_path / "thesis"
     other.mkdir()
     (other / "chapter1.tex").write_text("precious")
     with pytest.raises(C.ConfigError, match="--output"):
-        driver.prepare(sp, other, resume=False, overwrite=False)
+        folder.prepare(sp, other, resume=False, overwrite=False)
     with pytest.raises(C.ConfigError, match="not a sweep folder.*chapter1.tex"):
-        driver.prepare(sp, other, resume=False, overwrite=True)
+        folder.prepare(sp, other, resume=False, overwrite=True)
     assert (other / "chapter1.tex").read_text() == "precious"
     (moved / "notes.txt").write_text("mine")  # a sweep folder with something else in it
     with pytest.raises(C.ConfigError, match="notes.txt"):
-        driver.prepare(sp, moved, resume=False, overwrite=True)
+        folder.prepare(sp, moved, resume=False, overwrite=True)
     assert (moved / "notes.txt").exists()
 
 
@@ -326,11 +233,11 @@ def test_pareto_asha_search_builds_without_ray(tmp_path):
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from dsr_tune.sweep import tunephase
+    from dsr_tune.sweep import tune
 
     sp = S.load(DEMO, ["search.pareto=true", "search.asha={grace_period: 2, reduction_factor: 2}"])
     ctx = SweepContext(str(tmp_path), sp.base.to_dict(), 0, SweepTracker(store.resolve("sqlite:///x.db"), "e", "s-1"))
-    tc, param_space = tunephase.tune_config("search-dsr", sp, ctx, 2, None)
+    tc, param_space = tune.tune_config(Phase.parse("search-dsr"), sp, ctx, 2, None)
     assert param_space is None and tc.num_samples == sp.search.samples and tc.max_concurrent_trials == 2
     assert isinstance(tc.search_alg, OptunaSearch) and isinstance(tc.scheduler, ASHAScheduler)
     assert tc.search_alg.metric == ["val_acc", "nonzero_params"] and tc.search_alg.mode == ["max", "min"]
@@ -342,25 +249,74 @@ def test_pareto_asha_search_builds_without_ray(tmp_path):
     pickle.loads(pickle.dumps(tc.search_alg))  # Tune checkpoints the searcher
 
 
+def test_phase_names_and_job_keys_keep_their_spelling():
+    """Phase names are folders under tune/ and entries of sweep.json's done list; job keys
+    are run folders and MLflow keys: sweeps already on disk hold them, so they never change."""
+    from dsr_tune.sweep import terms
+
+    for name in ("search-dsr", "search-thin_dense-s0.9", "search-set-s0.98", "paired-0", "paired-1"):
+        assert Phase.parse(name).name == name and str(Phase.parse(name)) == name
+    assert Phase.parse("search-dsr-s0.8") == Phase.search("dsr", 0.8) and Phase.search("dsr", 0.8).cell == "dsr-s0.8"
+    assert Phase.parse("paired-1") == Phase.paired(1) and not Phase.paired(1).is_search
+    for bad in ("paired-x", "search-", "tune-dsr", "dsr"):
+        with pytest.raises(ValueError, match="not a phase name"):
+            Phase.parse(bad)
+    assert terms.search_key("dsr", "a1b2") == "search/dsr/a1b2" and terms.trial_of("search/dsr/a1b2") == "a1b2"
+    assert terms.paired_key("dsr_stop:5", 0.9, 2) == "paired/dsr_stop_5/s0.9/seed2"
+    assert terms.paired_key("dense", None, 1) == "paired/dense/seed1"
+    runs = plan.plan(plan.rows(["dsr", "gmp", "dense"], 2.0, 10), [0.9], [1])
+    assert [(r.key, r.needs) for r in runs] == [("paired/dense/seed1", None), ("paired/dsr/s0.9/seed1", None),
+                                                ("paired/gmp/s0.9/seed1", "paired/dense/seed1")]
+
+
+def test_a_tune_state_saved_before_the_move_finds_its_classes():
+    """tuner.pkl names the callbacks, the searcher's space and the trial-folder namer by
+    module; a sweep started before they moved into sweep.tune is resumed with them."""
+    from types import SimpleNamespace
+
+    from dsr_tune.sweep import tune
+
+    sp = S.load(DEMO)
+    progress = tune.Progress(Phase.parse("search-dsr-s0.9"), 4, SimpleNamespace(), "val_acc", "max")
+    saved = {"progress": progress, "finalizer": tune.Finalizer(None), "namer": tune.trial_dirname,
+             "space": OptunaSpace(S.params_for(sp, "dsr"), "dsr")}
+    old = pickle.dumps(saved, protocol=2)  # protocol 2 names a class as text: "c<module>\n<name>\n"
+    for module, names in (("callbacks", ("Progress", "Finalizer")), ("tunephase", ("trial_dirname",)),
+                          ("search", ("OptunaSpace",))):
+        for name in names:
+            old = old.replace(f"cdsr_tune.sweep.tune\n{name}\n".encode(),
+                              f"cdsr_tune.sweep.{module}\n{name}\n".encode())
+    assert b"dsr_tune.sweep.tune\n" not in old and b"dsr_tune.sweep.callbacks\n" in old
+    tune.answer_old_homes()
+    back = pickle.loads(old)
+    assert type(back["progress"]) is tune.Progress and back["progress"].phase == Phase.search("dsr", 0.9)
+    assert type(back["finalizer"]) is tune.Finalizer and back["namer"] is tune.trial_dirname
+    assert back["space"].method == "dsr" and [p.key for p in back["space"].params] == [p.key for p in saved["space"].params]
+    legacy = tune.Progress.__new__(tune.Progress)  # a Progress of the previous version held the phase's name
+    legacy.__setstate__({"phase": "paired-1", "total": 3, "_ctx": None})
+    assert legacy.phase == Phase.paired(1)
+
+
 def test_a_sparsity_choice_is_a_grid_of_searches_of_equal_size(tmp_path):
     import optuna
 
-    from dsr_tune.sweep import search, tunephase
+    from dsr_tune.sweep import tune
 
     sp = S.load(DEMO, ["tune_baselines=true"])
-    cells = [S.phase_cell(p) for p in S.search_phases(sp)]
+    cells = [(p.method, p.sparsity) for p in plan.search_phases(sp)]
     assert cells == [(m, s) for m in ("dsr", "static", "thin_dense") for s in (0.8, 0.9)]
-    assert [S.phase_cell(S.search_phase(*c)) for c in cells] == cells and S.phase_cell("search-dsr") == ("dsr", None)
+    parsed = [Phase.parse(Phase.search(*c).name) for c in cells]
+    assert [(p.method, p.sparsity) for p in parsed] == cells and Phase.parse("search-dsr") == Phase.search("dsr")
     assert "sparsity.sparsity" in [p.key for p in S.params_for(sp, "dsr")]
     held = [p.key for p in S.params_for(sp, "dsr", 0.9)]
     assert "sparsity.sparsity" not in held and "sparsity.dsr.delta" in held
     ctx = SweepContext(str(tmp_path), sp.base.to_dict(), 0, SweepTracker(store.resolve("sqlite:///x.db"), "e", "s-1"))
-    tc, _ = tunephase.tune_config("search-static-s0.9", sp, ctx, 2, None)
+    tc, _ = tune.tune_config(Phase.parse("search-static-s0.9"), sp, ctx, 2, None)
     assert tc.num_samples == sp.search.samples  # per cell: the same budget at every sparsity
     assert tc.search_alg._study_name == "s-1-static-s0.9"
     # the define-by-run space draws the cell's own keys and holds its sparsity
     study = optuna.create_study(direction="maximize")
-    drawn = search.OptunaSpace(S.params_for(sp, "static", 0.9), "static", {"sparsity.sparsity": 0.9})(study.ask())
+    drawn = tune.OptunaSpace(S.params_for(sp, "static", 0.9), "static", {"sparsity.sparsity": 0.9})(study.ask())
     assert drawn == {"method": "static", "sparsity.sparsity": 0.9}
     job = ctx.search_job({**drawn, "optim.lr": 0.05}, "t1")
     assert job.sparsity == 0.9 and job.config["optim"]["lr"] == 0.05 and job.method == "static"
@@ -368,7 +324,7 @@ def test_a_sparsity_choice_is_a_grid_of_searches_of_equal_size(tmp_path):
     text = Path(DEMO).read_text().replace("  sparsity.sparsity: {choice: [0.8, 0.9]}\n", "")
     assert text != Path(DEMO).read_text()
     (tmp_path / "one.yaml").write_text(text.replace("base: ../configs/", f"base: {Path(DEMO).parent.parent}/configs/"))
-    assert S.search_phases(S.load(tmp_path / "one.yaml")) == ["search-dsr"]
+    assert [p.name for p in plan.search_phases(S.load(tmp_path / "one.yaml"))] == ["search-dsr"]
 
 
 def _fake_search_run(sweep: Path, key: str, cfg: C.Config, acc: float) -> None:
@@ -382,8 +338,8 @@ def _fake_search_run(sweep: Path, key: str, cfg: C.Config, acc: float) -> None:
 
 
 def test_selection_on_validation_plans_every_row_on_fresh_seeds(tmp_path):
-    from dsr_tune.sweep.report import load_local
-    from dsr_tune.sweep.selection import paired_jobs
+    from dsr_tune.sweep.report.gather import load_local
+    from dsr_tune.sweep.select import paired_jobs
 
     sp = S.load(DEMO, ["seeds=[1, 2]", "optim.milestones=[4, 8]", "baselines=[static, thin_dense, gmp, final_reinit]"])
     ctx = SweepContext(str(tmp_path), sp.base.to_dict(), 0, SweepTracker(store.resolve("sqlite:///x.db"), "e", "s"))
@@ -432,9 +388,9 @@ def test_the_test_split_cannot_reach_selection(tmp_path, monkeypatch):
 
     from dsr_tune.data import loaders
     from dsr_tune.runfolder import read_records
-    from dsr_tune.sweep.execute import run_job
-    from dsr_tune.sweep.report import load_local
-    from dsr_tune.sweep.selection import paired_jobs
+    from dsr_tune.sweep.report.gather import load_local
+    from dsr_tune.sweep.select import paired_jobs
+    from dsr_tune.sweep.trial import run_job
 
     class Shifted(Dataset):  # the same test images, every label wrong
         def __init__(self, base, classes):
@@ -490,8 +446,8 @@ def test_stopped_trial_is_replayed_and_resume_keeps_the_parent_running(tmp_path)
     from mlflow import MlflowClient
 
     from dsr_tune.sweep import folder as driver
-    from dsr_tune.sweep.callbacks import Finalizer
-    from dsr_tune.sweep.tunephase import open_tracker
+    from dsr_tune.sweep.folder import open_tracker
+    from dsr_tune.sweep.tune import Finalizer
     from dsr_tune.tracking import mlflow_runs as runs
     from dsr_tune.tracking.tracker import read_run_file, update_run_file
 

@@ -188,7 +188,7 @@ def test_a_server_that_died_mid_sweep_costs_a_trial_one_quick_probe(tmp_path):
 
 
 def test_credentials_in_a_tracking_uri_are_never_written_down(tmp_path, monkeypatch):
-    from dsr_tune.sweep import folder as driver, space
+    from dsr_tune.sweep import folder as driver, spec as space
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     secret_uri = f"http://alice:s3cret@127.0.0.1:{free_port()}"  # nothing listens there
@@ -224,8 +224,8 @@ def test_sync_creates_the_parent_run_a_live_sweep_makes(tmp_path, monkeypatch):
     live parent's params and tags (the same sweep, logged once live and once by sync)."""
     from mlflow import MlflowClient
 
-    from dsr_tune.sweep import folder as driver, space
-    from dsr_tune.sweep.tunephase import open_tracker
+    from dsr_tune.sweep import folder as driver, spec as space
+    from dsr_tune.sweep.folder import open_tracker
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     live_uri, later_uri = (f"sqlite:///{tmp_path / name / 'mlflow.db'}" for name in ("live", "later"))

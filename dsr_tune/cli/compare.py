@@ -61,7 +61,7 @@ def cmd_compare(args) -> int:
 
     starting(f"compare {', '.join(methods or plan.default_labels())} at sparsity "
              f"{', '.join(f'{x:g}' for x in args.sparsity)} on {args.seeds} seed(s) -> {out}")
-    from ..sweep.compare import compare  # torch, mlflow: import after validation
+    from ..sweep.driver import compare  # torch, mlflow: import after validation
     from .sweep import finish
 
     argv = ["dsr-tune", "compare", args.config, *args.overrides, "--output", str(out)]

@@ -172,7 +172,7 @@ def cmd_dashboard(args) -> int:
     """Serve optuna-dashboard on the Optuna study of a sweep folder (its optuna.db: every trial the search
     proposed, its values and state) on 127.0.0.1, print its URL once it answers, and stop it on Ctrl-C
     or SIGTERM."""
-    from ..sweep.search import STUDY_FILE
+    from ..runfolder import STUDY as STUDY_FILE
 
     sweep = Path(args.sweep)
     db = sweep / STUDY_FILE

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .. import config as C
+from ..records import Status
 from .common import fail, interrupted, joining_cluster, ray_host_error, starting
 from .serve import UI_PORT
 
@@ -24,21 +25,21 @@ def _resume_argv(args, out: Path) -> list[str]:
 
 
 def cmd_sweep(args) -> int:
-    from ..sweep import space as S
+    from ..sweep import plan, spec
 
     on_cluster = joining_cluster(args.address)  # before validation: data paths are the workers' business
     try:
-        space = S.load(args.space, args.overrides)
+        space = spec.load(args.space, args.overrides)
     except C.ConfigError as exc:
         return fail(f"search space {exc}")
     host_error = ray_host_error(args.address)
     if host_error:
         return fail(host_error)
-    searches = S.search_phases(space)
+    searches = plan.search_phases(space)
     starting(f"sweep {space.name}: {len(searches)} search(es) of {space.search.samples} trials "
-             f"({', '.join(p.removeprefix('search-') for p in searches)}), then "
+             f"({', '.join(p.cell for p in searches)}), then "
              f"{', '.join(space.baselines) or 'no baselines'} on seeds {space.seeds}")
-    from ..sweep import phases
+    from ..sweep import driver
     from ..sweep.folder import default_output
 
     if not args.output and on_cluster:
@@ -47,7 +48,7 @@ def cmd_sweep(args) -> int:
                      "node only)")
     out = Path(args.output or default_output(space))
     try:
-        outcome = phases.run(space, out, resume=args.resume, overwrite=args.overwrite, address=args.address,
+        outcome = driver.run(space, out, resume=args.resume, overwrite=args.overwrite, address=args.address,
                              verbose=args.verbose, table=args.table)
     except C.ConfigError as exc:
         return fail(str(exc))
@@ -58,8 +59,8 @@ def cmd_sweep(args) -> int:
 
 def finish(outcome, resume_argv: list[str]) -> int:
     """After a sweep or comparison: the report, what MLflow lacks, where to browse it."""
-    if outcome.status == "KILLED":
-        outcome.tracker.close_parent("KILLED")
+    if outcome.status == Status.KILLED:
+        outcome.tracker.close_parent(Status.KILLED)
         return interrupted("finished runs are kept, cut-off ones continue from their checkpoints", resume_argv)
     code = _print_report(str(outcome.sweep_dir), outcome)
     target, prog = outcome.tracker.target, _program()
@@ -74,7 +75,7 @@ def finish(outcome, resume_argv: list[str]) -> int:
               f"http://127.0.0.1:{UI_PORT})")
     elif not outcome.unsynced:
         print(f"\nEvery run is in MLflow at {uri} (experiment {outcome.tracker.experiment!r})")
-    return code if outcome.status == "FINISHED" else 1
+    return code if outcome.status == Status.FINISHED else 1
 
 
 def _redact(uri: str) -> str:
@@ -102,8 +103,8 @@ def _ui_store_arg(target) -> str:
 
 
 def _print_report(sweep: str, outcome=None, uri: str | None = None) -> int:
-    from ..sweep import tables
-    from ..sweep.report import build
+    from ..sweep.report import render
+    from ..sweep.report.gather import build
 
     try:
         try:
@@ -114,7 +115,7 @@ def _print_report(sweep: str, outcome=None, uri: str | None = None) -> int:
             print(f"dsr-tune: no report: {exc}", file=sys.stderr)
             return 1
         print()
-        print(tables.text(table), end="")
+        print(render.text(table), end="")
         print(f"\nreport: {files['md']}, {files['png']} and {files['csv']} (from {source})")
         return 0
     finally:  # the sweep's parent run is closed whatever the report does

@@ -1,18 +1,25 @@
-"""Sweeps and comparisons: Ray Tune + Optuna over a search-space file, every row
-planned once, every run in MLflow.
+"""Sweeps and comparisons: Ray Tune + Optuna over a space file, every row
+planned once, every run in MLflow. The life of a sweep, and its modules:
 
-- :mod:`.space`: the search-space file (the ``Search`` section), validated before Ray starts;
-- :mod:`.params`: searchable parameters and which methods read them;
-- :mod:`.search`: the define-by-run Optuna space, searcher, ASHA;
-- :mod:`.plan`: the rows (methods, 1x / 2x controls, ablations) and their configs;
-- :mod:`.jobs` / :mod:`.selection`: what each run trains, the selected configs, paired runs;
-- :mod:`.execute` / :mod:`.trial`: one job in-process, or as a Tune trial (Ray Train inside);
-- :mod:`.tunephase` / :mod:`.phases`: the Tune phases, in order, resumable;
-- :mod:`.folder`: the sweep folder; :mod:`.compare`: the no-search case;
-- :mod:`.results` / :mod:`.tables` / :mod:`.report` / :mod:`.diagnostics`: statistics,
-  tables, the report and its figures;
-- :mod:`.callbacks`: Ray callbacks (imports ray; loaded lazily).
+1. :mod:`.spec` reads and validates the space file before Ray starts
+   (:mod:`.params`: the searched keys and which methods read them);
+2. :mod:`.plan` plans: the comparison's rows, the runs that make them, each
+   run's config, the phases (a search per method and sparsity, then the
+   paired stages) and the jobs;
+3. :mod:`.driver` runs the phases in order, resumable, in the sweep folder
+   (:mod:`.folder`: sweep.json and the MLflow parent run); ``dsr-tune
+   compare`` is a sweep without its search phases;
+4. :mod:`.tune` runs one phase on Ray Tune: Optuna's searcher, ASHA, the
+   driver's callbacks; :mod:`.trial` trains one job (:mod:`.jobs`: what a
+   job is and what a trial gets with it);
+5. :mod:`.select` selects after the search: the best trial per method and
+   sparsity, then the paired jobs on the report's fresh seeds;
+6. :mod:`.progress` says how far it is: every ETA, the best so far;
+7. :mod:`.report` reports: gather the runs, their statistics, the table,
+   the figures.
 
-    from dsr_tune.sweep import space, phases
-    outcome = phases.run(space.load("search_spaces/digits_demo.yaml"), "runs/sweeps/demo")
+:mod:`.terms` holds the words they share: phases, job keys, the reference rows.
+
+    from dsr_tune.sweep import driver, spec
+    outcome = driver.run(spec.load("search_spaces/digits_demo.yaml"), "runs/sweeps/demo")
 """

@@ -1,10 +1,18 @@
-"""A sweep's folder: its sweep.json, made or taken up again, and what may be deleted.
+"""A sweep's folder and its MLflow parent: sweep.json made or taken up again,
+what --overwrite may delete, and what MLflow missed of the runs in it.
 
-``sweep.json`` holds the sweep's identity (id, the space as resolved, where it
-runs), the phases done, its status and its tracker (store URI without
-credentials, experiment), and the parent run's params (so a parent that
-``dsr-tune sync`` creates after MLflow was down gets them too). A comparison
-without search (``dsr-tune compare``) keeps the same folder, ``kind: compare``.
+::
+
+    sweep.json      the sweep's identity (id, the space as resolved, where it runs), the phases
+                    done, its status, its tracker (store URI without credentials) and the parent
+                    run's params (so a parent `dsr-tune sync` creates later gets them too)
+    optuna.db       the Optuna studies, one per search phase (kept across resumes)
+    paired.json     the paired jobs, fixed when the search ends
+    runs/<key>/     one per job: config.yaml, metrics.jsonl, checkpoint.pt, tracking.json
+    ray_train/      Ray Train checkpoints of multi-worker runs
+    tune/<phase>/   Tune's experiment state of each phase (what --resume restores)
+
+A comparison without search (``dsr-tune compare``) keeps the same folder, ``kind: compare``.
 """
 
 from __future__ import annotations
@@ -17,9 +25,12 @@ from pathlib import Path
 
 from .. import config as C
 from .. import runfolder
+from ..records import Status
 from ..runfolder import PAIRED, STUDY, SWEEP as SWEEP_FILE
 from ..tracking import SweepTracker, store
-from .space import Space
+from ..tracking.mlflow_runs import read_run_file
+from ..tracking.sync import SyncError, run_folders, sync_sweep
+from .spec import Space
 
 log = logging.getLogger("dsr_tune")
 
@@ -34,7 +45,7 @@ def _diff(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-# What a sweep folder holds (see .jobs): --overwrite deletes a folder only if it holds nothing else
+# What a sweep folder holds (above): --overwrite deletes a folder only if it holds nothing else
 SWEEP_LAYOUT = {SWEEP_FILE, STUDY, f"{STUDY}-journal", f"{STUDY}-wal", f"{STUDY}-shm", PAIRED,
                 runfolder.RUNS, runfolder.RAY_TRAIN, runfolder.TUNE}
 
@@ -71,7 +82,7 @@ def prepare(space: Space, out_dir: Path, *, resume: bool, overwrite: bool) -> di
                                 "Tune's saved state points to the old place: move it back (or link it there) "
                                 "to resume")
         # before anything syncs: a sweep.json still saying KILLED would close the parent run
-        meta["status"] = "RUNNING"
+        meta["status"] = Status.RUNNING
         meta.setdefault("parent_params", _parent_params_json(space))  # a sweep.json from before they were kept
         save(out_dir, meta)
         return meta
@@ -81,7 +92,7 @@ def prepare(space: Space, out_dir: Path, *, resume: bool, overwrite: bool) -> di
     tracker = SweepTracker(store.resolve(space.tracking_uri), space.experiment, sweep_id, store.git_revision())
     meta = {"sweep_id": sweep_id, "space_file": str(space.path), "path": str(out_dir), "space": raw,
             "kind": "compare" if space.sparsities is not None else "sweep", "done": [],
-            "status": "RUNNING", "tracker": tracker.to_json(),
+            "status": Status.RUNNING, "tracker": tracker.to_json(),
             # the parent run's params, for a parent that `dsr-tune sync` creates (MLflow down at the start)
             "parent_params": _parent_params_json(space)}
     save(out_dir, meta)
@@ -124,3 +135,43 @@ def parent_params(space: Space) -> dict:
 def _parent_params_json(space: Space) -> dict[str, str]:
     """:func:`parent_params` as MLflow stores them (strings, as runs.log_params writes them)."""
     return {k: str(v) for k, v in parent_params(space).items()}
+
+
+# ---------------------------------------------------------------- the MLflow side
+
+
+def open_tracker(space: Space, out_dir: Path, meta: dict, *, resume: bool) -> SweepTracker:
+    """The sweep's tracker, connected (experiment, parent run) if MLflow answers;
+    on ``resume`` also logs what MLflow missed of the trials that ended."""
+    tracker = SweepTracker.from_json(meta["tracker"])
+    tracker.target = store.with_credentials(tracker.target, space.tracking_uri)  # sweep.json keeps none
+    error = tracker.connect(meta.get("parent_params") or parent_params(space))  # what sync logs, too
+    if error:
+        log.warning("%s\n  the sweep trains anyway and keeps every record in its run folders; "
+                    "log them later with: dsr-tune sync %s", error, out_dir)
+        return tracker
+    where = ("embedded store " if tracker.target.embedded else "") + store.redact(tracker.target.uri)
+    log.info("MLflow: experiment %r, parent run %s (%s)", tracker.experiment, meta["sweep_id"], where)
+    if resume:
+        sync_leftovers(out_dir)
+    return tracker
+
+
+def unsynced(out_dir: Path) -> list[str]:
+    return [info["key"] for d in run_folders(out_dir)
+            if (info := read_run_file(d)) and "key" in info and not info.get("synced")]
+
+
+def sync_leftovers(out_dir: Path) -> list[str]:
+    """Log what MLflow missed (a server that was down for a while); returns
+    the keys of runs it still does not fully hold (unfinished ones included)."""
+    if not unsynced(out_dir):
+        return []
+    try:
+        s = sync_sweep(out_dir)
+        if s.metrics or s.created:
+            log.info("MLflow: logged %d metric values of %d run(s) it had missed (%d run(s) created)",
+                     s.metrics, s.runs, s.created)
+    except SyncError as exc:
+        log.warning("MLflow sync failed: %s", exc)
+    return unsynced(out_dir)

@@ -1,23 +1,11 @@
-"""What one trial trains, and where its files go.
+"""What one run of a sweep trains (:class:`Job`: a resolved config and its
+identity) and what every trial gets with it (:class:`SweepContext`).
 
-A :class:`Job` is a resolved training config plus its identity in the sweep:
-
-- ``search/<method>/<trial id>``: a hyperparameter set the searcher proposed
-  for ``method`` (role ``search``, on ``search.trial_seed``);
-- ``paired/<row>/s<sparsity>/seed<k>``: a row of the comparison on a report
-  seed: the selected configuration re-trained (role ``selected``), a
-  baseline or ablation (``baseline``), or ``paired/dense/seed<k>`` (``dense``).
-
-Every paired job of one sparsity shares a ``group`` (``s0.9``): the selected
-configuration, its seed repeats and its baselines. Folders of a sweep
-(``SweepContext.sweep_dir``)::
-
-    sweep.json      the sweep's identity, phase and tracker
-    optuna.db       the Optuna studies (one per searched method; persistent across resumes)
-    paired.json     the paired jobs, fixed when the search ends
-    runs/<key>/     one per job: config.yaml, metrics.jsonl, checkpoint.pt, tracking.json
-    ray_train/      Ray Train checkpoints of multi-worker runs
-    tune/<phase>/   Tune's experiment state of each phase (what --resume restores)
+A search trial's job is made from the searcher's values when the trial
+starts; the paired jobs are planned once (:mod:`.plan`), written to
+``paired.json`` before the first paired phase, so a resumed sweep trains
+exactly these. Every paired job of one sparsity shares a ``group``
+(``s0.9``): the selected configuration, its seed repeats and its baselines.
 """
 
 from __future__ import annotations
@@ -28,15 +16,17 @@ from pathlib import Path
 
 from .. import config as C
 from .. import runfolder
+from ..records import Role
 from ..tracking import SweepTracker
+from .terms import search_key, sparsity_tag, trial_of
 
 PAIRED_FILE = runfolder.PAIRED
 
 
 @dataclass
 class Job:
-    key: str
-    role: str                       # search | selected | baseline | dense
+    key: str                        # terms.search_key / terms.paired_key: its folder under runs/
+    role: Role
     method: str                     # the row label (dsr, static_2x, dsr_stop:5, ...) or the searched method
     sparsity: float | None          # None: dense
     seed: int
@@ -49,17 +39,17 @@ class Job:
 
     @property
     def run_name(self) -> str:
-        s = "" if self.sparsity is None else f" s{self.sparsity:g}"
-        tail = f" {self.key.rsplit('/', 1)[1]}" if self.role == "search" else ""
+        s = "" if self.sparsity is None else f" {sparsity_tag(self.sparsity)}"
+        tail = f" {trial_of(self.key)}" if self.role == Role.SEARCH else ""
         return f"{self.method}{s} seed{self.seed}{tail}"
 
     def description(self) -> str:
         """A sentence for the MLflow run's description."""
-        what = {"search": f"a search trial of {self.method} (selection on the validation split)",
-                "selected": f"the selected {self.method} configuration re-trained on a fresh seed",
-                "baseline": f"the {self.method} row, derived from the selected DSR configuration"
-                            + (" with its own tuned hyperparameters" if self.tuned else ""),
-                "dense": "the full dense reference"}[self.role]
+        what = {Role.SEARCH: f"a search trial of {self.method} (selection on the validation split)",
+                Role.SELECTED: f"the selected {self.method} configuration re-trained on a fresh seed",
+                Role.BASELINE: f"the {self.method} row, derived from the selected DSR configuration"
+                               + (" with its own tuned hyperparameters" if self.tuned else ""),
+                Role.DENSE: "the full dense reference"}[self.role]
         at = "" if self.sparsity is None else f" at sparsity {self.sparsity:g}"
         return f"{what}{at}, seed {self.seed}, {self.config['train']['epochs']} epochs."
 
@@ -116,7 +106,7 @@ class SweepContext:
         method = params["method"]
         values = {k: v for k, v in params.items() if k != "method" and "." in k}
         cfg = with_values(self.base, values, method=method, seed=self.trial_seed)
-        return Job(key=f"search/{method}/{trial_id}", role="search", method=method,
+        return Job(key=search_key(method, trial_id), role=Role.SEARCH, method=method,
                    sparsity=cfg["sparsity"]["sparsity"], seed=self.trial_seed, config=cfg)
 
     def paired_jobs(self) -> dict[str, Job]:
@@ -130,7 +120,7 @@ class SweepContext:
         return self.search_job(config, trial_id)
 
     def run_dir_of(self, config: dict, trial_id: str) -> Path:
-        key = config["job"] if "job" in config else f"search/{config['method']}/{trial_id}"
+        key = config["job"] if "job" in config else search_key(config["method"], trial_id)
         return self.run_dir(key)
 
 

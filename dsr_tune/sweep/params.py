@@ -19,6 +19,7 @@ from .. import config as C
 from .. import methods
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "logint")
+SPARSITY = "sparsity.sparsity"  # a searched choice of it is a grid: every value gets its own searches
 
 
 def searchable_methods() -> tuple[str, ...]:
@@ -114,7 +115,7 @@ def parse_param(dotted: str, spec: Any) -> Param:
         raise C.ConfigError(key, f"{spec!r}: give exactly one of {', '.join(DISTRIBUTIONS)} "
                             "(and optionally methods: [...])")
     kind, arg = kinds[0], spec[kinds[0]]
-    if dotted == "sparsity.sparsity" and kind != "choice":
+    if dotted == SPARSITY and kind != "choice":
         # the paired baselines, the report's sections and the run keys group trials by
         # sparsity: a continuous draw would give every trial its own
         raise C.ConfigError(key, f"{kind}: the sparsity is grouped on (baselines, report), so give "

@@ -1,23 +1,17 @@
-"""The one planner: the comparison's rows, and the runs that make them.
+"""The one planner: from the labels a user writes to every job a sweep or a
+comparison trains, and the phases it trains them in.
 
-A **row** is a label of the comparison: a registered method (or ablation) at
-an epoch budget. The static baselines are controls and come twice, at 1x
-DSR's epochs (which separates the method from the training length) and at
-``sparsity.epoch_factor`` x (the paper's rule): ``static_1x``, ``static_2x``,
-``thin_dense_1x``, ``thin_dense_2x``. Labels as a user writes them:
-
-- a method name (``dsr``, ``set``, ``gmp``, ...; a control name gives both
-  of its rows, ``static_2x`` one of them);
-- ``dsr_stop:E`` (DSR with reallocation stopped at epoch E);
-- ``ablations``: the workshop paper's set (final_reinit, final_init,
-  random_control, DSR stopped at a quarter and at half of the epochs).
-
-A **planned run** is a row at a sparsity and a seed, with the run it starts
-from (gmp: the dense run of its seed; the ablations: the DSR run of their
-sparsity and seed) and its ``stage`` (0: needs nothing; 1: needs a stage-0
-run), so executors run stage by stage. :func:`row_config` derives a row's
-config from the DSR config it is compared with; it is the only place that
-knows how a row differs from DSR.
+- **rows**: a label of the comparison is a registered method (or ablation) at
+  an epoch budget; a control (static, thin dense) comes at 1x the DSR run's
+  epochs, which separates the method from the training length, and at
+  ``sparsity.epoch_factor`` x, the paper's rule;
+- **row configs**: :func:`row_config` is the only place that knows how a row's
+  config differs from the DSR config it is compared with;
+- **planned runs**: a row at a sparsity and a seed, after the run it starts
+  from (gmp: the dense run of its seed; the ablations: the DSR run of their
+  sparsity and seed), in stages so that executors run stage by stage;
+- **phases**: a search per tuned method and searched sparsity, then the
+  paired stages; **jobs**: the planned runs of a sweep with their configs.
 """
 
 from __future__ import annotations
@@ -25,9 +19,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import config as C
 from .. import methods
+from ..records import Role
+from .jobs import Job, with_values
+from .params import SPARSITY
+from .terms import DENSE, REFERENCE, Phase, paired_key, slug, sparsity_tag
+
+if TYPE_CHECKING:  # the space file's validation (spec) plans its rows with this module
+    from .spec import Space
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class Row:
     @property
     def slug(self) -> str:
         """The label as a folder name."""
-        return self.label.replace(":", "_")
+        return slug(self.label)
 
 
 def _factor_label(factor: float) -> str:
@@ -147,7 +149,7 @@ def row_config(cfg: C.Config, row: Row | str, parent: str | Path | None = None) 
         row = found[0]
     entry = methods.get(row.method)
     if entry.needs and parent is None:
-        raise C.ConfigError("sparsity.mask_from" if entry.needs == "dsr" else "sparsity.gmp.dense_from",
+        raise C.ConfigError("sparsity.mask_from" if entry.needs == REFERENCE else "sparsity.gmp.dense_from",
                             f"None: {row.label} needs the finished {entry.needs} run it starts from")
     data = cfg.to_dict()
     s = data["sparsity"]
@@ -166,7 +168,7 @@ def row_config(cfg: C.Config, row: Row | str, parent: str | Path | None = None) 
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run of the comparison. ``key`` names it (and its folder, under the
+    """One run of the comparison. ``key``: its job key (and folder, under the
     comparison's ``runs/``); ``needs``: the key of the run it starts from."""
 
     key: str
@@ -176,43 +178,28 @@ class PlannedRun:
     needs: str | None = None
     stage: int = 0
 
-    def name(self) -> str:
-        s = "" if self.sparsity is None else f" s={self.sparsity:g}"
-        return f"{self.row.label}{s} seed {self.seed}"
 
-
-def run_key(row: Row, sparsity: float | None, seed: int) -> str:
-    return f"{row.slug}/seed{seed}" if sparsity is None else f"{row.slug}/s{sparsity:g}/seed{seed}"
-
-
-def plan(rows_: Sequence[Row], sparsities: Sequence[float], seeds: Sequence[int],
-         *, dsr_key=None) -> list[PlannedRun]:
+def plan(rows_: Sequence[Row], sparsities: Sequence[float], seeds: Sequence[int]) -> list[PlannedRun]:
     """Every run, each after the runs it needs (stage order). The dense run and
-    the DSR runs are planned when a row needs them even if not asked for.
-
-    dsr_key: ``dsr_key(sparsity, seed) -> key`` of the DSR run the ablations
-    start from when it lives elsewhere (a sweep's re-trained selection); by
-    default it is this plan's own ``dsr`` run.
-    """
-    dense_row, dsr_row = Row("dense", "dense"), Row("dsr", "dsr")
+    the DSR runs are planned when a row needs them even if not asked for."""
+    dense_row, ref_row = Row(DENSE, DENSE), Row(REFERENCE, REFERENCE)
     needs = {r.needs for r in rows_}
     out: list[PlannedRun] = []
-    if any(r.method == "dense" for r in rows_) or "dense" in needs:
-        out += [PlannedRun(run_key(dense_row, None, k), dense_row, None, k) for k in seeds]
-    wanted_dsr = any(r.label == "dsr" for r in rows_) or ("dsr" in needs and dsr_key is None)
-    if wanted_dsr:
-        out += [PlannedRun(run_key(dsr_row, s, k), dsr_row, s, k) for s in sparsities for k in seeds]
+    if any(r.method == DENSE for r in rows_) or DENSE in needs:
+        out += [PlannedRun(paired_key(DENSE, None, k), dense_row, None, k) for k in seeds]
+    if any(r.label == REFERENCE for r in rows_) or REFERENCE in needs:
+        out += [PlannedRun(paired_key(REFERENCE, s, k), ref_row, s, k) for s in sparsities for k in seeds]
     for row in rows_:
-        if row.label in ("dense", "dsr"):
+        if row.label in (DENSE, REFERENCE):
             continue
         for s in sparsities:
             for k in seeds:
                 dep = None
-                if row.needs == "dense":
-                    dep = run_key(dense_row, None, k)
-                elif row.needs == "dsr":
-                    dep = dsr_key(s, k) if dsr_key else run_key(dsr_row, s, k)
-                out.append(PlannedRun(run_key(row, s, k), row, s, k, dep, stage=int(dep is not None)))
+                if row.needs == DENSE:
+                    dep = paired_key(DENSE, None, k)
+                elif row.needs == REFERENCE:
+                    dep = paired_key(REFERENCE, s, k)
+                out.append(PlannedRun(paired_key(row.label, s, k), row, s, k, dep, stage=int(dep is not None)))
     return sorted(out, key=lambda r: r.stage)  # stable: table order within a stage
 
 
@@ -224,3 +211,71 @@ def config_for(cfg: C.Config, run: PlannedRun, folder_of) -> C.Config:
     if run.sparsity is not None:
         data["sparsity"]["sparsity"] = run.sparsity
     return row_config(C.from_dict(data), run.row, folder_of(run.needs) if run.needs else None)
+
+
+# ---------------------------------------------------------------- a sweep's phases and jobs
+
+
+def tuned_methods(space: Space) -> list[str]:
+    """The methods that get a search: the searched ones, and with tune_baselines
+    every baseline's method that can be searched (the ablations and GMP derive
+    from DSR's selection; dense keeps the base config)."""
+    out = list(space.methods)
+    if space.tune_baselines:
+        for row in rows(space.baselines, space.base.sparsity.epoch_factor, space.base.train.epochs):
+            entry = methods.get(row.method)
+            if entry.runs is None and entry.needs is None and row.method not in out and row.method != DENSE:
+                out.append(row.method)
+    return out
+
+
+def searched_sparsities(space: Space) -> list[float] | None:
+    """The values of a searched ``sparsity.sparsity`` choice, or None (one sparsity)."""
+    p = next((p for p in space.params if p.key == SPARSITY and p.kind == "choice"), None)
+    return [float(v) for v in p.values] if p else None
+
+
+def search_phases(space: Space) -> list[Phase]:
+    """One search per tuned method and searched sparsity, each of ``search.samples``
+    trials: every (method, sparsity) cell of the comparison gets the same tuning budget
+    (one search over a sparsity choice would let the searcher spend it unevenly)."""
+    return [Phase.search(m, s) for m in tuned_methods(space) for s in (searched_sparsities(space) or [None])]
+
+
+def sweep_labels(space: Space) -> list[str]:
+    """The rows a sweep reports: its searched methods, its baselines, dense."""
+    return list(dict.fromkeys([*space.methods, *space.baselines] + ([DENSE] if space.dense else [])))
+
+
+def _role(row: Row, space: Space) -> Role:
+    if row.method == DENSE:
+        return Role.DENSE
+    searched = space.methods or [REFERENCE]  # a comparison without search: its own config is DSR's selection
+    return Role.SELECTED if row.label in searched else Role.BASELINE
+
+
+def jobs_for(space: Space, refs: dict[float, tuple[C.Config, str | None]],
+         tuned: dict[tuple[str, float], tuple[C.Config, str]], folder_of) -> list[Job]:
+    """Every paired job. ``refs``: per sparsity, the DSR config the rows derive
+    from and the search key it was selected as (None: a comparison's own
+    config); ``tuned``: the selections of the other searched or tuned methods (a row
+    is ``tuned`` when its configuration came from a search of its own: a
+    searched method's selection, or a tuned baseline's);
+    ``folder_of(job key)``: a job's run folder (a parent's, for stage-1 rows)."""
+    out: dict[str, Job] = {}
+    for s, (ref_cfg, ref_key) in sorted(refs.items()):
+        for run in plan(rows(sweep_labels(space), ref_cfg.sparsity.epoch_factor, ref_cfg.train.epochs), [s], space.seeds):
+            if run.key in out:  # the dense run serves every sparsity
+                continue
+            own = tuned.get((run.row.method, s))
+            if run.row.method == DENSE:
+                base, source = C.from_dict(with_values(space.base.to_dict(), {}, seed=run.seed)), None
+            else:
+                base, source = own if own else (ref_cfg, ref_key)
+            cfg = config_for(base, run, folder_of)
+            out[run.key] = Job(key=run.key, role=_role(run.row, space), method=run.row.label, sparsity=run.sparsity,
+                               seed=run.seed, config=cfg.to_dict(), stage=run.stage,
+                               group=None if run.sparsity is None else sparsity_tag(run.sparsity),
+                               selected_from=source, needs=run.needs,
+                               tuned=own is not None or (run.row.label in space.methods and source is not None))
+    return list(out.values())

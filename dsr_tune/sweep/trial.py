@@ -1,26 +1,18 @@
-"""The Tune trial function: one job, trained in the trial's own process or with Ray Train.
+"""One job's training, tracked in MLflow: in this process (:func:`run_job`:
+``dsr-tune compare`` without Ray, and a single-worker Tune trial), or as a
+Tune trial (:func:`run_trial`) with a Ray Train worker group when the job
+has ``train.workers >= 2``.
 
-A single-worker job (``train.workers <= 1``, the common case: one GPU per
-trial) trains right in the trial's process through public Tune APIs: no
-Ray Train controller or worker group is started, and with
-``reuse_actors`` the next trial reuses the same process (torch, MLflow
-already imported). Each epoch goes to Tune with ``tune.report`` (with
-``epochs_done``, what ASHA counts: Tune's training_iteration restarts when
-a trial is restored). Its checkpoints are the run folder's, in the sweep
-folder (shared by every node on a cluster): a trial restarted by Tune (its
-FailureConfig, or ``--resume`` after a killed driver) continues from the
-last one; handing Tune a copy every epoch would only double the writes and
-force a snapshot of Tune's state each time. The trial reserves
-``search.trial_cpus + train.cpus_per_worker`` CPUs (and one GPU with
-``train.use_gpu``): Tune's placement is the device training uses. Before
-torch sees CUDA the trial's process is shown only the GPU Ray assigned it
-(``ray.get_gpu_ids()``), or none at all, so ``train.device=auto`` trains on
-that GPU or on the CPU, never on a GPU another trial reserved.
-
-A job with ``train.workers >= 2`` builds a ``TorchTrainer`` (Train V2 style,
-through :func:`dsr_tune.distributed.fit`); rank 0's reports reach Tune
-through ``TuneReportCallback``. Either way the trial is idempotent: a job
-whose training had already finished only reports its final record again.
+Idempotent: a job whose folder holds its final epoch is not trained again
+(its records are replayed into MLflow if MLflow lacks them); one cut off
+mid-way continues from its checkpoint. A trial keeps its checkpoints in its
+run folder, not in Tune: a trial Tune restarts (FailureConfig, or
+``--resume`` after a killed driver) continues from the last one, and handing
+Tune a copy every epoch would only double the writes. A single-worker trial
+trains in the trial's own process (no Ray Train controller or worker group;
+with ``reuse_actors`` the next trial reuses the process, torch and MLflow
+already imported), shown only the GPU Ray assigned it, or none, so
+``train.device=auto`` never trains on a GPU another trial reserved.
 """
 
 from __future__ import annotations
@@ -33,11 +25,69 @@ import time
 
 from .. import config as C
 from .. import runfolder
-from ..tracking.mlflow_runs import epoch_scalars, update_run_file
-from .execute import finished, run_job
+from ..records import Status
+from ..tracking import MlflowLoggerSpec
+from ..tracking.mlflow_runs import epoch_scalars, run_key, update_run_file
 from .jobs import Job, SweepContext
 
 log = logging.getLogger("dsr_tune")
+
+
+def finished(run_dir, cfg: C.Config) -> bool:
+    """The folder holds the job's final checkpoint and its last epoch record."""
+    last = runfolder.last_epoch(run_dir)
+    if not runfolder.has_run(run_dir) or last is None or last["epochs_done"] < cfg.train.epochs:
+        return False
+    from .. import checkpoint as ckpt
+
+    return ckpt.load(run_dir, key=str(run_dir)).get("epoch", 0) >= cfg.train.epochs
+
+
+def run_job(ctx: SweepContext, job: Job, *, on_epoch_end=None, started: float | None = None,
+            close_on_error: bool = True) -> tuple[dict, bool]:
+    """Train ``job`` (or find it trained); returns (its last epoch record, whether
+    it trained now). ``on_epoch_end(record, checkpoint path or None)`` as in
+    :func:`dsr_tune.train.train`. The MLflow child run is created (or found by
+    its key) before training, logged live, and closed with the outcome; with
+    ``close_on_error=False`` (a Tune trial: Tune may retry it, and the driver's
+    Finalizer closes what it gives up on) a failed run stays RUNNING."""
+    from ..train import train
+
+    run_dir, cfg, tracker = ctx.run_dir(job.key), C.from_dict(job.config), ctx.tracker
+    identity = {**job.identity(), **({"started": started} if started else {})}
+    if not ctx.live_logging:  # the driver logs the run when it ends (a store this node cannot reach)
+        update_run_file(run_dir, **identity, status=Status.RUNNING, synced=False)
+        run_id = None
+    else:
+        run_id = tracker.child(run_dir, identity)
+    if finished(run_dir, cfg):
+        log.info("%s: already trained", job.key)
+        if ctx.live_logging:
+            tracker.finish(run_dir, run_id, Status.FINISHED, replay=True)
+        else:
+            update_run_file(run_dir, status=Status.FINISHED)
+        return runfolder.last_epoch(run_dir), False
+    specs = [MlflowLoggerSpec(tracker.target.uri, str(run_dir), run_id=run_id,
+                              key=run_key(tracker.sweep_id, job.key))] if run_id else []
+    status = Status.FAILED
+    try:
+        record = train(cfg, run_dir, resume=runfolder.has_run(run_dir), loggers=[s.make() for s in specs],
+                       on_epoch_end=on_epoch_end, progress=False)
+        status = Status.FINISHED
+    except KeyboardInterrupt:
+        status = Status.KILLED
+        raise
+    finally:
+        update_run_file(run_dir, trained=time.time())
+        if status == Status.FINISHED or close_on_error:
+            if ctx.live_logging:
+                tracker.finish(run_dir, run_id, status)
+            else:
+                update_run_file(run_dir, status=status)
+    return record, True
+
+
+# ---------------------------------------------------------------- as a Tune trial
 
 
 def in_process(cfg: dict, in_trial: bool = True) -> bool:
@@ -96,8 +146,6 @@ def _worker_group_trial(ctx: SweepContext, job: Job, started: float) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ..distributed import fit, storage
-    from ..tracking import MlflowLoggerSpec
-    from ..tracking.mlflow_runs import run_key
 
     run_dir, cfg, tracker = ctx.run_dir(job.key), C.from_dict(job.config), ctx.tracker
     name = job.key.replace("/", "-")  # the Ray Train run: <sweep>/ray_train/<name>
@@ -105,7 +153,7 @@ def _worker_group_trial(ctx: SweepContext, job: Job, started: float) -> None:
     if found is not None and found[1] >= cfg.train.epochs and finished(run_dir, cfg):
         log.info("%s: already trained, reporting its final epoch", job.key)
         run_id = tracker.child(run_dir, job.identity())
-        tracker.finish(run_dir, run_id, "FINISHED", replay=True)
+        tracker.finish(run_dir, run_id, Status.FINISHED, replay=True)
         tune.report(runfolder.last_epoch(run_dir))
         return
     # the MLflow run is made while Ray Train starts the worker group (mlflow takes seconds to
@@ -124,4 +172,4 @@ def _worker_group_trial(ctx: SweepContext, job: Job, started: float) -> None:
         # Finalizer closes the run as FAILED (an error) or KILLED (stopped early by ASHA)
         maker.join()
     update_run_file(run_dir, trained=time.time())
-    tracker.finish(run_dir, created.get("run_id"), "FINISHED", replay=not ctx.live_logging)
+    tracker.finish(run_dir, created.get("run_id"), Status.FINISHED, replay=not ctx.live_logging)

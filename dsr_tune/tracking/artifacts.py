@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 from .. import runfolder
+from ..records import EPOCH
 
 log = logging.getLogger("dsr_tune")
 
@@ -29,7 +30,7 @@ EXPORT_BYTES = "export_bytes"  # the metric: bytes of the sparse export
 def density_plot(records: list[dict], out: str | Path, title: str = "") -> Path | None:
     """Per-layer density (share of active weights) against epochs; None for a
     run without masks (dense, thin dense)."""
-    epochs = [r for r in records if r.get("kind") == "epoch" and r.get("density")]
+    epochs = [r for r in records if r.get("kind") == EPOCH and r.get("density")]
     if not epochs:
         return None
     import matplotlib

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import runfolder
+from ..records import EPOCH, REALLOC, Status
 from . import mlflow_runs, store
 
 log = logging.getLogger("dsr_tune")
@@ -97,7 +98,7 @@ class MlflowLogger:
     def log_record(self, record: dict) -> None:
         self._queue.put(("record", record))
 
-    def close(self, status: str = "FINISHED") -> None:
+    def close(self, status: str = Status.FINISHED) -> None:
         # the trial sets the run's status once it knows the outcome (a worker
         # group restart is not the end of the run)
         self._queue.put(None)
@@ -142,10 +143,10 @@ class MlflowLogger:
     def _handle(self, kind: str, payload: dict) -> None:
         if kind == "params":
             mlflow_runs.log_params(self._client, self.run_id, payload, existing=self._params)
-        elif payload.get("kind") == "realloc":
+        elif payload.get("kind") == REALLOC:
             if self._new(mlflow_runs.REALLOC + "pruned", int(payload["step"])):
                 self._buffer += mlflow_runs.record_metrics(payload)
-        elif payload.get("kind") == "epoch" and self._new("epoch", int(payload["epoch"]) + 1):
+        elif payload.get("kind") == EPOCH and self._new("epoch", int(payload["epoch"]) + 1):
             self._buffer += mlflow_runs.record_metrics(payload)
             self._flush()
 

@@ -18,8 +18,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .. import runfolder
+from ..records import EPOCH_METRICS, LAYER_TOTALS, REALLOC_METRICS, Status, turnover
+from ..records import EPOCH as EPOCH_KIND, REALLOC as REALLOC_KIND
 
-TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
 def read_run_file(run_dir: str | Path) -> dict | None:
@@ -37,14 +38,11 @@ def update_run_file(run_dir: str | Path, **fields) -> dict:
 
 TAG_RUN = "dsr_tune.run"          # <sweep id>/<key>: the identity of a run
 TAG_SWEEP = "sweep"               # the sweep id, on the parent and every child
-TAG_ROLE = "role"                 # parent | search | baseline | seed | dense
+TAG_ROLE = "role"                 # a dsr_tune.records.Role
 TAG_GIT = "git_revision"
 TAG_GIT_MLFLOW = "mlflow.source.git.commit"
 TAG_PARENT = "mlflow.parentRunId"
-EPOCH_KEYS = ("val_acc", "val_acc5", "val_loss", "test_acc", "test_acc5", "test_loss", "train_loss", "train_acc",
-              "nonzero_params", "lr", "samples_per_s", "epoch_time", "bad_images",
-              "train_flops", "infer_flops", "train_time", "realloc_time")  # the cost so far (train/flops.py)
-REALLOC_KEYS = ("threshold", "pruned", "grown", "realloc_time")
+EPOCH_KEYS, REALLOC_KEYS = EPOCH_METRICS, REALLOC_METRICS  # what becomes a metric (dsr_tune.records)
 EPOCH, REALLOC = "epoch/", "realloc/"  # metric-name prefixes: per epoch, per reallocation
 MAX_PARAMS = 100   # MLflow's limits per log_batch call
 MAX_METRICS = 1000
@@ -83,8 +81,8 @@ def ensure(client, experiment_id: str, key: str, run_name: str, tags: dict[str, 
     stale = [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
     if stale:
         client.log_batch(run.info.run_id, tags=stale)
-    if reopen and run.info.status != "RUNNING":
-        client.update_run(run.info.run_id, status="RUNNING")
+    if reopen and run.info.status != Status.RUNNING:
+        client.update_run(run.info.run_id, status=Status.RUNNING)
     return run.info.run_id, False
 
 
@@ -122,26 +120,24 @@ def record_metrics(record: dict) -> list[tuple[str, float, int]]:
     the training iteration, ``density/<tensor>`` per epoch; ``epoch`` is the
     epochs done (what a chart of anything against epochs plots)."""
     out: list[tuple[str, float, int]] = []
-    if record.get("kind") == "epoch":
+    if record.get("kind") == EPOCH_KIND:
         step = int(record["epoch"]) + 1
         out += [(EPOCH + k, float(record[k]), step) for k in EPOCH_KEYS if isinstance(record.get(k), (int, float))]
         out.append(("epoch", float(step), step))
         for layer, d in (record.get("density") or {}).items():
             out.append((f"density/{layer}", float(d), step))
-    elif record.get("kind") == "realloc":
+    elif record.get("kind") == REALLOC_KIND:
         step = int(record["step"])
-        for k in ("threshold", "realloc_time"):
-            if isinstance(record.get(k), (int, float)):
-                out.append((REALLOC + k, float(record[k]), step))
         layers = (record.get("layers") or {}).values()
-        for k in ("pruned", "grown"):
-            total = record.get(k)
-            if total is None:
-                total = sum(int(layer.get(k, 0)) for layer in layers)
-            out.append((REALLOC + k, float(total), step))
-        budget = sum(int(layer.get("nonzero", 0)) for layer in layers)
-        if budget:  # the share of the budget this reallocation moved
-            out.append((REALLOC + "turnover", float(record.get("pruned") or 0) / budget, step))
+        for k in REALLOC_KEYS:
+            value = record.get(k)
+            if value is None and k in LAYER_TOTALS:  # a record with per-layer counts only
+                value = sum(int(layer.get(k, 0)) for layer in layers)
+            if isinstance(value, (int, float)):
+                out.append((REALLOC + k, float(value), step))
+        share = turnover(record)
+        if share is not None:  # the share of the budget this reallocation moved
+            out.append((REALLOC + "turnover", float(share), step))
     return out
 
 

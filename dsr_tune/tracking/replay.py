@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import runfolder
+from ..records import SCORED, TERMINAL, Status
 from . import mlflow_runs
 from .logger import OFFLINE_FILE
-from .mlflow_runs import TERMINAL, read_run_file, update_run_file
+from .mlflow_runs import read_run_file, update_run_file
 
 
 @dataclass
@@ -40,8 +41,8 @@ def replay(client, run_id: str, run_dir: Path, summary: SyncSummary) -> None:
     done = mlflow_runs.logged_steps(client, run_id, {k for k, _, _ in triples})
     summary.metrics += mlflow_runs.log_metrics(client, run_id, triples, skip=done)
     status = info.get("status")
-    if status in ("FINISHED", "KILLED"):  # KILLED: stopped early by ASHA; its model is not the final one
-        summary.artifacts += log_files(client, run_id, run_dir, title=info["run_name"], model=status == "FINISHED")
+    if status in SCORED:  # KILLED: stopped early by ASHA; its model is not the final one
+        summary.artifacts += log_files(client, run_id, run_dir, title=info["run_name"], model=status == Status.FINISHED)
     if status in TERMINAL:
         client.set_terminated(run_id, status=status)
     (run_dir / OFFLINE_FILE).unlink(missing_ok=True)

@@ -14,9 +14,10 @@ import logging
 from pathlib import Path
 
 from .. import runfolder
+from ..records import TERMINAL
 from . import store
 from .replay import SyncSummary
-from .mlflow_runs import TERMINAL, read_run_file
+from .mlflow_runs import read_run_file
 from .tracker import SweepTracker
 
 log = logging.getLogger("dsr_tune")

@@ -17,6 +17,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..records import Role, Status
 from . import mlflow_runs, store
 from .replay import SyncSummary, replay as replay_folder
 from .mlflow_runs import read_run_file, update_run_file
@@ -62,8 +63,8 @@ class SweepTracker:
                 "(its report: report.md, report.png), a child run per trial and per reported run; the "
                 "group tag joins a selected configuration, its seed repeats and its baselines."))
             self.parent_id = mlflow_runs.find_or_create(
-                client, self.experiment_id, mlflow_runs.run_key(self.sweep_id, "parent"), self.sweep_id,
-                tags={**self._sweep_tags(), mlflow_runs.TAG_ROLE: "parent",
+                client, self.experiment_id, mlflow_runs.run_key(self.sweep_id, Role.PARENT), self.sweep_id,
+                tags={**self._sweep_tags(), mlflow_runs.TAG_ROLE: Role.PARENT,
                       store.DESCRIPTION_TAG: f"The sweep {self.sweep_id}: its settings are this run's params, "
                                              "its comparison table the report/ artifacts and s<sparsity>/<row>/* "
                                              "metrics."}, reopen=reopen)
@@ -88,7 +89,7 @@ class SweepTracker:
     def child(self, run_dir: str | Path, identity: dict) -> str | None:
         """Trial side: the child run of ``identity`` (key, run_name, tags),
         created once; its id is kept in the run folder. None when offline."""
-        update_run_file(run_dir, **identity, status="RUNNING", synced=False)
+        update_run_file(run_dir, **identity, status=Status.RUNNING, synced=False)
         if self.parent_id is None:
             update_run_file(run_dir, error=self.error or "MLflow was unreachable when the sweep started")
             return None
@@ -121,7 +122,7 @@ class SweepTracker:
             if replay:
                 self.sync(client, Path(run_dir), SyncSummary())
                 return True
-            if status == "FINISHED":
+            if status == Status.FINISHED:
                 from .artifacts import log_files
 
                 log_files(client, run_id, run_dir, title=(read_run_file(run_dir) or {}).get("run_name", ""))

@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..records import EPOCH, REALLOC, EpochRecord
 from .fingerprint import mask_fingerprint
 from .setup import Run, nonzero_params
 
@@ -102,7 +103,7 @@ def train_epoch(run: Run, epoch: int, on_realloc, show_bar: bool) -> dict:
         if run.masking is not None and stepped:
             run.masking.step()
             for event in run.masking.pop_events():
-                on_realloc({"kind": "realloc", **event})
+                on_realloc({"kind": REALLOC, **event})
         run.flops.charge(len(y))  # at the masks this step trained with (a skipped fp16 step computed too)
         loss_sum += loss.detach().double() * len(y)
         correct += (out.argmax(1) == y).sum()
@@ -115,11 +116,11 @@ def train_epoch(run: Run, epoch: int, on_realloc, show_bar: bool) -> dict:
     return {"train_loss": loss_tot / n, "train_acc": correct_tot / n, "samples_per_s": n / train_time}
 
 
-def epoch_record(run: Run, epoch: int, trained: dict, epoch_lr: float, started: float) -> dict:
+def epoch_record(run: Run, epoch: int, trained: dict, epoch_lr: float, started: float) -> EpochRecord:
     """The epoch's record: training stats, validation and test metrics, the
     budget, the cost so far (FLOPs, time, device), per-tensor densities and
     the mask digest (equal on every rank)."""
-    record = {"kind": "epoch", "epoch": epoch, "step": run.step, **trained}
+    record: EpochRecord = {"kind": EPOCH, "epoch": epoch, "step": run.step, **trained}
     if run.data.val is not None:
         record.update(evaluate(run, run.data.val, "val"))
     record.update(evaluate(run, run.data.test, "test"))

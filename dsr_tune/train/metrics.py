@@ -1,6 +1,6 @@
 """The metric-logger interface, its JSON-lines implementation, the progress line.
 
-A record is a dict with ``kind`` = "epoch" or "realloc". Trackers (MLflow,
+A record is a :mod:`dsr_tune.records` record (epoch or realloc). Trackers (MLflow,
 Ray) implement the same three methods; the trainer calls them on rank 0 only.
 """
 
@@ -9,13 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from ..records import EPOCH, Status
 from ..runfolder import record_line
 
 
 class MetricLogger(Protocol):
     def log_params(self, params: dict) -> None: ...
     def log_record(self, record: dict) -> None: ...
-    def close(self, status: str = "FINISHED") -> None: ...
+    def close(self, status: str = Status.FINISHED) -> None: ...
 
 
 class JsonlLogger:
@@ -32,7 +33,7 @@ class JsonlLogger:
     def log_record(self, record: dict) -> None:
         self._f.write(record_line(record))
 
-    def close(self, status: str = "FINISHED") -> None:
+    def close(self, status: str = Status.FINISHED) -> None:
         self._f.close()
 
 
@@ -51,7 +52,7 @@ def progress_line(record: dict, records: list[dict], epochs: int, epoch_s: float
     e = record["epoch"]
     parts = [f"epoch {e + 1}/{epochs}", f"loss {record['train_loss']:.4f}", f"train {100 * record['train_acc']:.2f}%"]
     if "val_acc" in record:
-        best = max(r["val_acc"] for r in records if r.get("kind") == "epoch" and "val_acc" in r)
+        best = max(r["val_acc"] for r in records if r.get("kind") == EPOCH and "val_acc" in r)
         parts.append(f"val {100 * record['val_acc']:.2f}% (best {100 * best:.2f}%)")
     test = f"test {100 * record['test_acc']:.2f}%"
     if "test_acc5" in record:

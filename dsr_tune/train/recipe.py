@@ -22,6 +22,7 @@ from pathlib import Path
 from .. import checkpoint as ckpt
 from .. import config as C
 from .. import runfolder
+from ..records import EPOCH, REALLOC, Status
 from ..data import resolved_comment
 from ..sparse import unwrap
 from .loop import epoch_record, train_epoch
@@ -64,8 +65,8 @@ def restore(run: Run, path: Path) -> None:
         run.records = list(state["records"])
     else:  # a checkpoint from before records were kept in it: what the log holds up to it
         run.records = [r for r in runfolder.read_records(metrics)
-                       if (r.get("kind") == "epoch" and r["epoch"] < run.start_epoch)
-                       or (r.get("kind") == "realloc" and r["step"] <= run.step)]
+                       if (r.get("kind") == EPOCH and r["epoch"] < run.start_epoch)
+                       or (r.get("kind") == REALLOC and r["step"] <= run.step)]
     if run.info.main:
         runfolder.write_records(metrics, run.records)
     log.info("resumed from %s at epoch %d (step %d)", path, run.start_epoch, run.step)
@@ -144,7 +145,7 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
 
     show_bar = run.info.main and (sys.stderr.isatty() if progress is None else progress)
     record: dict = {}
-    status, began = "FAILED", time.perf_counter()
+    status, began = Status.FAILED, time.perf_counter()
     try:
         end = min(cfg.train.epochs, cfg.train.stop_after or cfg.train.epochs)
         for epoch in range(run.start_epoch, end):
@@ -162,9 +163,9 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
                                              (time.perf_counter() - began) / (epoch + 1 - run.start_epoch)))
             if on_epoch_end is not None:
                 on_epoch_end(record, path)
-        status = "FINISHED"
+        status = Status.FINISHED
     except KeyboardInterrupt:
-        status = "KILLED"
+        status = Status.KILLED
         raise
     finally:
         for lg in loggers:

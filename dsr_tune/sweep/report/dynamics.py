@@ -1,33 +1,21 @@
-"""Diagnostics that explain a result, from the run folders: how the methods moved their budget.
-
-One figure per sparsity (``report_dynamics_s<sparsity>.png`` beside the report),
-from the first report seed of every dynamic row:
-
-- DSR's pruning threshold H over training, and its pruned count K per
-  reallocation against the target Np (with the +-delta band that keeps H);
-- the share of the budget turned over per reallocation, for every dynamic
-  method (pruned / budget);
-- per-layer density over training, one panel per method on one scale: where
-  each method puts its budget (the paper: larger and deeper layers end up sparser).
-
-Every reallocation record carries what is drawn (``threshold``, ``pruned``,
-per-layer ``nonzero``), so the same numbers are in MLflow as ``realloc/*``.
+"""What explains a result, from the run folders: how the dynamic methods moved
+their budget. One figure per sparsity (``report_dynamics_s<sparsity>.png``
+beside the report), from the first report seed of every dynamic row: DSR's
+threshold H and pruned count K against Np, the budget turned over per
+reallocation, and per-layer density over training on one scale (the paper:
+larger and deeper layers end up sparser). The same numbers are in MLflow as
+``realloc/*`` and ``density/*``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .. import config as C
-from .. import methods, runfolder
-from .results import Table
-
-
-def turnover(record: dict) -> float | None:
-    """A reallocation's pruned count over the budget it kept (its layers' non-zero sum)."""
-    layers = record.get("layers") or {}
-    budget = sum(int(v.get("nonzero", 0)) for v in layers.values())
-    return record["pruned"] / budget if budget else None
+from ... import config as C
+from ... import methods, runfolder
+from ...records import EPOCH, REALLOC, turnover
+from ..terms import REFERENCE, paired_key, sparsity_tag
+from .stats import Table
 
 
 def _runs(sweep_dir: Path, table: Table, s: float) -> dict[str, Path]:
@@ -38,7 +26,7 @@ def _runs(sweep_dir: Path, table: Table, s: float) -> dict[str, Path]:
         if entry is None or methods.get(entry.trains_as).kind != "dynamic" or not ln.by_seed:
             continue
         seed = sorted(ln.by_seed)[0]
-        folder = sweep_dir / runfolder.RUNS / "paired" / ln.method.replace(":", "_") / f"s{s:g}" / f"seed{seed}"
+        folder = sweep_dir / runfolder.RUNS / paired_key(ln.method, s, seed)
         if (folder / runfolder.METRICS).exists():
             out[ln.method] = folder
     return out
@@ -72,7 +60,7 @@ def plot(sweep_dir: str | Path, table: Table) -> list[Path]:
         fig.suptitle(f"{table.title}: how the budget moved at sparsity {s:g} (first report seed of each row)",
                      fontsize=10)
         fig.tight_layout()
-        out = sweep_dir / f"report_dynamics_s{s:g}.png"
+        out = sweep_dir / f"report_dynamics_{sparsity_tag(s)}.png"
         runfolder.save_figure(fig, out)
         plt.close(fig)
         written.append(out)
@@ -81,11 +69,11 @@ def plot(sweep_dir: str | Path, table: Table) -> list[Path]:
 
 def _dsr_panels(ax_h, ax_k, runs: dict[str, Path]) -> None:
     for label, folder in runs.items():
-        reallocs = [r for r in runfolder.read_records(folder) if r.get("kind") == "realloc"]
+        reallocs = [r for r in runfolder.read_records(folder) if r.get("kind") == REALLOC]
         steps = [r["step"] for r in reallocs]
         share = [turnover(r) for r in reallocs]
         ax_k.plot(steps, share, lw=1, label=f"{label}: pruned / budget")
-        if label == "dsr" and reallocs and "threshold" in reallocs[0]:  # the reference row only
+        if label == REFERENCE and reallocs and "threshold" in reallocs[0]:  # the reference row only
             cfg = C.load(folder / runfolder.CONFIG)
             ax_h.semilogy(steps, [r["threshold"] for r in reallocs], color="C0", lw=1.2, label=f"{label}: H")
             np_, delta = cfg.sparsity.dsr.target_pruned, cfg.sparsity.dsr.delta
@@ -106,7 +94,7 @@ def _dsr_panels(ax_h, ax_k, runs: dict[str, Path]) -> None:
 
 
 def _density_panel(ax, label: str, folder: Path) -> None:
-    epochs = [r for r in runfolder.read_records(folder) if r.get("kind") == "epoch" and r.get("density")]
+    epochs = [r for r in runfolder.read_records(folder) if r.get("kind") == EPOCH and r.get("density")]
     if not epochs:
         ax.axis("off")
         return

@@ -1,55 +1,29 @@
-"""Search-space files: parse, validate every key and range, before Ray starts.
+"""The space file (``search_spaces/*.yaml``, its keys in README's Sweeps section):
+read, overridden and validated, every key and range, before Ray starts.
 
-A sweep is one YAML file (see ``search_spaces/``)::
-
-    name: digits_demo                 # MLflow experiment; default output runs/sweeps/<name>
-    base: ../configs/digits.yaml      # the training config every trial starts from (relative to this file)
-    config: {train: {epochs: 10}}     # changes to it, nested like a config file
-    methods: [dsr]                    # methods searched (several: a categorical parameter)
-    space:                            # dotted config key -> distribution
-      sparsity.sparsity: {choice: [0.8, 0.9]}
-      sparsity.dsr.delta: {uniform: [0.05, 0.3]}      # DSR's own key: drawn only for DSR trials
-      optim.lr: {loguniform: [0.02, 0.1]}
-    search: {samples: 6, metric: val_acc, mode: max, seed: 0, trial_seed: 0, pareto: false, asha: null}
-    seeds: [1, 2]                     # fresh seeds: the selection re-trained, every baseline (not trial_seed)
-    baselines: [static, thin_dense]   # rows per sparsity: any method or ablation (controls at 1x and 2x)
-    dense: true                       # the full dense reference, once per seed
-    tune_baselines: false             # true: each baseline gets its own search of the same size
-    tracking: {uri: null, experiment: null}
-
-Selection is honest by construction: every searched method (and, with
-``tune_baselines``, every baseline) has its own Optuna search of
-``search.samples`` trials at each searched sparsity (a choice of
-``sparsity.sparsity`` is a grid, not a dimension the searcher may favour) on
-``search.trial_seed``, selected on
-``search.metric`` of the validation split; the selected configuration and
-every baseline are then trained on ``seeds``, which must not include the
-trial seed. Selecting on a test metric is refused unless
-``search.select_on_test: true`` (the report then says so).
-
-Which method reads which key comes from the method registry: a key under
-``sparsity.<method>.`` is that method's, the period-schedule keys belong to
-the methods that read them, every other key to every method. Every problem
-raises :class:`dsr_tune.config.ConfigError` naming the dotted key
+Selection is honest by construction, so the file is refused where it would
+not be: ``seeds`` (the report's runs) may not include ``search.trial_seed``
+(the search's), and ``search.metric`` may not be a test metric unless
+``search.select_on_test`` says so. Every problem raises
+:class:`dsr_tune.config.ConfigError` naming the dotted key
 (``space.sparsity.dsr.delta``, ``search.samples``, ...). Only yaml, pydantic
-and the config modules are imported here.
+and the config modules are imported here: the CLI validates without torch.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-
 from .. import config as C
-from .. import methods
+from ..records import SCORES
 from ..schema import Real, Section, build, opt
 from . import plan
-from .params import DISTRIBUTIONS, Param, _check_values, parse_param, readers, searchable_methods  # noqa: F401
+from .params import SPARSITY, Param, _check_values, parse_param, searchable_methods
+from .terms import REFERENCE
 
-METRICS = ("test_acc", "test_acc5", "test_loss", "train_loss", "train_acc", "val_acc", "val_acc5", "val_loss")
+METRICS = SCORES  # the split scores of the epoch record (dsr_tune.records)
 TOP_KEYS = ("name", "base", "config", "methods", "space", "search", "seeds", "baselines", "dense", "tune_baselines",
             "tracking")
 
@@ -154,7 +128,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> Space:
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise C.ConfigError("name", f"{name!r} must be letters, digits, '-', '_' or '.'")
     base_data = _base_data(path, raw)
-    searched = _str_list("methods", raw.get("methods", ["dsr"]), searchable_methods(), empty_ok=False)
+    searched = _str_list("methods", raw.get("methods", [REFERENCE]), searchable_methods(), empty_ok=False)
     base_data.setdefault("sparsity", {})["method"] = searched[0]
     if not base_data.setdefault("train", {}).get("workers"):
         base_data["train"]["workers"] = 1  # a sweep always trains through Ray
@@ -208,46 +182,6 @@ def _flag(raw: dict, key: str, default: bool) -> bool:
 
 def _has_validation(cfg: C.Config) -> bool:
     return cfg.data.val_fraction is None or cfg.data.val_fraction > 0
-
-
-def tuned_methods(space: Space) -> list[str]:
-    """The methods that get a search: the searched ones, and with tune_baselines
-    every baseline's method that can be searched (the ablations and GMP derive
-    from DSR's selection; dense keeps the base config)."""
-    out = list(space.methods)
-    if space.tune_baselines:
-        for row in plan.rows(space.baselines, space.base.sparsity.epoch_factor, space.base.train.epochs):
-            entry = methods.get(row.method)
-            if entry.runs is None and entry.needs is None and row.method not in out and row.method != "dense":
-                out.append(row.method)
-    return out
-
-
-SPARSITY = "sparsity.sparsity"  # a searched choice of it is a grid: every value gets its own searches
-
-
-def searched_sparsities(space: Space) -> list[float] | None:
-    """The values of a searched ``sparsity.sparsity`` choice, or None (one sparsity)."""
-    p = next((p for p in space.params if p.key == SPARSITY and p.kind == "choice"), None)
-    return [float(v) for v in p.values] if p else None
-
-
-def search_phase(method: str, sparsity: float | None = None) -> str:
-    """A search phase's name: ``search-<method>``, ``search-<method>-s<sparsity>`` in a grid."""
-    return f"search-{method}" + ("" if sparsity is None else f"-s{sparsity:g}")
-
-
-def phase_cell(phase: str) -> tuple[str, float | None]:
-    """``(method, sparsity or None)`` of a search phase's name (method names hold no hyphen)."""
-    method, sep, sparsity = phase.removeprefix("search-").partition("-s")
-    return method, float(sparsity) if sep else None
-
-
-def search_phases(space: Space) -> list[str]:
-    """One search per tuned method and searched sparsity, each of ``search.samples``
-    trials: every (method, sparsity) cell of the comparison gets the same tuning budget
-    (one search over a sparsity choice would let the searcher spend it unevenly)."""
-    return [search_phase(m, s) for m in tuned_methods(space) for s in (searched_sparsities(space) or [None])]
 
 
 def params_for(space: Space, method: str, sparsity: float | None = None) -> list[Param]:
@@ -329,18 +263,3 @@ def _merge(into: dict, values: dict) -> None:
             _merge(into[k], v)
         else:
             into[k] = v
-
-
-def concurrency(space: Space, resources: dict[str, float]) -> int:
-    """Trials at once: ``search.max_concurrent`` when set (an autoscaling
-    cluster starts without the nodes it will add), else how many fit in
-    ``resources`` (Ray's cluster_resources()), at least 1: each trial holds
-    ``trial_cpus`` plus its workers' CPUs (and GPUs)."""
-    if space.search.max_concurrent:
-        return space.search.max_concurrent
-    t = space.base.train
-    per_cpu = space.search.trial_cpus + t.workers * t.cpus_per_worker
-    fits = math.floor(resources.get("CPU", 0.0) / per_cpu + 1e-9)
-    if t.use_gpu:
-        fits = min(fits, math.floor(resources.get("GPU", 0.0) / t.workers + 1e-9))
-    return max(1, fits)

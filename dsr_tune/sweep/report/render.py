@@ -1,8 +1,8 @@
-"""A results table written out: terminal text, Markdown, CSV, and the figure.
+"""The table written out: terminal text, Markdown, CSV, and the figure.
 
 Every form says which split each number is from, what selected the
 configuration, n, the 95% intervals and the seed-paired differences to DSR
-(see :mod:`.results`).
+(:mod:`.stats`), so no number is read without what it means.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import csv
 import io
 from pathlib import Path
 
-from .. import runfolder
-from .results import Line, RunRow, Table, summarize
+from ... import runfolder
+from ...records import split_of as _split
+from ..terms import DENSE, REFERENCE
+from .stats import Line, Table
 
 COLUMNS = ("method", "epochs", "tuned", "n", "mean ± std", "95% CI", "Δ vs DSR (paired, 95% CI)",
            "non-zero params", "note")
@@ -29,7 +31,7 @@ def _ci(ci) -> str:
 def _diff(ln: Line) -> str:
     d = ln.diff
     if d is None:
-        return "reference" if ln.method == "dsr" else "-"
+        return "reference" if ln.method == REFERENCE else "-"
     mark = "" if d.resolved else " ~0"
     if d.degenerate:
         mark += " (no spread)"
@@ -48,7 +50,7 @@ SPLITS = {"val": "the validation split (a fixed slice of the training data)", "t
 
 def split_of(metric: str) -> str:
     """The split a metric is measured on, in words (``test_acc`` -> the test split)."""
-    return SPLITS.get(metric.partition("_")[0], "an unknown split")
+    return SPLITS.get(_split(metric), "an unknown split")
 
 
 def header(t: Table) -> list[str]:
@@ -64,20 +66,6 @@ def header(t: Table) -> list[str]:
              "with its 95% interval (~0: the interval contains 0, not resolved at this n; no spread: every "
              "paired difference equal, judged by a sign test, which needs n >= 6)."]
     return lines + [f"WARNING: {w}" for w in t.warnings]
-
-
-def standing(rows: list[RunRow], sparsity: float) -> str:
-    """A paired phase's best so far at ``sparsity``, saying what it is of: DSR's
-    and the leading row's test-split mean over the fresh seeds ended so far."""
-    lines = [ln for ln in summarize("", rows).sections.get(sparsity, []) if ln.method != "dense"]
-    if not lines:
-        return ""
-    best = max(lines, key=lambda ln: ln.mean)
-    dsr = next((ln for ln in lines if ln.method == "dsr"), None)
-    shown = [] if dsr is None else [f"dsr {_pct(dsr.mean)}% (n {dsr.n})" + (", the best" if best is dsr else "")]
-    if best is not dsr:
-        shown.append(f"best {best.method} {_pct(best.mean)}% (n {best.n})")
-    return f"s{sparsity:g} so far (test mean over the seeds ended): {', '.join(shown)}"
 
 
 def _selection(t: Table, s: float) -> list[str]:
@@ -143,10 +131,10 @@ def styles(methods: list[str]) -> dict[str, dict]:
     import matplotlib
 
     cmap = matplotlib.colormaps["tab20"]
-    out, others = {}, [m for m in sorted(methods) if m != "dsr"]
+    out, others = {}, [m for m in sorted(methods) if m != REFERENCE]
     for i, m in enumerate(others):
         out[m] = {"color": cmap(i % 20), "marker": MARKERS[i % len(MARKERS)], "lw": 1.2}
-    out["dsr"] = {"color": "k", "marker": "o", "lw": 2.4}
+    out[REFERENCE] = {"color": "k", "marker": "o", "lw": 2.4}
     return out
 
 
@@ -164,11 +152,11 @@ def plot(t: Table, out: str | Path) -> Path:
     dense = None
     for lines in t.sections.values():
         for ln in lines:
-            if ln.method == "dense":
+            if ln.method == DENSE:
                 dense = ln
             else:
                 by_method.setdefault(ln.method, []).append(ln)
-    look = styles(list(by_method) + ["dense"])
+    look = styles(list(by_method) + [DENSE])
     sections = [(s, [ln for ln in lines if ln.diff is not None]) for s, lines in sorted(t.sections.items())]
     sections = [(s, lines) for s, lines in sections if lines]
     fig, axes = plt.subplots(1, 1 + len(sections), figsize=(7.2 + 4.2 * len(sections), 5.2), dpi=110,
@@ -180,7 +168,7 @@ def plot(t: Table, out: str | Path) -> Path:
                [100 * (ln.ci[1] - ln.mean) if ln.ci else 0 for ln in lines]]
         st = look[method]
         ax.errorbar([ln.nonzero for ln in lines], [100 * ln.mean for ln in lines], yerr=err, marker=st["marker"],
-                    color=st["color"], lw=st["lw"], capsize=3, label=method, zorder=3 if method == "dsr" else 2)
+                    color=st["color"], lw=st["lw"], capsize=3, label=method, zorder=3 if method == REFERENCE else 2)
     if dense is not None:
         ax.axhline(100 * dense.mean, color="k", ls="--", lw=1, label=f"dense ({round(dense.nonzero):,} params)")
     ax.set_xscale("log")
@@ -191,7 +179,7 @@ def plot(t: Table, out: str | Path) -> Path:
     ax.legend(fontsize=7, ncol=2)
     for ax, (s, lines) in zip(axes[0][1:], sections):
         for y, ln in enumerate(lines):
-            d, st = ln.diff, look.get(ln.method, look["dense"])
+            d, st = ln.diff, look.get(ln.method, look[DENSE])
             lo, hi = (d.ci if d.ci else (d.mean, d.mean))
             ax.errorbar([100 * d.mean], [y], xerr=[[100 * (d.mean - lo)], [100 * (hi - d.mean)]],
                         marker=st["marker"], color=st["color"], capsize=3, ls="none",

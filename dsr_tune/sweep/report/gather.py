@@ -1,13 +1,10 @@
-"""``dsr-tune report SWEEP``: a sweep's (or comparison's) table and figure, from MLflow.
+"""``dsr-tune report SWEEP``: gather a sweep's (or comparison's) runs, build
+its table (:mod:`.stats`), write it (:mod:`.render`, :mod:`.dynamics`) and
+log it to the parent run with the table's numbers as its metrics.
 
 The runs come from MLflow (the sweep's child runs, by its ``sweep`` tag) or,
 when MLflow is out of reach or holds nothing of it, from the sweep folder's
-run folders (:func:`load_local`). The numbers are :mod:`.results`'s: per
-sparsity, each row's test accuracy over the report's seeds with n, std, the
-95% interval and the seed-paired difference to DSR; the selection runs on
-their own lines. Written as ``report.md`` (Markdown tables), ``report.png``
-(the figure, with the intervals) and ``results.csv`` into the sweep folder,
-and logged to the parent run with the table's numbers as its metrics.
+run folders (:func:`load_local`): both hold the same records.
 """
 
 from __future__ import annotations
@@ -17,9 +14,11 @@ import logging
 import time
 from pathlib import Path
 
-from .. import runfolder
-from . import tables
-from .results import RunRow, Table, pareto_front, summarize
+from ... import runfolder
+from ...records import Role
+from ..terms import REFERENCE, slug, sparsity_tag
+from . import render
+from .stats import RunRow, Table, pareto_front, summarize
 
 log = logging.getLogger("dsr_tune")
 
@@ -34,14 +33,14 @@ def _float(v):
 def _row(key: str, tags: dict, status: str, metrics: dict, epochs: int) -> RunRow:
     sparsity, role = _float(tags.get("sparsity")), tags.get("role", "")
     # a re-trained selection came from a search: tuned (older sweeps tagged it "false")
-    tuned = str(tags.get("tuned")).lower() == "true" or (role == "selected" and bool(tags.get("selected_from")))
+    tuned = str(tags.get("tuned")).lower() == "true" or (role == Role.SELECTED and bool(tags.get("selected_from")))
     return RunRow(key=key, role=role, method=tags.get("method", "?"),
-                  sparsity=None if role == "dense" else sparsity, seed=int(tags.get("seed", 0)),
+                  sparsity=None if role == Role.DENSE else sparsity, seed=int(tags.get("seed", 0)),
                   status=status, metrics=metrics, epochs=epochs, tuned=tuned, selected_from=tags.get("selected_from"))
 
 
 def row_from_mlflow(run) -> RunRow:
-    from ..tracking.mlflow_runs import EPOCH
+    from ...tracking.mlflow_runs import EPOCH
 
     tags, params = run.data.tags, run.data.params
     metrics = {k.removeprefix(EPOCH): v for k, v in run.data.metrics.items()}  # epoch/test_acc -> test_acc
@@ -62,8 +61,8 @@ def load_mlflow(client, sweep_id: str, link: bool = False) -> tuple[list[RunRow]
             link_runs(client, runs)
         except Exception as exc:  # noqa: BLE001 (a store that refuses tags still reports)
             log.warning("MLflow: the runs' link tags were not set: %s", str(exc).splitlines()[0] if str(exc) else exc)
-    parent = next((r for r in runs if r.data.tags.get("role") == "parent"), None)
-    return [row_from_mlflow(r) for r in runs if r.data.tags.get("role") != "parent"], parent
+    parent = next((r for r in runs if r.data.tags.get("role") == Role.PARENT), None)
+    return [row_from_mlflow(r) for r in runs if r.data.tags.get("role") != Role.PARENT], parent
 
 
 # the MLflow run ids a reported run is linked to (beside the group tag and selected_from's job key)
@@ -77,14 +76,14 @@ def link_runs(client, runs) -> int:
     once every run exists (the report runs when the sweep ends; a run may start before
     the DSR run it is compared with). Idempotent; returns how many tags it set."""
     by_key = {r.data.tags.get("dsr_tune.run", "").split("/", 1)[-1]: r for r in runs}
-    reported = [r for r in runs if r.data.tags.get("role") in ("selected", "baseline")]
+    reported = [r for r in runs if r.data.tags.get("role") in (Role.SELECTED, Role.BASELINE)]
     dsr = {(r.data.tags.get("sparsity"), r.data.tags.get("seed")): r for r in reported
-           if r.data.tags.get("method") == "dsr"}
+           if r.data.tags.get("method") == REFERENCE}
     n = 0
     for r in reported:
         tags = r.data.tags
         source = by_key.get(tags.get("selected_from") or "")
-        ref = dsr.get((tags.get("sparsity"), tags.get("seed"))) if tags.get("method") != "dsr" else None
+        ref = dsr.get((tags.get("sparsity"), tags.get("seed"))) if tags.get("method") != REFERENCE else None
         want = {LINK_SELECTED: source.info.run_id if source is not None else None,
                 LINK_DSR: ref.info.run_id if ref is not None else None}
         for name, value in want.items():
@@ -100,7 +99,7 @@ def latest_sweep(client, name: str) -> str | None:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         return None
-    parents = client.search_runs([exp.experiment_id], filter_string="tags.role = 'parent'",
+    parents = client.search_runs([exp.experiment_id], filter_string=f"tags.role = '{Role.PARENT}'",
                                  order_by=["attributes.start_time DESC"], max_results=1)
     return parents[0].data.tags.get("sweep") if parents else None
 
@@ -109,8 +108,8 @@ def load_local(sweep_dir: str | Path) -> list[RunRow]:
     """The same rows from a sweep folder's run folders (no MLflow)."""
     import yaml
 
-    from ..tracking.mlflow_runs import last_epoch, read_run_file
-    from ..tracking.sync import run_folders
+    from ...tracking.mlflow_runs import last_epoch, read_run_file
+    from ...tracking.sync import run_folders
 
     rows = []
     for run_dir in run_folders(sweep_dir):
@@ -139,7 +138,7 @@ def _settings(meta: dict | None, params: dict | None) -> tuple[str, str, bool]:
 def _find(sweep: str, uri: str | None):
     """(sweep id, target, sweep.json or None, folder or None) for a folder, an id or a name.
     A name or id on an embedded store that does not exist is refused without creating it."""
-    from ..tracking import store
+    from ...tracking import store
 
     folder = Path(sweep) if (Path(sweep) / runfolder.SWEEP).is_file() else None
     if folder is not None:
@@ -156,7 +155,7 @@ def _find(sweep: str, uri: str | None):
 
 
 def _gather(sweep: str, uri: str | None):
-    from ..tracking import store
+    from ...tracking import store
 
     sweep_id, tgt, meta, folder = _find(sweep, uri)
     rows, parent, client, source = [], None, None, store.redact(tgt.uri)
@@ -196,13 +195,13 @@ def build(sweep: str, uri: str | None = None, out_dir: str | Path | None = None)
     where = folder or Path(out_dir or ".")
     stem = "report" if folder else f"report-{sweep_id}"
     files = {"md": where / f"{stem}.md", "png": where / f"{stem}.png", "csv": where / f"{stem}.csv"}
-    runfolder.atomic_write(files["md"], tables.markdown(table))
-    tables.plot(table, files["png"])
-    tables.write_csv(table, files["csv"])
+    runfolder.atomic_write(files["md"], render.markdown(table))
+    render.plot(table, files["png"])
+    render.write_csv(table, files["csv"])
     if folder is not None:  # what explains the numbers: how each dynamic method moved its budget
-        from . import diagnostics
+        from . import dynamics
 
-        for path in diagnostics.plot(folder, table):
+        for path in dynamics.plot(folder, table):
             files[path.stem] = path
     if parent is not None:
         _log_to_parent(client, parent.info.run_id, table, files)
@@ -219,7 +218,7 @@ def _log_to_parent(client, run_id: str, table: Table, files: dict[str, Path]) ->
         metrics, now = [], int(time.time() * 1000)
         for s, lines in table.sections.items():
             for ln in lines:
-                name = f"s{s:g}/{ln.method.replace(':', '_')}"
+                name = f"{sparsity_tag(s)}/{slug(ln.method)}"
                 values = {"mean": ln.mean, "std": ln.std, "n": ln.n}
                 if ln.ci:
                     values.update(ci_low=ln.ci[0], ci_high=ln.ci[1])

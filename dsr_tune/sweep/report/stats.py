@@ -1,18 +1,11 @@
-"""The one results module: the comparison's table, with its statistics.
+"""The comparison's table and its statistics, from plain runs (:class:`RunRow`).
 
-Used by ``dsr-tune compare`` and ``dsr-tune sweep`` / ``report`` alike. A
-table holds, per sparsity, one row per comparison label (``dsr``,
-``static_1x``, ``static_2x``, ...) over the report's seeds:
-
-- mean and sample std (n - 1) of the test metric, n, and a 95% confidence
-  interval of the mean (Student t, n - 1 degrees of freedom; none for n = 1);
-- the seed-paired difference to DSR: the mean of (row - DSR) over the seeds
-  both have, with its own 95% t interval, marked ``~0`` when that interval
-  contains 0 (not resolved at this n);
-- epochs, non-zero parameters, and whether the row's hyperparameters were tuned.
-
-The selection runs (search trials) are listed on their own lines, never
-averaged into a row. Pure: :func:`summarize` takes plain :class:`RunRow`\\s.
+Per sparsity, one line per row label over the report's seeds: mean and sample
+std, n, the 95% t interval of the mean (none for n = 1), and the seed-paired
+difference to DSR (the mean of row - DSR over the seeds both have, which
+cancels what a seed does to both) with its own interval. The search trials
+are listed apart, never averaged into a row: every reported mean is over
+fresh seeds. Pure: no MLflow, no files.
 """
 
 from __future__ import annotations
@@ -22,12 +15,14 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ...records import Role, Status
+from ..terms import DENSE, REFERENCE
 
 
 def order_key(label: str) -> tuple:
     """A row's place in a section: DSR first, then the registry's order (the
     controls 1x before the long one, dense last)."""
-    from .. import methods
+    from ... import methods
 
     names = list(methods.REGISTRY)
     base, _, arg = label.partition(":")
@@ -35,7 +30,7 @@ def order_key(label: str) -> tuple:
     for name in names:
         if base.startswith(name + "_") and base.endswith("x"):
             base, factor = name, float(base[len(name) + 1:-1] or 0)
-    place = -1 if base == "dsr" else (len(names) if base == "dense" else names.index(base) if base in names else 99)
+    place = -1 if base == REFERENCE else (len(names) if base == DENSE else names.index(base) if base in names else 99)
     return place, factor, int(arg) if arg.isdigit() else 0, label
 
 
@@ -44,7 +39,7 @@ class RunRow:
     """One run as MLflow (or its run folder) holds it."""
 
     key: str
-    role: str                 # search | selected | baseline | dense
+    role: str                 # a Role
     method: str               # the row label: dsr, static_2x, dsr_stop:5, ...
     sparsity: float | None
     seed: int
@@ -150,12 +145,12 @@ class Table:
 
 def _epochs(r: RunRow) -> int:
     """Epochs trained: the configured ones, or fewer for a run stopped early."""
-    return r.epochs if r.status == "FINISHED" else int(r.metrics.get("epochs_done") or r.epochs)
+    return r.epochs if r.status == Status.FINISHED else int(r.metrics.get("epochs_done") or r.epochs)
 
 
 def _line(label: str, sparsity, runs: list[RunRow], reported: str) -> Line:
     runs = [r for r in runs if reported in r.metrics]
-    stopped = sum(r.status != "FINISHED" for r in runs)
+    stopped = sum(r.status != Status.FINISHED for r in runs)
     notes = [f"{stopped} stopped early"] if stopped else []
     return Line(label, sparsity, {r.seed: r.metrics[reported] for r in runs},
                 statistics.mean(r.metrics.get("nonzero_params", 0) for r in runs), max(_epochs(r) for r in runs),
@@ -165,7 +160,7 @@ def _line(label: str, sparsity, runs: list[RunRow], reported: str) -> Line:
 def _note_parents(lines: list[Line]) -> None:
     """A row that starts from another run (gmp: the dense run; the ablations: DSR's) says
     so, with the epochs that run trained first (its own epochs column counts only its own)."""
-    from .. import methods
+    from ... import methods
 
     by_label = {ln.method: ln for ln in lines}
     for ln in lines:
@@ -177,29 +172,29 @@ def _note_parents(lines: list[Line]) -> None:
 
 
 def summarize(title: str, rows: list[RunRow], metric: str = "val_acc", mode: str = "max",
-              reported: str = "test_acc", reference: str = "dsr") -> Table:
+              reported: str = "test_acc", reference: str = REFERENCE) -> Table:
     """The table of ``rows`` (search trials and report runs of one comparison)."""
-    table = Table(title, metric, mode, reported, searched=sum(r.role == "search" for r in rows))
-    report = [r for r in rows if r.role != "search" and reported in r.metrics]
+    table = Table(title, metric, mode, reported, searched=sum(r.role == Role.SEARCH for r in rows))
+    report = [r for r in rows if r.role != Role.SEARCH and reported in r.metrics]
     table.seeds = sorted({r.seed for r in report})
-    dense = [r for r in report if r.role == "dense"]
+    dense = [r for r in report if r.role == Role.DENSE]
     sparsities = sorted({r.sparsity for r in report if r.sparsity is not None})
     chosen = {r.selected_from for r in report if r.selected_from}
     for s in sparsities:
         labels: dict[str, list[RunRow]] = {}
         for r in report:
-            if r.sparsity == s and r.role != "dense":
+            if r.sparsity == s and r.role != Role.DENSE:
                 labels.setdefault(r.method, []).append(r)
         lines = [_line(m, s, labels[m], reported) for m in sorted(labels, key=order_key)]
         if dense:
-            lines.append(_line("dense", None, dense, reported))
+            lines.append(_line(DENSE, None, dense, reported))
         _note_parents(lines)
         ref = next((ln for ln in lines if ln.method == reference), None)
         for ln in lines:
             if ref is not None and ln is not ref:
                 ln.diff = paired(ln.by_seed, ref.by_seed)
         table.sections[s] = lines
-        table.selection[s] = sorted((r for r in rows if r.role == "search" and r.key in chosen and r.sparsity == s),
+        table.selection[s] = sorted((r for r in rows if r.role == Role.SEARCH and r.key in chosen and r.sparsity == s),
                                     key=lambda r: r.method)
     if metric.startswith("test_"):
         table.warnings.append(f"selected on {metric}, a test metric (search.select_on_test: true): the selected "
@@ -210,7 +205,7 @@ def summarize(title: str, rows: list[RunRow], metric: str = "val_acc", mode: str
 def pareto_front(rows: list[RunRow], metric: str = "val_acc") -> list[RunRow]:
     """Finished search runs no other one beats on both ``metric`` (higher) and
     nonzero_params (lower)."""
-    pts = [r for r in rows if r.role == "search" and r.status == "FINISHED"
+    pts = [r for r in rows if r.role == Role.SEARCH and r.status == Status.FINISHED
            and {metric, "nonzero_params"} <= set(r.metrics)]
 
     def beats(o, r):

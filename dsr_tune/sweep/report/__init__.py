@@ -1,0 +1,3 @@
+"""The report of a sweep or comparison: :mod:`.gather` its runs (MLflow, else the
+run folders), :mod:`.stats` their table, :mod:`.render` it (text, Markdown, CSV,
+the figure), and :mod:`.dynamics`: how the dynamic methods moved their budget."""
