@@ -113,7 +113,8 @@ def split_of(name: str) -> str | None:
 
 
 # the per-split scores a sweep may select on (search.metric), grouped by split
-SCORES = tuple(sorted((k for k in EPOCH_METRICS if split_of(k)), key=lambda k: SPLITS.index(split_of(k))))
+SCORES = tuple(sorted((k for k in EPOCH_METRICS if split_of(k) and k.partition("_")[2] in ("acc", "acc5", "loss")),
+                     key=lambda k: SPLITS.index(split_of(k))))
 
 
 def turnover(record: dict) -> float | None:

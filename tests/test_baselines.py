@@ -16,7 +16,7 @@ from dsr_tune.baselines import hash_layers, solve_width, sparse_target
 from dsr_tune.baselines.hashed import bank_names
 from dsr_tune.cli import main
 from dsr_tune.methods.ablations import REINIT_SEED_OFFSET
-from dsr_tune.sweep.plan import default_labels, known_labels, parse, row_config
+from dsr_tune.sweep.rows import default_labels, known_labels, parse, row_config
 from dsr_tune.train import setup
 from dsr_tune.models import build_model, count_params, sparse_names
 from dsr_tune.sparse import Masking, layer_counts

@@ -210,7 +210,7 @@ def test_an_image_that_fails_only_during_training_is_one_line_naming_it(tmp_path
 
 def test_an_epoch_index_beyond_the_run_is_refused_whatever_the_method():
     from dsr_tune import methods
-    from dsr_tune.sweep import plan
+    from dsr_tune.sweep import rows as plan
 
     for name in methods.trainable():
         for key, value in (("sparsity.stop_epoch", "31"), ("sparsity.period_schedule", "[[0, 5], [30, 9]]")):

@@ -12,7 +12,7 @@ import torch
 from dsr_tune import checkpoint as ckpt
 from dsr_tune import config as C
 from dsr_tune import methods
-from dsr_tune.sweep import plan as P
+from dsr_tune.sweep import rows as P
 from dsr_tune.sweep.params import searchable_methods
 from dsr_tune.train import train
 
@@ -95,7 +95,7 @@ NAMED_ELSEWHERE = {
                     "(export's dense tensors, DSD's dense phase, a search space's `dense:` flag)",
     ("sparse/pruning_schedules.py", "gmp"): "GMP's schedule tags its own records (the torch-only core reads no registry)",
     ("sparse/pruning_schedules.py", "dsd"): "DSD's schedule tags its own records (the torch-only core reads no registry)",
-    ("sweep/plan.py", "gmp"): "row_config clears sparsity.gmp.dense_from, a link no derived row inherits",
+    ("sweep/rows.py", "gmp"): "row_config clears sparsity.gmp.dense_from, a link no derived row inherits",
     ("sweep/spec.py", "static"): "a search space's default baselines (the paper's controls)",
     ("sweep/spec.py", "thin_dense"): "a search space's default baselines (the paper's controls)",
 }

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from dsr_tune import cli, config as C
-from dsr_tune.sweep import plan, spec as S
+from dsr_tune.sweep import plan, rows, spec as S
 from dsr_tune.sweep.jobs import SweepContext
 from dsr_tune.sweep.terms import Phase
 from dsr_tune.sweep.tune import OptunaSpace
@@ -264,7 +264,7 @@ def test_phase_names_and_job_keys_keep_their_spelling():
     assert terms.search_key("dsr", "a1b2") == "search/dsr/a1b2" and terms.trial_of("search/dsr/a1b2") == "a1b2"
     assert terms.paired_key("dsr_stop:5", 0.9, 2) == "paired/dsr_stop_5/s0.9/seed2"
     assert terms.paired_key("dense", None, 1) == "paired/dense/seed1"
-    runs = plan.plan(plan.rows(["dsr", "gmp", "dense"], 2.0, 10), [0.9], [1])
+    runs = plan.plan(rows.rows(["dsr", "gmp", "dense"], 2.0, 10), [0.9], [1])
     assert [(r.key, r.needs) for r in runs] == [("paired/dense/seed1", None), ("paired/dsr/s0.9/seed1", None),
                                                 ("paired/gmp/s0.9/seed1", "paired/dense/seed1")]
 
@@ -386,7 +386,7 @@ def test_the_test_split_cannot_reach_selection(tmp_path, monkeypatch):
     (or letting a test label reach training) fails this test."""
     from torch.utils.data import Dataset
 
-    from dsr_tune.data import loaders
+    from dsr_tune.data import tensors as loaders  # what the digits data set reads its splits from
     from dsr_tune.runfolder import read_records
     from dsr_tune.sweep.report.gather import load_local
     from dsr_tune.sweep.select import paired_jobs

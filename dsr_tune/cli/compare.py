@@ -47,10 +47,10 @@ def cmd_compare(args) -> int:
         return fail(f"--concurrency {args.concurrency}: must be >= 0 (0: one run at a time, in this process)")
     out = Path(args.output or Path("runs") / f"compare_{Path(args.config).stem}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    from ..sweep import plan
+    from ..sweep import rows
 
     try:
-        plan.rows(methods or plan.default_labels(), cfg.sparsity.epoch_factor, cfg.train.epochs)
+        rows.rows(methods or rows.default_labels(), cfg.sparsity.epoch_factor, cfg.train.epochs)
     except C.ConfigError as exc:
         return fail(str(exc))
     if (out / runfolder.SWEEP).exists() is False and out.exists() and any(out.iterdir()):
@@ -59,7 +59,7 @@ def cmd_compare(args) -> int:
         for name in ("dsr_tune.train", "dsr_tune.data"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
-    starting(f"compare {', '.join(methods or plan.default_labels())} at sparsity "
+    starting(f"compare {', '.join(methods or rows.default_labels())} at sparsity "
              f"{', '.join(f'{x:g}' for x in args.sparsity)} on {args.seeds} seed(s) -> {out}")
     from ..sweep.driver import compare  # torch, mlflow: import after validation
     from .sweep import finish
@@ -101,9 +101,9 @@ def cmd_export(args) -> int:
 def _methods_help() -> str:
     """``--methods``' help: the registry's rows and the planner's labels (no name is written here)."""
     from .. import methods
-    from ..sweep import plan
+    from ..sweep import rows
 
-    labels = plan.known_labels()
+    labels = rows.known_labels()
     rows = [n for n in methods.names() if methods.get(n).kind != "ablation"]
     controls = methods.names(controls=True)
     variants = [x for x in labels if x not in rows and x.rpartition("_")[0] in controls]

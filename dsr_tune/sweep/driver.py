@@ -25,6 +25,7 @@ from .. import config as C
 from ..records import SCORED, Role, Status
 from ..tracking import SweepTracker
 from . import plan, progress
+from .rows import default_labels
 from .folder import SWEEP_FILE, open_tracker, prepare, save, sync_leftovers, unsynced
 from .jobs import PAIRED_FILE, SweepContext, write_paired
 from .spec import Space, for_compare
@@ -135,10 +136,10 @@ def compare(cfg: C.Config, out_dir: str | Path, *, sparsities: Sequence[float], 
             methods: Sequence[str] | None = None, address: str | None = None, concurrency: int = 0,
             name: str | None = None, tracking_uri: str | None = None, verbose: bool = False) -> Outcome:
     """Run (or finish) the comparison of ``cfg`` in ``out_dir``: every row
-    (default: :func:`.plan.default_labels`) at each sparsity, on ``seeds`` seeds
+    (default: :func:`.rows.default_labels`) at each sparsity, on ``seeds`` seeds
     (train.seed, +1, ...). Run it again to continue an interrupted one."""
     space = for_compare(cfg, name=name or Path(out_dir).name, sparsities=list(sparsities),
-                        seeds=[cfg.train.seed + i for i in range(seeds)], labels=list(methods or plan.default_labels()),
+                        seeds=[cfg.train.seed + i for i in range(seeds)], labels=list(methods or default_labels()),
                         tracking_uri=tracking_uri)
     if concurrency:
         space.search.max_concurrent = concurrency

@@ -21,6 +21,7 @@ import time
 from ..records import Status
 from ..train.metrics import duration
 from . import plan
+from .rows import rows as rows_of
 from .jobs import Job, SweepContext
 from .params import SPARSITY
 from .report.stats import RunRow, summarize
@@ -62,7 +63,7 @@ def paired_epochs_from_space(space: Space) -> int:
     """The epochs the paired phases will train, counted from the space before
     ``paired.json`` exists: sparsities x seeds x rows (each at its epoch factor)."""
     epochs, factor = space.base.train.epochs, space.base.sparsity.epoch_factor
-    runs = plan.plan(plan.rows(plan.sweep_labels(space), factor, epochs), planned_sparsities(space), space.seeds)
+    runs = plan.plan(rows_of(plan.sweep_labels(space), factor, epochs), planned_sparsities(space), space.seeds)
     return sum(max(1, round(epochs * run.row.factor)) for run in runs)
 
 

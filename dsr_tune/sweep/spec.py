@@ -19,7 +19,7 @@ from typing import Any, Literal
 from .. import config as C
 from ..records import SCORES
 from ..schema import Real, Section, build, opt
-from . import plan
+from . import rows as R
 from .params import SPARSITY, Param, _check_values, parse_param, searchable_methods
 from .terms import REFERENCE
 
@@ -156,8 +156,8 @@ def load(path: str | Path, overrides: list[str] = ()) -> Space:
         search.trial_seed = base.train.seed
     _check_asha(search.asha)
     labels = _str_list("baselines", raw.get("baselines", ["static", "thin_dense"]),
-                       plan.known_labels(base.sparsity.epoch_factor), empty_ok=True)
-    plan.rows(labels, base.sparsity.epoch_factor, base.train.epochs)  # every label names rows
+                       R.known_labels(base.sparsity.epoch_factor), empty_ok=True)
+    R.rows(labels, base.sparsity.epoch_factor, base.train.epochs)  # every label names rows
     both = [b for b in labels if b in searched]
     if both:
         raise C.ConfigError("baselines", f"{both[0]!r} is also searched (methods); a method is either searched "
@@ -195,7 +195,7 @@ def for_compare(cfg: C.Config, *, name: str, sparsities: list[float], seeds: lis
                 tracking_uri: str | None = None, experiment: str | None = None) -> Space:
     """The comparison of ``cfg`` with no search: the config as given is the
     selected one at every sparsity; every row trains on ``seeds``."""
-    plan.rows(labels, cfg.sparsity.epoch_factor, cfg.train.epochs)  # refuse unknown labels before any work
+    R.rows(labels, cfg.sparsity.epoch_factor, cfg.train.epochs)  # refuse unknown labels before any work
     cfg = C.from_dict(absolute_paths(cfg.to_dict()))
     search = Search(trial_seed=cfg.train.seed, metric="val_acc" if _has_validation(cfg) else "test_acc",
                     select_on_test=True)
