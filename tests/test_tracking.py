@@ -64,8 +64,8 @@ def offline_sweep(tmp_path_factory):
     error = tracker.connect()
     connect_s = time.perf_counter() - t0
     run_dir = root / "runs" / "search" / "t1"
-    identity = {"key": "search/t1", "run_name": "dsr s0.9 seed0 t1",
-                "tags": {"method": "dsr", "role": "search", "seed": 0, "sparsity": "0.9"}}
+    identity = {"key": "search/t1", "run_name": "dsr s0.9 seed0 t1",  # a reported run: it gets an MLflow model
+                "tags": {"method": "dsr", "role": "selected", "seed": 0, "sparsity": "0.9"}}
     run_id = tracker.child(run_dir, identity)
     # the worker's logger, as if the trial had got a run id before the server went away
     logger = MlflowLoggerSpec(dead, str(run_dir), run_id="0123456789abcdef").make()
@@ -128,6 +128,17 @@ def test_sync_restores_the_records_exactly_once(offline_sweep, tmp_path):
     arts = {a.path for a in c.list_artifacts(rid)} | {a.path for a in c.list_artifacts(rid, "export")}
     assert {"config.yaml", "density.png", "export/model.sparse.pt"} <= arts
     assert read_run_file(o["run_dir"])["mlflow_model"].startswith("models:/")  # and the MLflow model
+    import mlflow  # its logged model: named after the run, the last epoch's metrics linked to it
+
+    mlflow.set_tracking_uri(uri)  # search_logged_models reads the global URI
+    (model,) = mlflow.search_logged_models(experiment_ids=[exp], output_format="list")
+    assert model.name == "dsr-s0_9-seed0" and model.source_run_id == rid
+    linked = {m.key: m for m in model.metrics}
+    assert linked["epoch/test_acc"].step == 2 and linked["epoch/test_acc"].value == pytest.approx(epochs[-1]["test_acc"])
+    assert model.params["sparsity.method"] == "dsr" and model.tags["mlflow.source.name"] == "dsr-tune"
+    info = mlflow.models.get_model_info(read_run_file(o["run_dir"])["mlflow_model"])
+    assert info.saved_input_example_info and list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == \
+        [-1, 1, 8, 8]
     assert read_run_file(o["run_dir"])["synced"] is True and not (o["run_dir"] / OFFLINE_FILE).exists()
     parent = c.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["role"] == "parent" and parent.info.status == "FINISHED"

@@ -30,7 +30,6 @@ class SyncSummary:
 
 def replay(client, tracker: SweepTracker, run_dir: Path, summary: SyncSummary) -> None:
     """Make MLflow hold everything ``run_dir`` has (idempotent)."""
-    from .. import config as C
     from .artifacts import log_files
 
     info = read_run_file(run_dir) or {}
@@ -38,11 +37,7 @@ def replay(client, tracker: SweepTracker, run_dir: Path, summary: SyncSummary) -
                                   info["run_name"], tracker.child_tags(info), parent_id=tracker.parent_id,
                                   reopen=False)
     summary.created += created
-    if (run_dir / runfolder.CONFIG).exists():
-        summary.params += runs.log_params(client, run_id, C.load(run_dir / runfolder.CONFIG).flat())
-    triples = [t for r in runfolder.read_records(run_dir) for t in runs.record_metrics(r)]
-    done = runs.logged_steps(client, run_id, {k for k, _, _ in triples})
-    summary.metrics += runs.log_metrics(client, run_id, triples, skip=done)
+    replay_records(client, run_id, run_dir, summary)
     status = info.get("status")
     if status in ("FINISHED", "KILLED"):  # KILLED: stopped early by ASHA; its model is not the final one
         summary.artifacts += log_files(client, run_id, run_dir, title=info["run_name"], model=status == "FINISHED")
@@ -50,3 +45,14 @@ def replay(client, tracker: SweepTracker, run_dir: Path, summary: SyncSummary) -
         client.set_terminated(run_id, status=status)
     (run_dir / OFFLINE_FILE).unlink(missing_ok=True)
     update_run_file(run_dir, run_id=run_id, synced=status in TERMINAL, error=None)
+
+
+def replay_records(client, run_id: str, run_dir: Path, summary: SyncSummary) -> None:
+    """The params and metric steps of ``run_dir`` that ``run_id`` lacks."""
+    from .. import config as C
+
+    if (run_dir / runfolder.CONFIG).exists():
+        summary.params += runs.log_params(client, run_id, C.load(run_dir / runfolder.CONFIG).flat())
+    triples = [t for r in runfolder.read_records(run_dir) for t in runs.record_metrics(r)]
+    done = runs.logged_steps(client, run_id, {k for k, _, _ in triples})
+    summary.metrics += runs.log_metrics(client, run_id, triples, skip=done)

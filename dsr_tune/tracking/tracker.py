@@ -67,9 +67,11 @@ class SweepTracker:
                 client, self.experiment_id, runs.run_key(self.sweep_id, "parent"), self.sweep_id,
                 tags={runs.TAG_SWEEP: self.sweep_id, runs.TAG_ROLE: "parent", runs.TAG_GIT: self.git,
                       runs.TAG_GIT_MLFLOW: (self.git or "").removesuffix("-dirty") or None,
+                      # MLflow renders descriptions as Markdown: <...> outside a code span is dropped as HTML
                       store.DESCRIPTION_TAG: f"The sweep {self.sweep_id}: its settings are this run's params, "
-                                             "its comparison table the report/ artifacts and s<sparsity>/<row>/* "
-                                             "metrics."}, reopen=reopen)
+                                             "its comparison table the report/ artifacts and the "
+                                             "`s<sparsity>/<row>/*` metrics (e.g. `s0.9/static_2x/mean`)."},
+                reopen=reopen)
             if params:
                 runs.log_params(client, self.parent_id, params)
         except Exception as exc:  # noqa: BLE001 (any MLflow or network failure)
