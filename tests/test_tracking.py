@@ -222,6 +222,35 @@ def test_embedded_store_paths_are_absolute(tmp_path, monkeypatch):
     assert not store.resolve("http://h:5000").embedded and store.resolve("http://h:5000").remote
 
 
+def test_a_store_given_as_a_path(tmp_path, monkeypatch):
+    """--tracking-uri / tracking.uri: a plain sqlite file or a folder holding mlflow.db is that store; a
+    missing path, a file that is not sqlite or a scheme with no store here is a ConfigError naming it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    db = tmp_path / "st" / "mlflow.db"
+    store.client(store.resolve(f"sqlite:///{db}")).search_experiments()  # makes the store
+    want = store.resolve(f"sqlite:///{db}")
+    assert want.uri == f"sqlite:///{db}" and want.embedded
+    for given in (str(db), str(db.parent), "st", "st/mlflow.db", db.as_uri()):
+        assert store.resolve(given, cwd=tmp_path) == want, given
+    monkeypatch.chdir(tmp_path)
+    assert store.resolve("st") == want
+    (tmp_path / "notes.txt").write_text("not a database")
+    (tmp_path / "empty").mkdir()
+    for given, why in (("nope.db", "no such file"), ("notes.txt", "not an SQLite"), ("empty", "holds no mlflow.db"),
+                       ("ftp://host/x", "ftp://"), ("s3://bucket/mlflow.db", "s3://")):
+        with pytest.raises(C.ConfigError, match=why) as exc:
+            store.resolve(given, key="tracking.uri")
+        assert exc.value.key == "tracking.uri" and given in str(exc.value)
+    for kept in ("http://h:5000", "https://h", "postgresql://u@h/db", "mysql+pymysql://u@h/db"):
+        assert store.resolve(kept).uri == kept and not store.resolve(kept).embedded
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "ftp://x")  # a bad environment is named as such
+    with pytest.raises(C.ConfigError) as exc:
+        store.resolve(None)
+    assert exc.value.key == "MLFLOW_TRACKING_URI"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(db))
+    assert store.resolve(None) == want
+
+
 def test_sync_creates_the_parent_run_a_live_sweep_makes(tmp_path, monkeypatch):
     """MLflow down when the sweep started: the parent that sync creates later has the
     live parent's params and tags (the same sweep, logged once live and once by sync)."""
