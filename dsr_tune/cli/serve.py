@@ -191,13 +191,17 @@ def cmd_ui(args) -> int:
     error = _host_checks(args) or _experiment_error(where, args.experiment)
     if error:
         return fail(error)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", target.uri, "--host", args.host,
-           "--port", str(args.port), "--workers", "1"]
-    if target.artifact_root:
-        cmd += ["--default-artifact-root", target.artifact_root]
     base = _url(args.host, args.port)
-    return serve(cmd, title=f"MLflow UI for {where}", url=lambda: _runs_table(base, args.experiment),
-                 health=f"{base}/health", ready_s=args.timeout, env=UI_ENV)
+    return serve(ui_command(target, args.host, args.port), title=f"MLflow UI for {where}",
+                 url=lambda: _runs_table(base, args.experiment), health=f"{base}/health", ready_s=args.timeout,
+                 env=UI_ENV)
+
+
+def ui_command(target, host: str, port: int, workers: int = 1) -> list[str]:
+    """MLflow's server for ``target`` (a :class:`~dsr_tune.tracking.store.Target`); run it with :data:`UI_ENV`."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", target.uri, "--host", host,
+           "--port", str(port), "--workers", str(workers)]
+    return cmd + (["--default-artifact-root", target.artifact_root] if target.artifact_root else [])
 
 
 def _experiment_error(db: str, name: str | None) -> str | None:
