@@ -119,28 +119,37 @@ def _train_ray(args, cfg: C.Config, out: Path, tracker) -> int:
     # live metrics from rank 0 where it reaches the store: not a local sqlite file from another node
     live = tracker is not None and not (joining_cluster(args.address) and tracker.target.embedded)
     specs = [spec for spec in [tracker.logger_spec()] if spec is not None] if live else []
-    status = "FAILED"
     try:
         summary = launch(cfg, out, resume=args.resume, address=args.address, logger_specs=specs)
     except KeyboardInterrupt:
+        _trained(tracker)
         _close(tracker, "KILLED", out)
         return interrupted("the last checkpointed epoch is saved", _resume_argv(args, out))
     except C.ConfigError as exc:
         _close(tracker, "FAILED", out)
         return fail(f"config {exc}")
     except Exception as exc:  # ray.train.TrainingFailedError and friends: one line, details above
-        _close(tracker, status, out)
+        _trained(tracker)
+        _close(tracker, "FAILED", out)
         if type(exc).__module__.split(".")[0] != "ray":
             raise
         print(f"dsr-tune: training failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
               file=sys.stderr)
         return 1
+    _trained(tracker)
     m = summary.metrics
     status = "FINISHED" if m.get("epoch", cfg.train.epochs) + 1 >= cfg.train.epochs else "KILLED"
     done = f"test accuracy {100 * m['test_acc']:.2f}% after {m['epoch'] + 1} epochs" if "test_acc" in m else "nothing left to train"
     print(f"done: {done} on {m.get('workers', cfg.train.workers)} workers; run folder {out}; checkpoints "
           f"{summary.storage}{_close(tracker, status, out, quiet=True)}")
     return 0
+
+
+def _trained(tracker) -> None:
+    """After Ray Train ran: the run is MLflow's business now, also when no live logger opened it (on a
+    cluster with the embedded store, it is logged from the run folder by :func:`_close`)."""
+    if tracker is not None:
+        tracker.begin()
 
 
 def _resume_argv(args, out: Path) -> list[str]:

@@ -30,6 +30,7 @@ log = logging.getLogger("dsr_tune")
 
 KIND = "train"   # tracking.json's "kind" for a train run folder (a sweep's run folders have none)
 PROBE_S = 2.0
+DESCRIPTION = "dsr_tune: dsr-tune train runs of this config, one per run folder (the run's name)."
 
 
 @dataclass
@@ -112,8 +113,7 @@ class TrainTracker:
         info = read_run_file(self.run_dir) or {}
         try:
             client = self._client()
-            self.experiment_id = store.experiment_id(client, self.experiment, self.target, description=(
-                "dsr_tune: dsr-tune train runs of this config, one per run folder (the run's name)."))
+            self.experiment_id = store.experiment_id(client, self.experiment, self.target, description=DESCRIPTION)
             self.run_id = runs.find_or_create(client, self.experiment_id, runs.run_key(KIND, info["key"]),
                                               info["run_name"], self.child_tags(info))
         except Exception as exc:  # noqa: BLE001 (any MLflow or network failure: training goes on)
@@ -151,7 +151,7 @@ class TrainTracker:
         try:
             client = self._client()
             if self.experiment_id is None:
-                self.experiment_id = store.experiment_id(client, self.experiment, self.target)
+                self.experiment_id = store.experiment_id(client, self.experiment, self.target, description=DESCRIPTION)
             run_id, created = runs.ensure(client, self.experiment_id, runs.run_key(KIND, info["key"]),
                                           info["run_name"], self.child_tags(info), reopen=False)
             summary.created += created
