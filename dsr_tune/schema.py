@@ -236,10 +236,30 @@ def scaled(pairs, epochs: int) -> list[list]:
     return out
 
 
-def epochs_within(key: str, epochs: list[int], total: int, what: str = "start epoch") -> None:
-    """Schedule epochs at or beyond ``train.epochs`` would never apply: refuse them."""
-    late = [e for e in epochs if e >= total]
+class LateEpochs(ConfigError):
+    """Epochs a schedule key names beyond the run (at or beyond ``train.epochs``; beyond it with
+    ``inclusive``, for a key that may name the end itself): they would never apply.
+
+    ``null`` says what the key does when set to null (it then follows
+    train.epochs); None for a key that takes no null. ``fix`` is the override
+    that fits the run (``key=null``, or the epochs within it)."""
+
+    def __init__(self, key: str, late: list[int], total: int, what: str = "start epoch",
+                 null: str | None = None, fix: str | None = None, inclusive: bool = False):
+        self.late, self.total, self.what, self.null, self.inclusive = late, total, what, null, inclusive
+        self.fix = fix or f"{key}=null"
+        hint = (f"set {self.fix} to follow train.epochs ({null})" if null else
+                f"give epochs {'up to' if inclusive else 'below'} {total} (this key takes no null), e.g. {self.fix}")
+        if key != "train.stop_after":
+            hint += f"; or keep train.epochs and stop early with train.stop_after={total}"
+        super().__init__(key, f"{what} {late[0]} is {'beyond' if inclusive else 'not below'} train.epochs={total}, "
+                              f"so it would never apply; {hint}")
+
+
+def epochs_within(key: str, epochs: list[int], total: int, what: str = "start epoch",
+                  null: str | None = None, fix: str | None = None, inclusive: bool = False) -> None:
+    """Schedule epochs at or beyond ``train.epochs`` (beyond it with ``inclusive``) would never apply:
+    refuse them (:class:`LateEpochs`)."""
+    late = [e for e in epochs if e > total or (e == total and not inclusive)]
     if late:
-        raise ConfigError(key, f"{what} {late[0]} is not below train.epochs={total}, so it would never apply; "
-                               f"give epochs within the run (or keep train.epochs and stop early with "
-                               f"train.stop_after={total})")
+        raise LateEpochs(key, late, total, what, null, fix, inclusive)

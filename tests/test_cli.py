@@ -114,6 +114,17 @@ def _files(tmp: Path) -> dict[str, Path]:
     return f
 
 
+def _fake_store(tmp: Path) -> str:
+    """An sqlite file with MLflow's experiments table, holding one experiment (no mlflow import)."""
+    import sqlite3
+
+    db = tmp / "fake.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE experiments (experiment_id INTEGER, name TEXT, lifecycle_stage TEXT)")
+        con.execute("INSERT INTO experiments VALUES (0, 'Default', 'active')")
+    return str(db)
+
+
 CFG = lambda *o: ["train", DIGITS, *o]  # noqa: E731
 TREE = lambda t, tree: ["train", DIGITS, "data.name=folder", f"data.root={t / tree}", "data.image_size=8",  # noqa: E731
                         "data.channels=1"]
@@ -204,6 +215,19 @@ BAD = {  # id: (argv builder of the tmp folder and its files, a word the one lin
     "sync of a plain folder": (lambda t, f: ["sync", str(t / "notsweep")], "not a sweep folder"),
     "dashboard of a plain folder": (lambda t, f: ["dashboard", str(t / "notsweep")], "optuna.db"),
     "ui of a server": (lambda t, f: ["ui", "--tracking-uri", "http://127.0.0.1:1"], "tracking server"),
+    "ui store missing": (lambda t, f: ["ui", "--tracking-uri", str(t / "nowhere" / "mlflow.db")], "no such file"),
+    "ui store not sqlite": (lambda t, f: ["ui", "--tracking-uri", str(f["list.yaml"])], "not an SQLite"),
+    "ui store folder without db": (lambda t, f: ["ui", "--tracking-uri", str(f["dir"])], "holds no mlflow.db"),
+    "ui store unknown scheme": (lambda t, f: ["ui", "--tracking-uri", "ftp://host/mlflow.db"], "ftp://"),
+    "ui unknown experiment": (lambda t, f: ["ui", "--tracking-uri", _fake_store(t), "--experiment", "nope"],
+                              "--experiment nope"),
+    "train store unknown scheme": (lambda t, f: CFG("--tracking-uri", "gs://bucket/x"), "gs://"),
+    "train store missing": (lambda t, f: CFG("--tracking-uri", "nowhere.db"), "nowhere.db"),
+    "sync store missing": (lambda t, f: ["sync", str(t / "notsweep"), "--tracking-uri", "gone.db"], "gone.db"),
+    "report store unknown scheme": (lambda t, f: ["report", "x", "--tracking-uri", "ftp://h"], "ftp://"),
+    "compare store missing": (lambda t, f: ["compare", DIGITS, "--tracking-uri", str(t / "none")], "none"),
+    "sweep store unknown scheme": (lambda t, f: ["sweep", DEMO, "tracking.uri=ftp://h"], "tracking.uri"),
+    "train epochs shorter than schedules": (lambda t, f: CFG("train.epochs=3"), "sparsity.period_schedule"),
     "compare seeds 0": (lambda t, f: ["compare", DIGITS, "--seeds", "0"], "--seeds"),
     "compare unknown row": (lambda t, f: ["compare", DIGITS, "--methods", "dsr,magic"], "magic"),
     "compare concurrency -1": (lambda t, f: ["compare", DIGITS, "--concurrency", "-1"], "--concurrency"),

@@ -221,3 +221,26 @@ def test_an_epoch_index_beyond_the_run_is_refused_whatever_the_method():
     cfg = C.load(None, ["model.name=wrn", "data.name=cifar10", "data.root=/nowhere"])
     gmp = plan.row_config(cfg, "gmp", parent="/dense")
     assert gmp.train.epochs < cfg.sparsity.stop_epoch and gmp.sparsity.stop_epoch <= gmp.train.epochs
+
+
+def test_a_shortened_config_names_every_key_in_the_way_once(tmp_path):
+    """train.epochs=3 on digits.yaml: milestones, period starts and the stop epoch all lie beyond; one
+    error names them all, says which follow train.epochs when null, and its suggested overrides run."""
+    with pytest.raises(C.ConfigError) as exc:
+        C.load(DIGITS, ["train.epochs=3"])
+    text = str(exc.value)
+    assert exc.value.key == "train.epochs" and len(text.splitlines()) == 1
+    for key in ("optim.milestones", "sparsity.period_schedule", "sparsity.stop_epoch"):
+        assert key in text, (key, text)
+    assert "null follows train.epochs" in text and "no null" in text  # milestones take none
+    fix = text.split("In one step add: ", 1)[1].split(" (or ", 1)[0].split()
+    assert fix == ["optim.milestones=[]", "sparsity.period_schedule=null", "sparsity.stop_epoch=null"]
+    cfg = C.load(DIGITS, ["train.epochs=3", *fix])
+    assert cfg.sparsity.stop_epoch <= 3 and all(start < 3 for start, _ in cfg.sparsity.period_schedule)
+    out = tmp_path / "short"
+    assert cli.main(["train", DIGITS, "train.epochs=3", *fix, "--no-mlflow", "--output", str(out)]) == 0
+    assert [r["epoch"] for r in runfolder.epochs(out)] == [0, 1, 2]
+    # one key alone: its own message, with the same advice
+    with pytest.raises(C.ConfigError) as one:
+        C.load(DIGITS, ["sparsity.stop_epoch=40"])
+    assert one.value.key == "sparsity.stop_epoch" and "sparsity.stop_epoch=null to follow train.epochs" in str(one.value)

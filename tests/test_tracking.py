@@ -63,8 +63,8 @@ def offline_sweep(tmp_path_factory):
     error = tracker.connect()
     connect_s = time.perf_counter() - t0
     run_dir = root / "runs" / "search" / "t1"
-    identity = {"key": "search/t1", "run_name": "dsr s0.9 seed0 t1",
-                "tags": {"method": "dsr", "role": "search", "seed": 0, "sparsity": "0.9"}}
+    identity = {"key": "search/t1", "run_name": "dsr s0.9 seed0 t1",  # a reported run: it gets an MLflow model
+                "tags": {"method": "dsr", "role": "selected", "seed": 0, "sparsity": "0.9"}}
     run_id = tracker.child(run_dir, identity)
     # the worker's logger, as if the trial had got a run id before the server went away
     logger = MlflowLoggerSpec(dead, str(run_dir), run_id="0123456789abcdef").make()
@@ -135,6 +135,17 @@ def test_sync_restores_the_records_exactly_once(offline_sweep, tmp_path):
     assert run.data.params["device"] == "cpu"
     assert run.data.metrics["export_bytes"] == (o["run_dir"] / "model.sparse.pt").stat().st_size
     assert read_run_file(o["run_dir"])["mlflow_model"].startswith("models:/")  # and the MLflow model
+    import mlflow  # its logged model: named after the run, the last epoch's metrics linked to it
+
+    mlflow.set_tracking_uri(uri)  # search_logged_models reads the global URI
+    (model,) = mlflow.search_logged_models(experiment_ids=[exp], output_format="list")
+    assert model.name == "dsr-s0_9-seed0" and model.source_run_id == rid
+    linked = {m.key: m for m in model.metrics}
+    assert linked["epoch/test_acc"].step == 2 and linked["epoch/test_acc"].value == pytest.approx(epochs[-1]["test_acc"])
+    assert model.params["sparsity.method"] == "dsr" and model.tags["mlflow.source.name"] == "dsr-tune"
+    info = mlflow.models.get_model_info(read_run_file(o["run_dir"])["mlflow_model"])
+    assert info.saved_input_example_info and list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == \
+        [-1, 1, 8, 8]
     assert read_run_file(o["run_dir"])["synced"] is True and not (o["run_dir"] / OFFLINE_FILE).exists()
     parent = c.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["role"] == "parent" and parent.info.status == "FINISHED"
@@ -217,6 +228,35 @@ def test_embedded_store_paths_are_absolute(tmp_path, monkeypatch):
     rel = store.resolve("sqlite:///sub/x.db", cwd=tmp_path)
     assert rel.uri == f"sqlite:///{tmp_path}/sub/x.db" and rel.embedded
     assert not store.resolve("http://h:5000").embedded and store.resolve("http://h:5000").remote
+
+
+def test_a_store_given_as_a_path(tmp_path, monkeypatch):
+    """--tracking-uri / tracking.uri: a plain sqlite file or a folder holding mlflow.db is that store; a
+    missing path, a file that is not sqlite or a scheme with no store here is a ConfigError naming it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    db = tmp_path / "st" / "mlflow.db"
+    store.client(store.resolve(f"sqlite:///{db}")).search_experiments()  # makes the store
+    want = store.resolve(f"sqlite:///{db}")
+    assert want.uri == f"sqlite:///{db}" and want.embedded
+    for given in (str(db), str(db.parent), "st", "st/mlflow.db", db.as_uri()):
+        assert store.resolve(given, cwd=tmp_path) == want, given
+    monkeypatch.chdir(tmp_path)
+    assert store.resolve("st") == want
+    (tmp_path / "notes.txt").write_text("not a database")
+    (tmp_path / "empty").mkdir()
+    for given, why in (("nope.db", "no such file"), ("notes.txt", "not an SQLite"), ("empty", "holds no mlflow.db"),
+                       ("ftp://host/x", "ftp://"), ("s3://bucket/mlflow.db", "s3://")):
+        with pytest.raises(C.ConfigError, match=why) as exc:
+            store.resolve(given, key="tracking.uri")
+        assert exc.value.key == "tracking.uri" and given in str(exc.value)
+    for kept in ("http://h:5000", "https://h", "postgresql://u@h/db", "mysql+pymysql://u@h/db"):
+        assert store.resolve(kept).uri == kept and not store.resolve(kept).embedded
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "ftp://x")  # a bad environment is named as such
+    with pytest.raises(C.ConfigError) as exc:
+        store.resolve(None)
+    assert exc.value.key == "MLFLOW_TRACKING_URI"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(db))
+    assert store.resolve(None) == want
 
 
 def test_sync_creates_the_parent_run_a_live_sweep_makes(tmp_path, monkeypatch):

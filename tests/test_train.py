@@ -177,7 +177,8 @@ def test_readme_main_command_runs(tmp_path):
     assert "sparsity 0.8" in out and "sparsity 0.9" in out
     for method in ("dsr", "static_1x", "static_2x", "thin_dense_1x", "thin_dense_2x", "dense"):
         assert f"\n  {method} " in out, out
-    assert out.rstrip().endswith("http://127.0.0.1:5000)")
+    last = out.rstrip().splitlines()[-1]  # the UI's address: the experiment's runs table, as a deep link
+    assert "http://127.0.0.1:5000/#/experiments/" in last and last.endswith("/runs?workflowType=machine_learning)")
     sweep = tmp_path / "runs" / "digits_demo"
     assert (sweep / "report.png").exists() and (tmp_path / "mlruns" / "mlflow.db").exists()
     dsr_runs = sorted((sweep / "runs" / "search" / "dsr").iterdir())

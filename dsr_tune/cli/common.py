@@ -73,6 +73,18 @@ def ray_host_error(address: str | None) -> str | None:
     return None
 
 
+def store_error(uri: str | None, key: str = "--tracking-uri") -> str | None:
+    """The bad-input message for an MLflow store (``uri``, else $MLFLOW_TRACKING_URI), else None."""
+    from .. import config as C
+    from ..tracking import store
+
+    try:
+        store.resolve(uri, key=key)
+    except C.ConfigError as exc:
+        return str(exc)
+    return None
+
+
 def starting(what: str) -> None:
     """The first line of a long command, before its heavy imports (torch, Ray, MLflow)."""
     logging.getLogger("dsr_tune").info("%s; starting (loading torch%s)", what,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import config as C
 from .. import runfolder
-from .common import command, fail, joining_cluster, starting
+from .common import command, fail, joining_cluster, starting, store_error
 
 
 def _floats(text: str) -> list[float]:
@@ -41,6 +41,9 @@ def cmd_compare(args) -> int:
             C.check_paths(cfg)
     except C.ConfigError as exc:
         return fail(f"config {exc}")
+    error = store_error(args.tracking_uri)
+    if error:
+        return fail(error)
     if args.seeds < 1:
         return fail(f"--seeds {args.seeds}: need at least 1")
     if args.concurrency < 0:
@@ -128,7 +131,8 @@ def add_parsers(sub) -> None:
                    "a time)")
     c.add_argument("--concurrency", type=int, default=0, help="runs at once on a local Ray (0: one at a time, in "
                    "this process, no Ray)")
-    c.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlruns)")
+    c.add_argument("--tracking-uri", help="MLflow store: a path to an mlflow.db or a folder holding one, "
+                   "sqlite:///PATH, http(s)://HOST:PORT (default: $MLFLOW_TRACKING_URI, else ./mlruns)")
 
     e = command(sub, "export", cmd_export, "write a trained sparse model in compressed form")
     e.add_argument("run_dir", help="a run folder holding checkpoint.pt")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from .. import config as C
 from ..records import Status
-from .common import fail, interrupted, joining_cluster, ray_host_error, starting
-from .serve import UI_PORT
+from .common import fail, interrupted, joining_cluster, ray_host_error, starting, store_error
+from .serve import RUNS_TABLE, UI_PORT
 
 
 def _resume_argv(args, out: Path) -> list[str]:
@@ -32,7 +32,7 @@ def cmd_sweep(args) -> int:
         space = spec.load(args.space, args.overrides)
     except C.ConfigError as exc:
         return fail(f"search space {exc}")
-    host_error = ray_host_error(args.address)
+    host_error = ray_host_error(args.address) or store_error(space.tracking_uri, "tracking.uri")
     if host_error:
         return fail(host_error)
     searches = plan.search_phases(space)
@@ -71,8 +71,9 @@ def finish(outcome, resume_argv: list[str]) -> int:
         print(f"\nwarning: MLflow ({uri}) does not hold {len(keys)} run(s) fully: {shown}; their records are in "
               f"the run folders. When it is back: {prog} sync {outcome.sweep_dir}")
     if target.embedded:
-        print(f"\nBrowse every run in MLflow: {prog} ui{_ui_store_arg(target)}   (then open "
-              f"http://127.0.0.1:{UI_PORT})")
+        page = RUNS_TABLE.format(outcome.tracker.experiment_id) if outcome.tracker.experiment_id else ""
+        print(f"\nBrowse every run in MLflow: {prog} ui{_ui_store_arg(target)}   (it prints the URL to open: "
+              f"http://127.0.0.1:{UI_PORT}{page})")
     elif not outcome.unsynced:
         print(f"\nEvery run is in MLflow at {uri} (experiment {outcome.tracker.experiment!r})")
     return code if outcome.status == Status.FINISHED else 1
@@ -126,12 +127,18 @@ def _print_report(sweep: str, outcome=None, uri: str | None = None) -> int:
 
 
 def cmd_report(args) -> int:
+    error = args.tracking_uri and store_error(args.tracking_uri)
+    if error:
+        return fail(error)
     return _print_report(args.sweep, uri=args.tracking_uri)
 
 
 def cmd_sync(args) -> int:
     from ..tracking.sync import SyncError, sync_sweep
 
+    error = args.tracking_uri and store_error(args.tracking_uri)
+    if error:
+        return fail(error)
     try:
         s = sync_sweep(args.sweep_dir, args.tracking_uri, everything=args.all)
     except SyncError as exc:
@@ -180,8 +187,9 @@ def add_parsers(sub) -> None:
     y = sub.add_parser("sync", help="log to MLflow what a sweep's run folders hold and MLflow missed", description=(
         "Make MLflow hold every run of SWEEP_DIR: find each run by its key (or create it, and the parent, "
         "with the params and tags a live sweep gives them), log the params, metric steps and artifacts it "
-        "lacks and its final status. Running it twice logs nothing the second time."))
-    y.add_argument("sweep_dir", help="a sweep folder")
+        "lacks and its final status. Running it twice logs nothing the second time. The run folder of "
+        "dsr-tune train is synced the same way."))
+    y.add_argument("sweep_dir", help="a sweep folder, or the run folder of dsr-tune train")
     y.add_argument("--tracking-uri", help="log into this store instead of the sweep's own")
     y.add_argument("--all", action="store_true", help="check every run, not only the ended ones marked unsynced")
     y.set_defaults(func=cmd_sync)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import config as C
 from .. import runfolder
+from ..records import Status
 from .common import fail, interrupted, joining_cluster, ray_host_error, starting
 
 
@@ -16,12 +17,15 @@ def _changed_keys(a: C.Config, b: C.Config, allowed: set[str]) -> list[str]:
 
 
 def cmd_train(args) -> int:
+    from ..tracking import store  # no mlflow import: that waits for the run's logger thread
+
     try:
         cfg = C.load(args.config, args.overrides)
         if not joining_cluster(args.address):  # on a cluster the data lives on the nodes that train
             C.check_paths(cfg)
+        target = None if args.no_mlflow else store.resolve(args.tracking_uri)
     except C.ConfigError as exc:
-        return fail(f"config {exc}")
+        return fail(str(exc) if exc.key.startswith(("--", "MLFLOW")) else f"config {exc}")
     out = Path(args.output or Path("runs") / Path(args.config).stem)
     latest = out / runfolder.CHECKPOINT
     ray_run = (out / runfolder.RAY_RUN).exists()  # a Ray Train run: its checkpoints may be in remote storage
@@ -37,32 +41,72 @@ def cmd_train(args) -> int:
     elif (latest.exists() or ray_run) and not args.overwrite:
         return fail(f"--output {out} already holds a run; pass --resume to continue it or --overwrite to start over")
 
+    if cfg.train.workers >= 2 and (host_error := ray_host_error(args.address)):
+        return fail(host_error)
     starting(f"train {cfg.sparsity.method} at sparsity {cfg.sparsity.sparsity:g}, {cfg.model.name} on "
              f"{cfg.data.name}, {cfg.train.epochs} epochs -> {out}")
-    if cfg.train.workers >= 2:  # Ray Train: N DDP workers (dsr_tune/distributed); one worker trains here
-        return _train_ray(args, cfg, out)
+    tracker = None
+    if target is not None:
+        from ..tracking.trainrun import TrainTracker
 
+        tracker = TrainTracker.start(target, Path(args.config).stem, out, cfg, _command(args, out), args.resume)
+    if cfg.train.workers >= 2:  # Ray Train: N DDP workers (dsr_tune/distributed); one worker trains here
+        return _train_ray(args, cfg, out, tracker)
+    return _train_here(args, cfg, out, tracker)
+
+
+def _train_here(args, cfg: C.Config, out: Path, tracker) -> int:
     from ..train import train  # torch is heavy: import after validation
 
     from ..data import DataError
 
     try:
-        record = train(cfg, out, resume=args.resume)
+        record = train(cfg, out, resume=args.resume, loggers=[tracker.logger()] if tracker else [])
     except KeyboardInterrupt:
+        _close(tracker, Status.KILLED, out)
         return interrupted("the last finished epoch is saved", _resume_argv(args, out))
     except C.ConfigError as exc:
+        _close(tracker, Status.FAILED, out)
         return fail(str(exc) if exc.key.startswith("--") else f"config {exc}")
     except DataError as exc:  # found only while training: the last finished epoch's checkpoint is intact
+        _close(tracker, Status.FAILED, out)
         print(f"dsr-tune: error: {exc} (set data.skip_bad_images=true to skip such files; the last finished "
               f"epoch is saved in {out})", file=sys.stderr)
         return 1
+    except BaseException:
+        _close(tracker, Status.FAILED, out)
+        raise
+    # a run cut short by train.stop_after is KILLED in MLflow until --resume finishes it
+    status = Status.FINISHED if not record or record["epoch"] + 1 >= cfg.train.epochs else Status.KILLED
     summary = (f"test accuracy {100 * record['test_acc']:.2f}%{_cost(record)}" if record
                else "nothing left to train")
     if record and record["epoch"] + 1 < cfg.train.epochs:  # train.stop_after cut it: say how to go on
         summary += (f" after epoch {record['epoch'] + 1} of {cfg.train.epochs} (train.stop_after); "
                     f"continue with: {' '.join(a for a in _resume_argv(args, out) if not a.startswith('train.stop_after='))}")
-    print(f"done: {summary}; run folder {out}")
+    print(f"done: {summary}; run folder {out}{_close(tracker, status, out, quiet=True)}")
     return 0
+
+
+def _close(tracker, status: str, out: Path, quiet: bool = False) -> str:
+    """The MLflow run's end (records, artifacts, model, status); what the done line says about it (printed
+    as its own line unless ``quiet``)."""
+    try:
+        error = tracker.close(status) if tracker is not None else None
+    except KeyboardInterrupt:  # a second Ctrl-C: the folder keeps everything, sync logs it
+        error = "interrupted"
+    if tracker is None or not tracker.begun:  # no run, or refused before it trained: nothing in MLflow
+        return ""
+    if error:
+        note = f"; MLflow does not hold it ({error}): dsr-tune sync {out} logs it when MLflow is back"
+    else:
+        note = f"; MLflow: run {out.resolve().name!r} in experiment {tracker.experiment!r} (dsr-tune ui shows it)"
+    if not quiet:
+        print(note.removeprefix("; "), file=sys.stderr)
+    return note
+
+
+def _command(args, out: Path) -> str:
+    return " ".join(["dsr-tune train", args.config, *args.overrides, "--output", str(out)])
 
 
 # -- Ray Train (train.workers >= 2) ------------------------------------------
@@ -79,29 +123,44 @@ def _cost(record: dict) -> str:
             f"inference, {record['train_time']:.1f} s on {record['device']}")
 
 
-def _train_ray(args, cfg: C.Config, out: Path) -> int:
-    host_error = ray_host_error(args.address)
-    if host_error:
-        return fail(host_error)
+def _train_ray(args, cfg: C.Config, out: Path, tracker) -> int:
     from ..distributed import launch  # ray and torch are heavy: import after validation
 
+    # live metrics from rank 0 where it reaches the store: not a local sqlite file from another node
+    live = tracker is not None and not (joining_cluster(args.address) and tracker.target.embedded)
+    specs = [spec for spec in [tracker.logger_spec()] if spec is not None] if live else []
     try:
-        summary = launch(cfg, out, resume=args.resume, address=args.address)
+        summary = launch(cfg, out, resume=args.resume, address=args.address, logger_specs=specs)
     except KeyboardInterrupt:
+        _trained(tracker)
+        _close(tracker, Status.KILLED, out)
         return interrupted("the last checkpointed epoch is saved", _resume_argv(args, out))
     except C.ConfigError as exc:
+        _close(tracker, Status.FAILED, out)
         return fail(f"config {exc}")
     except Exception as exc:  # ray.train.TrainingFailedError and friends: one line, details above
+        _trained(tracker)
+        _close(tracker, Status.FAILED, out)
         if type(exc).__module__.split(".")[0] != "ray":
             raise
         print(f"dsr-tune: training failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
               file=sys.stderr)
         return 1
+    _trained(tracker)
     m = summary.metrics
+    status = Status.FINISHED if m.get("epoch", cfg.train.epochs) + 1 >= cfg.train.epochs else Status.KILLED
     done = f"test accuracy {100 * m['test_acc']:.2f}% after {m['epoch'] + 1} epochs" if "test_acc" in m else "nothing left to train"
     done += _cost(m) if "test_acc" in m else ""
-    print(f"done: {done} on {m.get('workers', cfg.train.workers)} workers; run folder {out}; checkpoints {summary.storage}")
+    print(f"done: {done} on {m.get('workers', cfg.train.workers)} workers; run folder {out}; checkpoints "
+          f"{summary.storage}{_close(tracker, status, out, quiet=True)}")
     return 0
+
+
+def _trained(tracker) -> None:
+    """After Ray Train ran: the run is MLflow's business now, also when no live logger opened it (on a
+    cluster with the embedded store, it is logged from the run folder by :func:`_close`)."""
+    if tracker is not None:
+        tracker.begin()
 
 
 def _resume_argv(args, out: Path) -> list[str]:
@@ -120,12 +179,20 @@ def cmd_keys(args) -> int:
 def add_parsers(sub) -> None:
     t = sub.add_parser("train", help="train one configuration", description=(
         "Train CONFIG.yaml with optional section.key=value overrides. Writes config.yaml, "
-        "metrics.jsonl and checkpoints to --output."))
+        "metrics.jsonl and checkpoints to --output, and logs the run to MLflow (the embedded ./mlruns store "
+        "unless --tracking-uri or --no-mlflow says otherwise): experiment <config name>, run <output folder "
+        "name>; --resume continues the same MLflow run."))
     t.add_argument("config", help="YAML config (see configs/)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sparsity.sparsity=0.8")
     t.add_argument("--output", "-o", help="run folder (default: runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
     t.add_argument("--overwrite", action="store_true", help="start over in an --output that already holds a run")
+    t.add_argument("--tracking-uri", help="the MLflow store the run is logged to: a path to an mlflow.db or a folder "
+                   "holding one, sqlite:///PATH, http(s)://HOST:PORT (default: $MLFLOW_TRACKING_URI, else "
+                   "./mlruns/mlflow.db, as for sweeps); the experiment is named after the config file, the run "
+                   "after the --output folder")
+    t.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow (its folder holds "
+                   "everything anyway)")
     t.add_argument("--address", help="with train.workers >= 2 (Ray Train; 0 or 1 worker trains in this process, "
                    "without Ray): join this Ray cluster (default: $RAY_ADDRESS, else a local Ray started and "
                    "stopped with the command)")

@@ -104,19 +104,53 @@ def _check_image_size(cfg: Config) -> None:
 def _check_schedules(cfg: Config) -> None:
     """An epoch a schedule names at or beyond train.epochs would never apply:
     refused whatever the method, also one that does not read the key (a
-    value given and silently ignored is a mistake all the same)."""
-    s, epochs = cfg.sparsity, cfg.train.epochs
-    epochs_within("optim.milestones", cfg.optim.milestones, epochs, "milestone")
-    if t_stop := cfg.train.stop_after:
-        if t_stop > epochs:
-            raise ConfigError("train.stop_after", f"{t_stop} is beyond train.epochs={epochs}")
-    if cfg.optim.warmup_epochs > epochs:
-        raise ConfigError("optim.warmup_epochs", f"{cfg.optim.warmup_epochs} is more than train.epochs={epochs}")
-    epochs_within("sparsity.period_schedule", [start for start, _ in s.period_schedule][1:], epochs)
-    if s.stop_epoch > epochs:
-        raise ConfigError("sparsity.stop_epoch", f"{s.stop_epoch} is beyond train.epochs={epochs}, so it "
-                                                 f"would never apply; give an epoch <= {epochs} (or keep "
-                                                 f"train.epochs and stop early with train.stop_after={epochs})")
+    value given and silently ignored is a mistake all the same). Every such
+    key is named in one error, with the overrides that fit the run (null
+    where the key then follows train.epochs), so a shortened config runs
+    after one correction, not one per key."""
+    late = _late_epochs(cfg)
+    if len(late) == 1:
+        raise late[0]
+    if late:
+        total = cfg.train.epochs
+        each = "; ".join(f"{e.key} ({e.what} {', '.join(map(str, e.late))}: " +
+                         (f"null follows train.epochs, {e.null})" if e.null else
+                          f"no null, epochs {'up to' if e.inclusive else 'below'} {total})")
+                         for e in late)
+        raise ConfigError("train.epochs", f"{total} is shorter than what {len(late)} keys name, which would never "
+                          f"apply: {each}. In one step add: {' '.join(e.fix for e in late)} (or keep train.epochs "
+                          f"and stop early with train.stop_after={total})")
+
+
+def _late_epochs(cfg: Config) -> list:
+    """Every schedule key naming an epoch beyond the run, as :class:`~..schema.LateEpochs`."""
+    from ..schema import LateEpochs
+
+    s, o, epochs = cfg.sparsity, cfg.optim, cfg.train.epochs
+    within = [m for m in o.milestones if m < epochs]
+    checks = [
+        lambda: epochs_within("optim.milestones", o.milestones, epochs, "milestone",
+                              fix=f"optim.milestones=[{','.join(map(str, within))}]"),
+        lambda: epochs_within("optim.warmup_epochs", [o.warmup_epochs], epochs, "warm-up of", inclusive=True,
+                              fix=f"optim.warmup_epochs={min(o.warmup_epochs, epochs // 10)}"),
+        lambda: epochs_within("train.stop_after", [cfg.train.stop_after or 0], epochs, "stop after epoch",
+                              null="no early stop", inclusive=True),
+        lambda: epochs_within("sparsity.period_schedule", [start for start, _ in s.period_schedule][1:], epochs,
+                              "period start", null="the paper's periods of 100, 200, 400, 800 iterations from 0, "
+                                                   "12.5%, 40%, 70% of it"),
+        lambda: epochs_within("sparsity.stop_epoch", [s.stop_epoch], epochs, "stop epoch", null="95% of it",
+                              inclusive=True),
+        lambda: methods.get(s.method).check and methods.get(s.method).check(cfg),  # DeepR's temperatures
+    ]
+    late = []
+    for check in checks:
+        try:
+            check()
+        except LateEpochs as exc:
+            late.append(exc)
+        except ConfigError:  # the method's other checks: raised by check() after these
+            pass
+    return late
 
 
 def _check_runs_from(cfg: Config) -> None:

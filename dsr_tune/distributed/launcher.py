@@ -193,11 +193,13 @@ def _remove_old_checkpoints(folder: Path, prefix: str) -> None:
     shutil.rmtree(folder)
 
 
-def launch(cfg: C.Config, run_dir: str | Path, *, resume: bool = False, address: str | None = None) -> FitSummary:
+def launch(cfg: C.Config, run_dir: str | Path, *, resume: bool = False, address: str | None = None,
+           logger_specs: Sequence[LoggerSpec] = ()) -> FitSummary:
     """``dsr-tune train`` with train.workers >= 1. A fresh run gets a new name
     (``<folder>-<date-time>``) written to ``<run_dir>/ray_run.json``; ``resume``
     reads it back and continues from the newest checkpoint in storage, or from
-    ``<run_dir>/checkpoint.pt`` (e.g. a run started without Ray)."""
+    ``<run_dir>/checkpoint.pt`` (e.g. a run started without Ray). ``logger_specs``
+    as for :func:`fit` (the MLflow run's live logger)."""
     run_dir = Path(run_dir).expanduser().resolve()
     if joins_cluster(address) and not cfg.train.storage_path:
         raise C.ConfigError("train.storage_path", "None: on a Ray cluster checkpoints need storage every node "
@@ -229,4 +231,4 @@ def launch(cfg: C.Config, run_dir: str | Path, *, resume: bool = False, address:
                 raise C.ConfigError("train.workers", f"{cfg.train.workers} GPU workers but this machine has "
                                     f"{gpus:g} GPUs; lower train.workers or join a cluster with --address")
         return fit(cfg, run_dir=run_dir, name=name, resume_from=resume_from,
-                   storage_path=None if storage_uri == default_storage else storage_uri)
+                   storage_path=None if storage_uri == default_storage else storage_uri, logger_specs=logger_specs)

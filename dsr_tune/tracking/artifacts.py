@@ -2,8 +2,10 @@
 
 Built from the run folder alone (config.yaml, metrics.jsonl, checkpoint.pt),
 so the trial that just finished and ``dsr-tune sync`` log the same files.
-The model is logged twice: as an MLflow model of the run (``models:/...``,
-loadable with ``mlflow.pytorch.load_model``) and as the compressed sparse
+The model is logged twice: as an MLflow logged model of the run
+(``models:/...``, named ``<method>-s<sparsity>-seed<k>``, the final epoch's
+metrics linked to it, loadable with ``mlflow.pytorch.load_model``; none for
+a search trial) and as the compressed sparse
 export under ``export/`` (values + positions, see :mod:`dsr_tune.train.export`),
 much smaller than the checkpoint with its optimizer state (its size is the
 metric ``export_bytes``); the checkpoint is logged there only if the export
@@ -13,6 +15,7 @@ fails. A run stopped early (KILLED by ASHA) gets the same files but no model.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from .. import runfolder
@@ -85,11 +88,31 @@ def files(run_dir: str | Path, title: str = "", skip: set[str] | frozenset = fro
     return out
 
 
+# MLflow refuses these in a logged model's name
+_NAME_BAD = re.compile(r"[/:.%\"'\s]+")
+
+
+def model_name(run_dir: str | Path, cfg=None) -> str:
+    """``<method>-s<sparsity>-seed<seed>`` (``dsr-s0_9-seed1``; dense: ``dense-seed1``): the run's row, sparsity
+    and seed, from its tracking.json tags, else its config; MLflow's forbidden characters become ``_``."""
+    from .runs import read_run_file
+
+    tags = (read_run_file(run_dir) or {}).get("tags") or {}
+    method, sparsity, seed = tags.get("method"), tags.get("sparsity"), tags.get("seed")
+    if cfg is not None:
+        method = method or cfg.sparsity.method
+        sparsity = sparsity if sparsity is not None else ("0" if cfg.sparsity.method == "dense"
+                                                          else f"{cfg.sparsity.sparsity:g}")
+        seed = seed if seed is not None else cfg.train.seed
+    parts = [str(method or "model")] + ([f"s{sparsity}"] if sparsity not in (None, "0", 0) else [])
+    return _NAME_BAD.sub("_", "-".join(parts + ([f"seed{seed}"] if seed is not None else [])))
+
+
 def log_model(uri: str, run_id: str, run_dir: Path) -> str:
-    """The trained model as an MLflow model of ``run_id`` (MLflow's PyTorch flavour,
-    with the input signature of the run's images; loadable with
-    ``mlflow.pytorch.load_model`` where dsr_tune is installed), built from the
-    sparse export. Returns its URI."""
+    """The trained model as an MLflow logged model of ``run_id`` (MLflow's PyTorch flavour; loadable with
+    ``mlflow.pytorch.load_model`` where dsr_tune is installed), built from the sparse export: named after
+    the run (:func:`model_name`), with an input example of the run's images (and the signature inferred from
+    it), the run's params, and the final epoch's metrics linked to it. Returns its URI."""
     import mlflow
     import mlflow.pytorch
     import torch
@@ -101,29 +124,35 @@ def log_model(uri: str, run_id: str, run_dir: Path) -> str:
     model = load_exported(run_dir / EXPORT)
     cfg = C.load(run_dir / runfolder.CONFIG)
     size = image_size(cfg.data)
-    example = torch.zeros(2, model.conv1.in_channels, size, size)
+    example = torch.zeros(1, model.conv1.in_channels, size, size)
+    done = runfolder.epochs(run_dir)
     mlflow.set_tracking_uri(uri)
-    logging.getLogger("mlflow.utils.requirements_utils").setLevel(logging.ERROR)
-    from mlflow.models import infer_signature
-
-    with torch.no_grad():
-        signature = infer_signature(example.numpy(), model(example).numpy())
+    for name in ("mlflow.utils.requirements_utils", "mlflow.pytorch"):  # the pickle format's warning, per model
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         with mlflow.start_run(run_id=run_id):  # ends the run FINISHED: the caller sets its real status after
-            # no input_example: MLflow would load the model back to check it, and a loaded model
-            # becomes the process's "active model", to which MLflow then ties every later metric
-            info = mlflow.pytorch.log_model(model, name="model", signature=signature, serialization_format="pickle",
-                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            # step: the run's metrics at that step (the last epoch's) are linked to the model. MLflow checks the
+            # input example by loading the model back, which makes it the process's "active model": cleared below
+            info = mlflow.pytorch.log_model(
+                model, name=model_name(run_dir, cfg), input_example=example.numpy(),
+                step=int(done[-1]["epoch"]) + 1 if done else 0, serialization_format="pickle",
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                tags={"mlflow.source.name": "dsr-tune", "mlflow.source.type": "LOCAL"})
     finally:
         mlflow.clear_active_model()
     return info.model_uri
 
 
-def log_files(client, run_id: str, run_dir: str | Path, title: str = "", model: bool = True) -> int:
-    """Log the run's artifacts that ``run_id`` does not hold yet (the model
-    only with ``model``: a finished run). Returns how many."""
-    have = {a.path for a in client.list_artifacts(run_id)}
-    have |= {a.path for a in client.list_artifacts(run_id, EXPORT_DIR)}
+def log_files(client, run_id: str, run_dir: str | Path, title: str = "", model: bool = True,
+              refresh: bool = False) -> int:
+    """Log the run's artifacts that ``run_id`` does not hold yet (with ``refresh``: all of them again, for a
+    run that trained on since they were logged), and its MLflow model unless one of its final epoch is
+    logged already (only with ``model``: a finished run; none for a search trial, whose selected
+    configuration is trained again). Returns how many."""
+    have = set()
+    if not refresh:
+        have = {a.path for a in client.list_artifacts(run_id)}
+        have |= {a.path for a in client.list_artifacts(run_id, EXPORT_DIR)}
     n = 0
     for name, path in files(run_dir, title, skip=have, model=model).items():
         folder = str(Path(name).parent) if "/" in name else None
@@ -131,12 +160,18 @@ def log_files(client, run_id: str, run_dir: str | Path, title: str = "", model: 
         if name == f"{EXPORT_DIR}/{EXPORT}":  # the final model's size as exported, beside its FLOPs
             client.log_metric(run_id, EXPORT_BYTES, path.stat().st_size)
         n += 1
-    from .mlflow_runs import read_run_file, update_run_file
+    from .mlflow_runs import TAG_ROLE, read_run_file, update_run_file
 
     run_dir = Path(run_dir)
-    if model and (run_dir / EXPORT).exists() and not (read_run_file(run_dir) or {}).get("mlflow_model"):
+    info = read_run_file(run_dir) or {}
+    done = runfolder.epochs(run_dir)
+    final = int(done[-1]["epoch"]) + 1 if done else 0
+    logged = info.get("mlflow_model") and info.get("mlflow_model_epochs", final) == final
+    search = (info.get("tags") or {}).get(TAG_ROLE) == "search"
+    if model and not search and not logged and (run_dir / EXPORT).exists():
         try:
-            update_run_file(run_dir, mlflow_model=log_model(client.tracking_uri, run_id, run_dir))
+            update_run_file(run_dir, mlflow_model=log_model(client.tracking_uri, run_id, run_dir),
+                            mlflow_model_epochs=final)
             n += 1
         except Exception as exc:  # noqa: BLE001 (a model torch.export cannot trace: the export is logged)
             log.warning("the MLflow model of %s was not logged (%s); its sparse export is", run_dir,

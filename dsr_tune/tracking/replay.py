@@ -29,17 +29,10 @@ class SyncSummary:
 
 def replay(client, run_id: str, run_dir: Path, summary: SyncSummary) -> None:
     """Make MLflow's run ``run_id`` hold everything ``run_dir`` has (idempotent)."""
-    from .. import config as C
     from .artifacts import log_files
 
     info = read_run_file(run_dir) or {}
-    if (run_dir / runfolder.CONFIG).exists():
-        last = runfolder.last_epoch(run_dir) or {}  # the device, as the trainer logs it (records name it)
-        device = {"device": last["device"]} if last.get("device") else {}
-        summary.params += mlflow_runs.log_params(client, run_id, C.load(run_dir / runfolder.CONFIG).flat() | device)
-    triples = [t for r in runfolder.read_records(run_dir) for t in mlflow_runs.record_metrics(r)]
-    done = mlflow_runs.logged_steps(client, run_id, {k for k, _, _ in triples})
-    summary.metrics += mlflow_runs.log_metrics(client, run_id, triples, skip=done)
+    replay_records(client, run_id, run_dir, summary)
     status = info.get("status")
     if status in SCORED:  # KILLED: stopped early by ASHA; its model is not the final one
         summary.artifacts += log_files(client, run_id, run_dir, title=info["run_name"], model=status == Status.FINISHED)
@@ -47,3 +40,16 @@ def replay(client, run_id: str, run_dir: Path, summary: SyncSummary) -> None:
         client.set_terminated(run_id, status=status)
     (run_dir / OFFLINE_FILE).unlink(missing_ok=True)
     update_run_file(run_dir, run_id=run_id, synced=status in TERMINAL, error=None)
+
+
+def replay_records(client, run_id: str, run_dir: Path, summary: SyncSummary) -> None:
+    """The params and metric steps of ``run_dir`` that ``run_id`` lacks."""
+    from .. import config as C
+
+    if (run_dir / runfolder.CONFIG).exists():
+        last = runfolder.last_epoch(run_dir) or {}  # the device, as the trainer logs it (records name it)
+        device = {"device": last["device"]} if last.get("device") else {}
+        summary.params += mlflow_runs.log_params(client, run_id, C.load(run_dir / runfolder.CONFIG).flat() | device)
+    triples = [t for r in runfolder.read_records(run_dir) for t in mlflow_runs.record_metrics(r)]
+    done = mlflow_runs.logged_steps(client, run_id, {k for k, _, _ in triples})
+    summary.metrics += mlflow_runs.log_metrics(client, run_id, triples, skip=done)

@@ -3,8 +3,9 @@
 The embedded default needs no server: a sqlite database and an artifact
 folder under the working directory (``./mlruns/mlflow.db``,
 ``./mlruns/artifacts``), always as absolute paths because Ray workers run in
-their own working directories. ``MLFLOW_TRACKING_URI`` or an explicit URI
-(``http://host:5000``, ``sqlite:////abs/db``, ...) replaces it.
+their own working directories. ``MLFLOW_TRACKING_URI`` or an explicit store replaces it: a URI
+(``http://host:5000``, ``sqlite:////abs/db``, ...), or the plain path of an
+sqlite file or of a folder holding ``mlflow.db`` (what users have at hand).
 
 Credentials in a URI (``http://user:pass@host``) are used but never written
 down: :func:`redact` strips them from what goes to logs, ``sweep.json`` and
@@ -59,16 +60,68 @@ def embedded(cwd: str | Path | None = None) -> Target:
     return Target(uri=f"sqlite:///{root / DB_NAME}", artifact_root=(root / "artifacts").as_uri())
 
 
-def resolve(uri: str | None = None, cwd: str | Path | None = None) -> Target:
+# MLflow tracking URIs taken as given, besides sqlite: its servers and the SQL databases it stores in
+SERVER_SCHEMES = ("http", "https")
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def resolve(uri: str | None = None, cwd: str | Path | None = None, key: str = "--tracking-uri") -> Target:
     """``uri``, else $MLFLOW_TRACKING_URI, else the embedded store under ``cwd``.
-    A relative sqlite path is made absolute (its artifacts go beside it)."""
+
+    ``uri`` may be a path: an existing sqlite file, or a folder holding
+    ``mlflow.db``, becomes ``sqlite:////abs/path`` (its artifacts beside it).
+    A relative sqlite URI is made absolute. Anything else (a missing file, a
+    scheme MLflow has no store for here) is a :class:`ConfigError` on ``key``."""
+    env = not uri and bool(os.environ.get("MLFLOW_TRACKING_URI"))
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or None
     if not uri:
         return embedded(cwd)
+    key = "MLFLOW_TRACKING_URI" if env else key
+    base = Path(cwd or os.getcwd())
     if uri.startswith("sqlite:///"):  # relative (3 slashes) or absolute (4)
-        path = (Path(cwd or os.getcwd()) / uri[len("sqlite:///"):]).resolve()
-        return Target(uri=f"sqlite:///{path}", artifact_root=(path.parent / "artifacts").as_uri())
-    return Target(uri=uri)
+        return _sqlite((base / uri[len("sqlite:///"):]).resolve())
+    scheme = re.match(r"([a-z][a-z0-9+.-]*)://", uri, re.IGNORECASE)
+    if scheme:
+        name = scheme.group(1).lower().split("+")[0]  # postgresql+psycopg2: a driver of postgresql
+        if name in SERVER_SCHEMES + DATABASE_SCHEMES:
+            return Target(uri=uri)
+        if name == "file":  # file:///abs/mlflow.db: a path by another name
+            from urllib.parse import unquote, urlparse
+
+            return _sqlite(_store_file(key, uri, Path(unquote(urlparse(uri).path))))
+        raise _bad(key, uri, f"{scheme.group(1)}:// is not a store this tool reads")
+    return _sqlite(_store_file(key, uri, (base / uri).expanduser()))
+
+
+def _sqlite(path: Path) -> Target:
+    return Target(uri=f"sqlite:///{path}", artifact_root=(path.parent / "artifacts").as_uri())
+
+
+def _bad(key: str, uri: str, why: str):
+    from ..schema import ConfigError
+
+    return ConfigError(key, f"{redact(uri)}: {why}; give the path of an MLflow sqlite file (mlflow.db) or of a "
+                            "folder holding one, sqlite:///PATH (created if missing), http(s)://HOST:PORT of a "
+                            "tracking server, or a postgresql:// / mysql:// / mssql:// database")
+
+
+def _store_file(key: str, uri: str, path: Path) -> Path:
+    """The sqlite file a plain path names: the file itself or ``<folder>/mlflow.db``."""
+    if path.is_dir():
+        if not (path / DB_NAME).is_file():
+            raise _bad(key, uri, f"the folder holds no {DB_NAME}")
+        path = path / DB_NAME
+    elif not path.exists():
+        raise _bad(key, uri, "no such file or folder")
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise _bad(key, uri, exc.strerror or "cannot be read") from None
+    if head != SQLITE_MAGIC:
+        raise _bad(key, uri, "not an SQLite database")
+    return path.resolve()
 
 
 _USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)

@@ -33,7 +33,8 @@ def load_tracker(sweep_dir: str | Path, uri: str | None = None) -> SweepTracker:
     """The sweep's tracker from its sweep.json; ``uri`` moves it to another store."""
     path = Path(sweep_dir) / SWEEP_FILE
     if not path.is_file():
-        raise SyncError(f"{sweep_dir} is not a sweep folder (no {SWEEP_FILE})")
+        raise SyncError(f"{sweep_dir} is not a sweep folder (no {SWEEP_FILE}) nor the run folder of dsr-tune "
+                        f"train (no {RUN_FILE} of one)")
     tracker = SweepTracker.from_json(json.loads(path.read_text())["tracker"])
     tracker.target = store.resolve(uri) if uri else store.with_credentials(tracker.target)
     tracker.experiment_id = tracker.parent_id = None
@@ -48,7 +49,13 @@ def run_folders(sweep_dir: str | Path) -> list[Path]:
 def sync_sweep(sweep_dir: str | Path, uri: str | None = None, everything: bool = False) -> SyncSummary:
     """Sync every ended run folder not marked synced (every run folder, the
     RUNNING ones included, with ``everything``; every ended one when moving
-    to another store with ``uri``)."""
+    to another store with ``uri``). ``sweep_dir`` may also be the run folder
+    of a ``dsr-tune train`` run."""
+    from .trainrun import TrainTracker
+
+    train = TrainTracker.load(sweep_dir, uri)
+    if train is not None:
+        return _sync_train(train, everything)
     tracker = load_tracker(sweep_dir, uri)
     meta = json.loads((Path(sweep_dir) / SWEEP_FILE).read_text())
     # a parent created here gets the params the sweep gives a live one (sweep.json keeps them)
@@ -73,4 +80,18 @@ def sync_sweep(sweep_dir: str | Path, uri: str | None = None, everything: bool =
         except Exception as exc:  # noqa: BLE001 (report it, go on with the other runs)
             log.warning("sync of %s failed: %s", run_dir, str(exc).splitlines()[0] if str(exc) else exc)
             summary.failed.append(info["key"])
+    return summary
+
+
+def _sync_train(tracker, everything: bool) -> SyncSummary:
+    """A ``dsr-tune train`` run folder: the run's records, artifacts and status (left alone while RUNNING)."""
+    summary = SyncSummary()
+    status = (read_run_file(tracker.run_dir) or {}).get("status")
+    if status not in TERMINAL and not everything:
+        summary.running += 1
+        return summary
+    summary.runs += 1
+    error = tracker.close(status if status in TERMINAL else Status.RUNNING, summary, refresh=False)
+    if error:
+        raise SyncError(error)
     return summary

@@ -66,8 +66,9 @@ class SweepTracker:
                 client, self.experiment_id, mlflow_runs.run_key(self.sweep_id, Role.PARENT), self.sweep_id,
                 tags={**self._sweep_tags(), mlflow_runs.TAG_ROLE: Role.PARENT,
                       store.DESCRIPTION_TAG: f"The sweep {self.sweep_id}: its settings are this run's params, "
-                                             "its comparison table the report/ artifacts and s<sparsity>/<row>/* "
-                                             "metrics."}, reopen=reopen)
+                                             "its comparison table the report/ artifacts and the "
+                                             "`s<sparsity>/<row>/*` metrics (e.g. `s0.9/static_2x/mean`)."},
+                reopen=reopen)
             if params:
                 mlflow_runs.log_params(client, self.parent_id, params)
         except Exception as exc:  # noqa: BLE001 (any MLflow or network failure)
