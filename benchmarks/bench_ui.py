@@ -53,7 +53,7 @@ def demo_store(root: Path) -> store.Target:
     target = store.resolve(f"sqlite:///{root / 'mlflow.db'}")
     client = store.client(target)
     exp = store.experiment_id(client, "bench", target)
-    from dsr_tune.tracking import runs
+    from dsr_tune.tracking import mlflow_runs as runs
 
     for i in range(20):
         rid = client.create_run(exp, run_name=f"dsr s0.9 seed{i}").info.run_id

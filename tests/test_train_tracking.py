@@ -15,7 +15,7 @@ import pytest
 
 from dsr_tune import cli
 from dsr_tune.runfolder import epochs as epoch_records
-from dsr_tune.tracking.runs import read_run_file
+from dsr_tune.tracking.mlflow_runs import read_run_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "configs" / "digits.yaml")

@@ -95,7 +95,7 @@ _NAME_BAD = re.compile(r"[/:.%\"'\s]+")
 def model_name(run_dir: str | Path, cfg=None) -> str:
     """``<method>-s<sparsity>-seed<seed>`` (``dsr-s0_9-seed1``; dense: ``dense-seed1``): the run's row, sparsity
     and seed, from its tracking.json tags, else its config; MLflow's forbidden characters become ``_``."""
-    from .runs import read_run_file
+    from .mlflow_runs import read_run_file
 
     tags = (read_run_file(run_dir) or {}).get("tags") or {}
     method, sparsity, seed = tags.get("method"), tags.get("sparsity"), tags.get("seed")

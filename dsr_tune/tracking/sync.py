@@ -34,7 +34,7 @@ def load_tracker(sweep_dir: str | Path, uri: str | None = None) -> SweepTracker:
     path = Path(sweep_dir) / SWEEP_FILE
     if not path.is_file():
         raise SyncError(f"{sweep_dir} is not a sweep folder (no {SWEEP_FILE}) nor the run folder of dsr-tune "
-                        f"train (no {RUN_FILE} of one)")
+                        f"train (no {runfolder.TRACKING} of one)")
     tracker = SweepTracker.from_json(json.loads(path.read_text())["tracker"])
     tracker.target = store.resolve(uri) if uri else store.with_credentials(tracker.target)
     tracker.experiment_id = tracker.parent_id = None
