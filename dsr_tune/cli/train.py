@@ -7,12 +7,17 @@ from pathlib import Path
 
 from .. import config as C
 from .. import runfolder
-from .common import fail, interrupted, joining_cluster, ray_host_error, starting
+from .common import fail, fault, interrupted, joining_cluster, ray_host_error, starting, storage_fault
 
 
-def _changed_keys(a: C.Config, b: C.Config, allowed: set[str]) -> list[str]:
-    fa, fb = a.flat(), b.flat()
-    return [k for k in fa if fa[k] != fb[k] and k not in allowed]
+def _changed_keys(saved: C.Config, cfg: C.Config) -> list[str]:
+    """The keys ``cfg`` changes that a resume may not, each as ``key (was -> now)``.
+    Schedules derived from train.epochs compare as written: left null on both
+    sides, they follow the new train.epochs and are no change."""
+    fa, fb = saved.flat(), cfg.flat()
+    follow = C.follows_epochs(saved) & C.follows_epochs(cfg)
+    return [f"{k} ({fa[k]!r} in the run, {fb.get(k)!r} now)" for k in fa
+            if fa[k] != fb.get(k) and k not in RESUMABLE_KEYS and k not in follow]
 
 
 def cmd_train(args) -> int:
@@ -30,12 +35,18 @@ def cmd_train(args) -> int:
             saved = C.load(out / runfolder.CONFIG) if (out / runfolder.CONFIG).exists() else cfg
         except C.ConfigError as exc:
             return fail(f"--resume: the run's own config {out / runfolder.CONFIG} no longer validates: {exc}")
-        changed = _changed_keys(saved, cfg, {"train.epochs", "train.stop_after"} | RESUMABLE_RAY_KEYS)
+        changed = _changed_keys(saved, cfg)
         if changed:
-            return fail(f"--resume: the config differs from the run's own in {', '.join(changed)}; "
-                         "only train.epochs, train.stop_after and the Ray worker settings may change on resume")
+            return fail(f"--resume: the config differs from the run's own ({out / runfolder.CONFIG}) in "
+                        f"{'; '.join(changed)}; set it back to resume (a resume may change train.epochs, whose "
+                        "null schedules follow it, train.stop_after and the Ray worker settings), or start over "
+                        "with --overwrite")
     elif (latest.exists() or ray_run) and not args.overwrite:
         return fail(f"--output {out} already holds a run; pass --resume to continue it or --overwrite to start over")
+    try:
+        runfolder.writable(out)
+    except runfolder.StorageError as exc:
+        return fail(f"--output {out}: {exc}; give a folder that can be written (nothing was started)")
 
     starting(f"train {cfg.sparsity.method} at sparsity {cfg.sparsity.sparsity:g}, {cfg.model.name} on "
              f"{cfg.data.name}, {cfg.train.epochs} epochs -> {out}")
@@ -53,9 +64,10 @@ def cmd_train(args) -> int:
     except C.ConfigError as exc:
         return fail(str(exc) if exc.key.startswith("--") else f"config {exc}")
     except DataError as exc:  # found only while training: the last finished epoch's checkpoint is intact
-        print(f"dsr-tune: error: {exc} (set data.skip_bad_images=true to skip such files; the last finished "
-              f"epoch is saved in {out})", file=sys.stderr)
-        return 1
+        return fault(f"{exc} (set data.skip_bad_images=true to skip such files; the last finished epoch is "
+                     f"saved in {out})")
+    except runfolder.StorageError as exc:  # disk full, folder gone read-only: the last checkpoint is intact
+        return storage_fault(exc, _resume_argv(args, out))
     summary = f"test accuracy {100 * record['test_acc']:.2f}%" if record else "nothing left to train"
     if record and record["epoch"] + 1 < cfg.train.epochs:  # train.stop_after cut it: say how to go on
         summary += (f" after epoch {record['epoch'] + 1} of {cfg.train.epochs} (train.stop_after); "
@@ -68,6 +80,8 @@ def cmd_train(args) -> int:
 # Keys a resumed run may change: the global batch stays, so the math does too.
 RESUMABLE_RAY_KEYS = {"train.workers", "train.use_gpu", "train.cpus_per_worker", "train.max_failures",
                       "train.keep_checkpoints", "train.storage_path"}
+# ... and its length (README, "Resume"): schedules left null follow train.epochs from the resumed epoch on
+RESUMABLE_KEYS = {"train.epochs", "train.stop_after"} | RESUMABLE_RAY_KEYS
 
 
 def _train_ray(args, cfg: C.Config, out: Path) -> int:
@@ -82,6 +96,8 @@ def _train_ray(args, cfg: C.Config, out: Path) -> int:
         return interrupted("the last checkpointed epoch is saved", _resume_argv(args, out))
     except C.ConfigError as exc:
         return fail(f"config {exc}")
+    except runfolder.StorageError as exc:  # the driver's own files (ray_run.json, the run record)
+        return storage_fault(exc, _resume_argv(args, out))
     except Exception as exc:  # ray.train.TrainingFailedError and friends: one line, details above
         if type(exc).__module__.split(".")[0] != "ray":
             raise

@@ -87,6 +87,7 @@ class Method:
     check_paths: Callable[[Config], None] | None = None
     derive: Callable[[dict, str | None, int | None], None] | None = None
     resolve: Callable[[Config], None] | None = None  # fill its null options from the run (e.g. its length)
+    resolves: tuple[str, ...] = ()  # the options ``resolve`` fills (they follow train.epochs on resume)
 
     @property
     def trains_as(self) -> str:
