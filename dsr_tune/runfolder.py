@@ -181,21 +181,26 @@ def atomic_write(path: str | Path, data: str | bytes | Callable[[IO[bytes]], Non
 def writable(folder: str | Path) -> None:
     """Check that files can be written in ``folder`` (made if missing), before
     a long command starts, and leave the file system as it was; raises
-    :class:`StorageError` naming what cannot be written and why."""
+    :class:`StorageError` naming the folder and why. The probe is a temporary
+    file (:func:`temp_path`): one left by a kill goes at the next start."""
     folder = Path(folder)
-    made = [p for p in (folder, *folder.parents) if not p.exists()]
-    probe = folder / ".dsr-tune-probe"
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    probe = temp_path(folder / ".write-probe")
     try:
-        atomic_write(probe, b"")
-        probe.unlink()
-    except StorageError as exc:
-        raise StorageError(folder, exc.cause) from exc.cause
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"probe")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise StorageError(folder, exc) from exc
     finally:
-        for p in made:  # deepest first
-            try:
+        try:
+            probe.unlink(missing_ok=True)
+            for p in made:
                 p.rmdir()
-            except OSError:
-                break
+        except OSError:
+            pass  # a folder that could not be made or written holds nothing to remove
 
 
 def atomic_copy(src, dst: str | Path, opener: Callable[[object], IO[bytes]] | None = None) -> Path:
