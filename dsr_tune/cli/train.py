@@ -11,7 +11,7 @@ from .common import fail, fault, interrupted, joining_cluster, ray_host_error, s
 
 
 def _changed_keys(saved: C.Config, cfg: C.Config) -> list[str]:
-    """The keys ``cfg`` changes that a resume may not, each as ``key (was -> now)``.
+    """The keys ``cfg`` changes that a resume may not, each with the run's value and the new one.
     Schedules derived from train.epochs compare as written: left null on both
     sides, they follow the new train.epochs and are no change."""
     fa, fb = saved.flat(), cfg.flat()
