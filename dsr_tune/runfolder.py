@@ -7,6 +7,12 @@ folder, flushed and fsynced, renamed over the target, and the folder fsynced,
 so a crash at any instant leaves either the old file or the new one, never
 half of one. Nothing else in the package renames files into place.
 
+A write that fails (disk full, a read-only or unwritable folder, an I/O
+error) raises :class:`StorageError` naming the file: the previous version
+of the file is untouched and no temporary is left. The metrics log is the
+one file appended to (:func:`append_line`): a record is in it whole or not
+at all.
+
 Temporary files follow one scheme, ``.<name>.tmp-<pid>`` (:func:`temp_path`:
 the writer's pid); :func:`clean_stale` removes those whose writer is gone (a
 run killed while saving), or all of them in a folder the starting process
@@ -92,26 +98,111 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+class StorageError(OSError):
+    """A file of a run, sweep or checkpoint folder could not be written: ``path``
+    and the OS error (``cause``: no space left, a read-only file system, no
+    permission, ...). Whatever was there before is intact. Still an OSError
+    (same errno), so code that handles OSError handles it; the CLI reports it
+    in one line, a sweep can mark the trial failed with :attr:`reason`.
+    ``epochs_kept``: set by the trainer, the epochs the run's last complete
+    checkpoint holds (None: it wrote none)."""
+
+    def __init__(self, path: str | Path, cause: OSError):
+        super().__init__(cause.errno, cause.strerror or str(cause), str(path))
+        self.path, self.cause = Path(path), cause
+        self.epochs_kept: int | None = None
+
+    @property
+    def reason(self) -> str:
+        return self.cause.strerror or str(self.cause) or type(self.cause).__name__
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path}: {self.reason}"
+
+
+class _Watched:
+    """The temporary file as a writer sees it, remembering a failed write:
+    torch.save reports one only as RuntimeError('unexpected pos ...')."""
+
+    def __init__(self, f: IO[bytes]):
+        self._f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
+def _ours(exc: OSError, path: Path, tmp: Path) -> bool:
+    """The error is about writing ``path`` (not, e.g., about a file being copied from)."""
+    return exc.filename is None or Path(exc.filename) in (tmp, path, *path.parents)
+
+
 def atomic_write(path: str | Path, data: str | bytes | Callable[[IO[bytes]], None]) -> Path:
     """Write ``data`` (text, bytes, or a function that writes to a binary file)
-    to ``path`` atomically and durably; returns the path."""
+    to ``path`` atomically and durably; returns the path. A failed write
+    raises :class:`StorageError` and leaves the previous file as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
+    watched = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
+            watched = _Watched(f)
             if callable(data):
-                data(f)
+                data(watched)
             else:
                 f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
+    except StorageError:
+        raise
+    except OSError as exc:
+        if not _ours(exc, path, tmp):
+            raise
+        raise StorageError(path, exc) from exc
+    except Exception as exc:  # a writer that hid the failed write (torch.save)
+        if watched is None or watched.error is None:
+            raise
+        raise StorageError(path, watched.error) from exc
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # a folder that cannot be written holds no temporary either
     return path
+
+
+def writable(folder: str | Path) -> None:
+    """Check that files can be written in ``folder`` (made if missing), before
+    a long command starts, and leave the file system as it was; raises
+    :class:`StorageError` naming the folder and why. The probe is a temporary
+    file (:func:`temp_path`): one left by a kill goes at the next start."""
+    folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    probe = temp_path(folder / ".write-probe")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"probe")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise StorageError(folder, exc) from exc
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+            for p in made:
+                p.rmdir()
+        except OSError:
+            pass  # a folder that could not be made or written holds nothing to remove
 
 
 def atomic_copy(src, dst: str | Path, opener: Callable[[object], IO[bytes]] | None = None) -> Path:
@@ -190,6 +281,23 @@ def _clean(v):
 def record_line(record: dict) -> str:
     """One record as a metrics.jsonl line (non-finite numbers as null)."""
     return json.dumps({k: _clean(v) for k, v in record.items()}) + "\n"
+
+
+def append_line(fd: int, path: Path, line: str) -> None:
+    """Append ``line`` to the file open as ``fd`` (O_APPEND) whole or not at all:
+    after a failed write (disk full) the file is cut back to where it was, so
+    no torn record is left for a later append to run into."""
+    data = line.encode()
+    end = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError as exc:
+        try:
+            os.ftruncate(fd, end)
+        except OSError:
+            pass  # read_records skips a torn last line all the same
+        raise StorageError(path, exc) from exc
 
 
 def read_records(path: str | Path) -> list[dict]:

@@ -9,7 +9,8 @@ import os
 import shlex
 import sys
 
-EXIT_USAGE = 2  # a bad command line, config or search space: nothing was started
+EXIT_USAGE = 2  # a bad command line, config or search space, an --output that cannot be written: nothing started
+EXIT_FAULT = 1  # a fault during work (disk full, a file that breaks): everything finished is kept
 
 
 def command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
@@ -25,6 +26,29 @@ def command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
 def fail(message: str) -> int:
     print(f"dsr-tune: error: {message}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def fault(message: str) -> int:
+    """A fault during work, in one line (what is kept and how to go on belong in it)."""
+    print(f"dsr-tune: error: {message}", file=sys.stderr)
+    return EXIT_FAULT
+
+
+def storage_fault(exc, argv: list[str]) -> int:
+    """A :class:`dsr_tune.runfolder.StorageError` during a run: the file, the
+    cause, what is kept and the command that continues (``argv``)."""
+    import errno
+
+    where = exc.path.parent
+    fix = ("free space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else
+           f"make {where} writable" if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else
+           f"fix the storage of {where}")
+    if exc.epochs_kept:
+        told = (f"the last complete checkpoint, epoch {exc.epochs_kept}, is intact; {fix} and resume with: "
+                f"{' '.join(shlex.quote(a) for a in argv)} (a copy of the folder resumes too, with --output set to it)")
+    else:
+        told = f"no epoch was finished, so there is nothing to resume; {fix} and run it again"
+    return fault(f"{exc} ({told})")
 
 
 class _Format(logging.Formatter):

@@ -8,12 +8,17 @@ from pathlib import Path
 from .. import config as C
 from .. import runfolder
 from ..records import Status
-from .common import fail, interrupted, joining_cluster, ray_host_error, starting
+from .common import fail, fault, interrupted, joining_cluster, ray_host_error, starting, storage_fault
 
 
-def _changed_keys(a: C.Config, b: C.Config, allowed: set[str]) -> list[str]:
-    fa, fb = a.flat(), b.flat()
-    return [k for k in fa if fa[k] != fb[k] and k not in allowed]
+def _changed_keys(saved: C.Config, cfg: C.Config) -> list[str]:
+    """The keys ``cfg`` changes that a resume may not, each with the run's value and the new one.
+    Schedules derived from train.epochs compare as written: left null on both
+    sides, they follow the new train.epochs and are no change."""
+    fa, fb = saved.flat(), cfg.flat()
+    follow = C.follows_epochs(saved) & C.follows_epochs(cfg)
+    return [f"{k} ({fa[k]!r} in the run, {fb.get(k)!r} now)" for k in fa
+            if fa[k] != fb.get(k) and k not in RESUMABLE_KEYS and k not in follow]
 
 
 def cmd_train(args) -> int:
@@ -34,12 +39,18 @@ def cmd_train(args) -> int:
             saved = C.load(out / runfolder.CONFIG) if (out / runfolder.CONFIG).exists() else cfg
         except C.ConfigError as exc:
             return fail(f"--resume: the run's own config {out / runfolder.CONFIG} no longer validates: {exc}")
-        changed = _changed_keys(saved, cfg, {"train.epochs", "train.stop_after"} | RESUMABLE_RAY_KEYS)
+        changed = _changed_keys(saved, cfg)
         if changed:
-            return fail(f"--resume: the config differs from the run's own in {', '.join(changed)}; "
-                         "only train.epochs, train.stop_after and the Ray worker settings may change on resume")
+            return fail(f"--resume: the config differs from the run's own ({out / runfolder.CONFIG}) in "
+                        f"{'; '.join(changed)}; set it back to resume (a resume may change train.epochs, whose "
+                        "null schedules follow it, train.stop_after and the Ray worker settings), or start over "
+                        "with --overwrite")
     elif (latest.exists() or ray_run) and not args.overwrite:
         return fail(f"--output {out} already holds a run; pass --resume to continue it or --overwrite to start over")
+    try:
+        runfolder.writable(out)
+    except runfolder.StorageError as exc:
+        return fail(f"--output {out}: {exc}; give a folder that can be written (nothing was started)")
 
     if cfg.train.workers >= 2 and (host_error := ray_host_error(args.address)):
         return fail(host_error)
@@ -70,9 +81,11 @@ def _train_here(args, cfg: C.Config, out: Path, tracker) -> int:
         return fail(str(exc) if exc.key.startswith("--") else f"config {exc}")
     except DataError as exc:  # found only while training: the last finished epoch's checkpoint is intact
         _close(tracker, Status.FAILED, out)
-        print(f"dsr-tune: error: {exc} (set data.skip_bad_images=true to skip such files; the last finished "
-              f"epoch is saved in {out})", file=sys.stderr)
-        return 1
+        return fault(f"{exc} (set data.skip_bad_images=true to skip such files; the last finished epoch is "
+                     f"saved in {out})")
+    except runfolder.StorageError as exc:  # disk full, folder gone read-only: the last checkpoint is intact
+        _close(tracker, Status.FAILED, out)
+        return storage_fault(exc, _resume_argv(args, out))
     except BaseException:
         _close(tracker, Status.FAILED, out)
         raise
@@ -113,6 +126,8 @@ def _command(args, out: Path) -> str:
 # Keys a resumed run may change: the global batch stays, so the math does too.
 RESUMABLE_RAY_KEYS = {"train.workers", "train.use_gpu", "train.cpus_per_worker", "train.max_failures",
                       "train.keep_checkpoints", "train.storage_path"}
+# ... and its length (README, "Resume"): schedules left null follow train.epochs from the resumed epoch on
+RESUMABLE_KEYS = {"train.epochs", "train.stop_after"} | RESUMABLE_RAY_KEYS
 
 
 def _cost(record: dict) -> str:
@@ -138,6 +153,10 @@ def _train_ray(args, cfg: C.Config, out: Path, tracker) -> int:
     except C.ConfigError as exc:
         _close(tracker, Status.FAILED, out)
         return fail(f"config {exc}")
+    except runfolder.StorageError as exc:  # the driver's own files (ray_run.json, the run record)
+        _trained(tracker)
+        _close(tracker, Status.FAILED, out)
+        return storage_fault(exc, _resume_argv(args, out))
     except Exception as exc:  # ray.train.TrainingFailedError and friends: one line, details above
         _trained(tracker)
         _close(tracker, Status.FAILED, out)

@@ -7,10 +7,10 @@ naming the key, the value and what is allowed, before any work starts.
 """
 
 from ..schema import ConfigError
-from .load import (apply_overrides, check, check_paths, describe, dump, from_dict, load, moved_key,
-                   parse_override, read_yaml, replace, set_dotted)
+from .load import (apply_overrides, check, check_paths, describe, dump, follows_epochs, from_dict, load,
+                   moved_key, parse_override, read_yaml, replace, set_dotted)
 from .sections import SECTIONS, Config, DataConfig, ModelConfig, OptimConfig, SparsityConfig, TrainConfig
 
 __all__ = ["SECTIONS", "Config", "ConfigError", "DataConfig", "ModelConfig", "OptimConfig", "SparsityConfig",
-           "TrainConfig", "apply_overrides", "check", "check_paths", "describe", "dump", "from_dict", "load",
-           "moved_key", "parse_override", "read_yaml", "replace", "set_dotted"]
+           "TrainConfig", "apply_overrides", "check", "check_paths", "describe", "dump", "follows_epochs",
+           "from_dict", "load", "moved_key", "parse_override", "read_yaml", "replace", "set_dotted"]

@@ -20,7 +20,7 @@ import yaml
 from .. import methods, models, runfolder
 from ..data import registry as data_sets
 from ..schema import ConfigError, build, docs, epochs_within
-from .sections import SECTIONS, Config
+from .sections import SECTIONS, Config, derived_keys
 
 
 def moved_key(dotted: str) -> str | None:
@@ -69,6 +69,18 @@ def replace(cfg: Config, **dotted: Any) -> Config:
     for key, value in dotted.items():
         set_dotted(data, key, value)
     return from_dict(data)
+
+
+def follows_epochs(cfg: Config) -> set[str]:
+    """The keys of ``cfg`` derived from train.epochs that hold what null gives
+    at its length (left null, or set to just that): on a resume that changes
+    train.epochs they follow it. A run's config.yaml holds them resolved; this
+    is how it is compared as the user wrote it."""
+    data, keys = cfg.to_dict(), derived_keys()
+    for key in keys:
+        set_dotted(data, key, None)
+    fresh, mine = from_dict(data).flat(), cfg.flat()
+    return {k for k in keys if fresh[k] == mine[k]}
 
 
 # ---------------------------------------------------------------- checks across sections

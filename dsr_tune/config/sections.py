@@ -260,4 +260,10 @@ class Config(Section):
         return out
 
 
+def derived_keys() -> tuple[str, ...]:
+    """The keys whose null :class:`Config` fills from train.epochs."""
+    own = [f"sparsity.{name}.{key}" for name in methods.with_options() for key in methods.get(name).resolves]
+    return ("sparsity.period_schedule", "sparsity.stop_epoch", *own)
+
+
 SECTIONS: dict[str, type[Section]] = {name: info.annotation for name, info in Config.model_fields.items()}

@@ -206,6 +206,8 @@ def launch(cfg: C.Config, run_dir: str | Path, *, resume: bool = False, address:
                             "reaches: train.storage_path=s3://..., gs://... or a shared folder")
     run_file = run_dir / runfolder.RAY_RUN  # where the run's checkpoints live
     previous = json.loads(run_file.read_text()) if resume and run_file.exists() else None
+    if previous and previous.get("in_run_folder"):  # <output>/ray moves with a copied run folder
+        previous["storage_path"] = storage.resolve(None, run_dir)
     if previous and cfg.train.storage_path and storage.resolve(cfg.train.storage_path, run_dir) != previous["storage_path"]:
         raise C.ConfigError("train.storage_path", f"{cfg.train.storage_path!r}: the run keeps its checkpoints in "
                             f"{previous['storage_path']!r}; resume with that storage")
@@ -217,7 +219,8 @@ def launch(cfg: C.Config, run_dir: str | Path, *, resume: bool = False, address:
         if not cfg.train.storage_path and not resume:
             _remove_old_checkpoints(Path(storage_uri), run_dir.name)
         run_dir.mkdir(parents=True, exist_ok=True)
-        runfolder.write_json(run_file, {"name": name, "storage_path": storage_uri})
+        runfolder.write_json(run_file, {"name": name, "storage_path": storage_uri,
+                                        "in_run_folder": not cfg.train.storage_path})
     resume_from = run_dir / runfolder.CHECKPOINT if resume and runfolder.has_run(run_dir) else None
     default_storage = storage.resolve(None, run_dir)  # passed on as None: fit() refuses it on a cluster
     need = cfg.train.workers * cfg.train.cpus_per_worker

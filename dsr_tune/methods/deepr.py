@@ -62,4 +62,4 @@ def resolve(cfg) -> None:
 
 register(Method("deepr", "dynamic", "DeepR: noise and L1 on active weights, sign flips deactivated, random "
                 "reactivation in the same tensor", options=DeepROptions, reallocator=reallocator, check=check,
-                resolve=resolve))
+                resolve=resolve, resolves=("temperatures",)))

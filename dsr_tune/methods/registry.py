@@ -94,6 +94,7 @@ class Method:
     check_paths: Callable[[RunConfig], None] | None = None
     derive: Callable[[dict, str | None, int | None], None] | None = None
     resolve: Callable[[RunConfig], None] | None = None  # fill its null options from the run (e.g. its length)
+    resolves: tuple[str, ...] = ()  # the options ``resolve`` fills (they follow train.epochs on resume)
 
     @property
     def trains_as(self) -> str:

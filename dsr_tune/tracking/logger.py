@@ -165,4 +165,7 @@ class MlflowLogger:
         self._failed = True
         reason = store.describe(exc, self.spec.uri)
         log.warning("%s; this run keeps logging to metrics.jsonl only (dsr-tune sync logs it later)", reason)
-        mark_offline(self.spec.run_dir, self.spec.uri, reason)
+        try:
+            mark_offline(self.spec.run_dir, self.spec.uri, reason)
+        except OSError as exc:  # a full disk: the trainer reports it when it writes its own files
+            log.warning("%s (MLflow's offline mark not written)", exc)

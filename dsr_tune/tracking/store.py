@@ -170,7 +170,8 @@ def describe(exc: BaseException, uri: str) -> str:
     refused = re.search(r"\[Errno -?\d+\] [^'\")(]+", text)
     if refused or "Max retries exceeded" in text:
         return f"MLflow at {uri} is unreachable ({refused.group(0).strip() if refused else 'no answer'})"
-    first = text.splitlines()[0] if text else type(exc).__name__
+    lines = [ln for ln in text.splitlines() if not ln.startswith("(raised as a result of")]  # SQLAlchemy's preamble
+    first = lines[0] if lines else type(exc).__name__
     return f"MLflow at {uri}: {first[:200]}"
 
 

@@ -6,11 +6,12 @@ Ray) implement the same three methods; the trainer calls them on rank 0 only.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Protocol
 
 from ..records import EPOCH, Status
-from ..runfolder import record_line
+from ..runfolder import StorageError, append_line, record_line
 
 
 class MetricLogger(Protocol):
@@ -20,21 +21,27 @@ class MetricLogger(Protocol):
 
 
 class JsonlLogger:
-    """Appends one JSON object per record to ``metrics.jsonl``, flushed each time."""
+    """Appends one JSON object per record to ``metrics.jsonl``, each written
+    whole or not at all (a full disk raises :class:`StorageError`)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a", buffering=1)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(self.path, exc) from exc
 
     def log_params(self, params: dict) -> None:
         pass  # the resolved config.yaml beside the file holds them
 
     def log_record(self, record: dict) -> None:
-        self._f.write(record_line(record))
+        append_line(self._fd, self.path, record_line(record))
 
     def close(self, status: str = Status.FINISHED) -> None:
-        self._f.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def duration(seconds: float) -> str:

@@ -52,6 +52,10 @@ def restore(run: Run, path: Path) -> None:
     grad scaler, masks (with threshold, generator, method state), counters and
     the records logged so far (metrics.jsonl is rewritten from them)."""
     state = ckpt.load(path, map_location=run.device, key="--resume")
+    if state["epoch"] > run.cfg.train.epochs:  # a run may be resumed longer or shorter, not shorter than it is
+        raise C.ConfigError("train.epochs", f"{run.cfg.train.epochs} is below the {state['epoch']} epochs the run "
+                                            f"in {run.out_dir} has trained; give train.epochs >= {state['epoch']} "
+                                            "to continue it (or --overwrite to start over)")
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -75,7 +79,6 @@ def restore(run: Run, path: Path) -> None:
 def _start_folder(run: Run, fresh: bool) -> None:
     """Rank 0: the resolved config, and for a fresh run an empty log and init.pt."""
     out = run.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     for stale in runfolder.clean_stale(out):
         log.info("removed %s, left by a run killed while saving", stale.name)
     # the data choices made from the files, as comments: the keys stay as given, so --resume compares equal
@@ -129,24 +132,24 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
     resume_from = _resume_path(out_dir, resume)
     if resume_from is not None:
         restore(run, resume_from)
-    if run.info.main:
-        _start_folder(run, fresh=resume_from is None)
-    loggers = ([JsonlLogger(out_dir / runfolder.METRICS)] + list(loggers)) if run.info.main else []
-    for lg in loggers:
-        lg.log_params(cfg.flat() | {f"resolved.{k}": v for k, v in resolved(run).items()}
-                      | {"device": run.flops.device})  # the first device of a run resumed elsewhere: see records
-    if run.info.main:
-        log.info("%s", _describe(run))
-
-    def emit(record: dict) -> None:
-        run.records.append(record)
-        for lg in loggers:
-            lg.log_record(record)
-
-    show_bar = run.info.main and (sys.stderr.isatty() if progress is None else progress)
+    kept = run.start_epoch if resume_from is not None else None  # the epochs of the last complete checkpoint
     record: dict = {}
-    status, began = Status.FAILED, time.perf_counter()
+    status, began, active = Status.FAILED, time.perf_counter(), list(loggers) if run.info.main else []
     try:
+        if run.info.main:
+            _start_folder(run, fresh=resume_from is None)
+            active.insert(0, JsonlLogger(out_dir / runfolder.METRICS))
+            log.info("%s", _describe(run))
+        for lg in active:
+            lg.log_params(cfg.flat() | {f"resolved.{k}": v for k, v in resolved(run).items()}
+                          | {"device": run.flops.device})  # the first device of a run resumed elsewhere: see records
+
+        def emit(record: dict) -> None:
+            run.records.append(record)
+            for lg in active:
+                lg.log_record(record)
+
+        show_bar = run.info.main and (sys.stderr.isatty() if progress is None else progress)
         end = min(cfg.train.epochs, cfg.train.stop_after or cfg.train.epochs)
         for epoch in range(run.start_epoch, end):
             started, epoch_lr = time.perf_counter(), run.optimizer.param_groups[0]["lr"]
@@ -156,7 +159,8 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
             run.records.append(record)
             due = (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == end
             path = save_checkpoint(run, epoch) if due else None
-            for lg in loggers:  # after the checkpoint: a kill in between loses nothing (resume rewrites the log)
+            kept = epoch + 1 if due else kept
+            for lg in active:  # after the checkpoint: a kill in between loses nothing (resume rewrites the log)
                 lg.log_record(record)
             if run.info.main:
                 log.info("%s", progress_line(record, run.records, cfg.train.epochs,
@@ -167,7 +171,10 @@ def train(cfg: C.Config, out_dir: str | Path, *, resume: bool | str | Path = Fal
     except KeyboardInterrupt:
         status = Status.KILLED
         raise
+    except runfolder.StorageError as exc:  # disk full, a folder no longer writable: say what is kept
+        exc.epochs_kept = kept
+        raise
     finally:
-        for lg in loggers:
+        for lg in active:
             lg.close(status)
     return record
