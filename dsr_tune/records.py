@@ -95,6 +95,10 @@ class ReallocRecord(TypedDict, total=False):
     reallocations: int
 
 
+# wall-clock measurements: the only fields two runs of the same config (or a run and its resumed twin) differ in
+TIMED = ("samples_per_s", "epoch_time", "train_time", "realloc_time")
+
+
 def _metrics(record: type) -> tuple[str, ...]:
     hints = get_type_hints(record, include_extras=True)
     return tuple(k for k, t in hints.items() if METRIC in getattr(t, "__metadata__", ()))

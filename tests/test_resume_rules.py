@@ -13,6 +13,7 @@ import torch
 
 from dsr_tune import checkpoint as ckpt
 from dsr_tune import cli, config as C, runfolder
+from dsr_tune.records import TIMED
 from dsr_tune.cli.train import _changed_keys
 from dsr_tune.train import train
 
@@ -21,7 +22,7 @@ DIGITS = str(ROOT / "configs" / "digits.yaml")
 # schedules left null: they follow train.epochs (40 iterations per epoch on digits)
 NULL = ["optim.milestones=[]", "sparsity.period_schedule=null", "sparsity.stop_epoch=null", "train.threads=1",
         "data.loader_workers=0"]
-TIMING = {"samples_per_s", "epoch_time"}
+TIMING = set(TIMED)
 
 
 def _records(run_dir: Path) -> list[dict]:
