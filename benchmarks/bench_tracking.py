@@ -91,7 +91,7 @@ def epoch_record(trial: int, epoch: int) -> dict:
 
 def sent_pairs(trial: int, epochs: int, reallocs: int) -> dict[tuple[str, int], float]:
     """Every (key, step) -> value a trial that logged ``epochs`` epochs sent."""
-    from dsr_tune.tracking import runs
+    from dsr_tune.tracking import mlflow_runs as runs
 
     out = {}
     for e in range(epochs):
@@ -107,7 +107,7 @@ def _sleep_until(t: float) -> None:
 def _timed(calls: list, written: dict):
     """``runs.log_metrics`` as the live logger calls it, timed; an epoch's
     write time is kept by its step."""
-    from dsr_tune.tracking import runs
+    from dsr_tune.tracking import mlflow_runs as runs
 
     real = runs.log_metrics
 
@@ -129,7 +129,7 @@ def _timed(calls: list, written: dict):
 def trial(index: int, tracker_json: dict, load: Load, barrier, folder: str) -> None:
     """One trial (a process of its own): its run, its live logger, its epochs."""
     from dsr_tune import config as C
-    from dsr_tune.tracking import MlflowLoggerSpec, SweepTracker, runs
+    from dsr_tune.tracking import MlflowLoggerSpec, SweepTracker, mlflow_runs as runs
 
     calls: list = []
     written: dict[int, float] = {}
@@ -326,7 +326,7 @@ def run_load(kind: str, load: Load, folder: Path) -> dict:
     """The load against one store; returns the counts and timings."""
     import mlflow  # noqa: F401 (imported once here, shared by the forked trials; no store is opened)
 
-    from dsr_tune.tracking import runs
+    from dsr_tune.tracking import mlflow_runs as runs
 
     ctx = mp.get_context("fork")
     folder.mkdir(parents=True, exist_ok=True)

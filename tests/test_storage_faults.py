@@ -23,13 +23,14 @@ import torch
 
 from dsr_tune import checkpoint as ckpt
 from dsr_tune import cli, config as C, runfolder
+from dsr_tune.records import TIMED
 from dsr_tune.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "configs" / "digits.yaml")
 FAST = ["train.epochs=4", "optim.milestones=[2]", "sparsity.period_schedule=[[0, 7]]", "sparsity.stop_epoch=4",
         "sparsity.dsr.target_pruned=100", "train.threads=1", "data.loader_workers=0"]
-TIMING = {"samples_per_s", "epoch_time"}  # the only fields two runs of the same config may differ in
+TIMING = set(TIMED)  # the only fields two runs of the same config may differ in
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -227,7 +228,8 @@ def test_a_real_write_failure_in_the_dsr_tune_process_is_one_line(straight, tmp_
     assert smaller < limit < (straight / runfolder.CHECKPOINT).stat().st_size
     done = subprocess.run([exe, "train", DIGITS, *FAST, "--output", str(run)], capture_output=True, text=True,
                           timeout=600, preexec_fn=_limit_file_size(limit), cwd=tmp_path)
-    errors = [ln for ln in done.stderr.splitlines() if "error" in ln]
+    # the embedded MLflow store is on the same full disk: its logger may say once that it went offline
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("dsr-tune: error:")]
     assert done.returncode == 1 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
     assert f"cannot write {run / runfolder.CHECKPOINT}: File too large" in errors[0], errors
     assert "epoch 3, is intact" in errors[0] and "fix the storage" in errors[0], errors

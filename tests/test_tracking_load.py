@@ -32,7 +32,7 @@ def test_the_read_back_counts_every_write_that_is_missing_or_wrong(tmp_path):
     """The load test's 'lost' is a real count: pairs left out or changed are found."""
     from mlflow import MlflowClient
 
-    from dsr_tune.tracking import runs, store
+    from dsr_tune.tracking import mlflow_runs as runs, store
 
     bench = _bench()
     sent = bench.sent_pairs(3, epochs=2, reallocs=2)

@@ -177,9 +177,12 @@ def describe(exc: BaseException, uri: str) -> str:
 
 def _quiet_mlflow() -> None:
     # the first open of a new sqlite store logs every schema migration at INFO
-    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.store",
+    for name in ("alembic", "mlflow.tracking", "mlflow.store",
                  "urllib3.connectionpool"):  # a "Retrying ..." line per retry of a failed request
         logging.getLogger(name).setLevel(logging.WARNING)
+    # a failed database write (a full disk, a broken store) comes with a traceback here, and again as the
+    # exception our callers turn into one line (describe())
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def client(target: Target):
