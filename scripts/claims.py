@@ -31,15 +31,15 @@ No verdict below 3 seeds: the report gives no interval there.
 **Holm.** Each verdict also comes adjusted for the number of claims judged at
 once. A *family* is the claims of one sparsity (one section of the report's
 table): the ones a reader takes in together. Each claim's p-value is that of
-the test its verdict rests on (two-sided paired t test of "no difference"
-for a verdict against 0; for one against a margin, twice the one-sided p of
-the bound, which is below 0.05 exactly when the 95% interval clears it; the
-larger of the two for "within +-MARGIN" and for "every one below 0"; with no
-spread, the sign test). Holm's step-down procedure adjusts them within the
-family; a verdict stands after Holm when its adjusted p is below 0.05, else it
-is "not resolved after Holm". Where the report lacks the p-values (older
-report.csv files), they are computed from the interval, n and the t
-distribution.
+the test its verdict rests on: the report's two-sided paired t test of "no
+difference" (``diff_p``) for a verdict against 0; for one against a margin,
+twice the one-sided p of the bound, which is below 0.05 exactly when the 95%
+interval clears it; the larger of the two for "within +-MARGIN" and for "every
+one below 0"; with no spread, the sign test. Holm's step-down procedure
+adjusts them within the family; a verdict stands after Holm when its adjusted
+p is below 0.05, else it is "not resolved after Holm". Where the report lacks
+them (older report.csv files), the p-values come from the interval, n and the
+t distribution.
 
 The compute-matched claims also name each row's training FLOPs as a multiple of
 the dense run's (``train_flops_x``), so that "at equal training compute" can be
@@ -69,6 +69,7 @@ class Diff:
     hi: float | None
     n: int
     sd: float | None = None        # of the paired differences
+    p: float | None = None         # the report's p-value of "no difference" (paired t test)
     flops_x: float | None = None   # the row's training FLOPs, x the dense run's
     parent_x: float | None = None  # those of the run it starts from (GMP's dense run, the ablations' DSR run)
     dsr_flops_x: float | None = None
@@ -111,8 +112,8 @@ class Diff:
         return self._p(bound, -1.0)
 
     def p_zero(self) -> float:
-        """The two-sided p of "no difference"."""
-        return min(self.p_below(0.0), self.p_above(0.0))
+        """The two-sided p of "no difference": the report's, else from the spread."""
+        return self.p if self.p is not None else min(self.p_below(0.0), self.p_above(0.0))
 
 
 def _num(r: dict, k: str) -> float | None:
@@ -132,7 +133,8 @@ def read(path: Path) -> dict[float, dict[str, Diff]]:
             continue
         out.setdefault(s, {})[r["method"]] = Diff(
             r["method"], s, float(r["diff_to_dsr"]), _num(r, "diff_ci_low"), _num(r, "diff_ci_high"),
-            int(float(r["diff_n"] or 0)), _num(r, "diff_sd"), _num(r, "train_flops_x"), _num(r, "parent_train_flops_x"))
+            int(float(r["diff_n"] or 0)), _num(r, "diff_sd"), _num(r, "diff_p"), _num(r, "train_flops_x"),
+            _num(r, "parent_train_flops_x"))
     for s, rows in out.items():
         for d in rows.values():
             d.dsr_flops_x = dsr_x.get(s)
