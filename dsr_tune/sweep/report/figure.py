@@ -143,6 +143,8 @@ def plot(t: Table, out: str | Path) -> Path:
         _ylim(ax)
     params.set_title(f"{t.title}\nmeans over seeds {t.seeds}; bars: 95% CI of the mean (n >= 3)", fontsize=9)
     cost.set_title("accuracy against training compute (Pareto view)", fontsize=9)
+    if not any(ln.cost.train_x for lines in by_method.values() for ln in lines):
+        cost.text(0.5, 0.5, "the runs recorded no training FLOPs", ha="center", va="center", transform=cost.transAxes)
     handles = {}
     for ax in (params, cost):
         for h, label in zip(*ax.get_legend_handles_labels()):

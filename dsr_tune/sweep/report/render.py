@@ -114,12 +114,13 @@ def _selection(t: Table, s: float) -> list[str]:
 
 def text(t: Table) -> str:
     out = header(t)
-    widths = [16, 6, 5, 3, 14, 17, 30, 15, 22, 10, 8, 10]
+    rows = [cells(ln)[:-1] for lines in t.sections.values() for ln in lines]  # every column as wide as it needs
+    widths = [max(len(c) for c in column) for column in zip(COLUMNS[:-1], *rows)]
     for s, lines in sorted(t.sections.items()):
         out += ["", f"sparsity {s:g}"] + [f"  {x}" for x in _selection(t, s)]
         out.append("  " + "  ".join(f"{c:<{w}}" for c, w in zip(COLUMNS, widths)) + "  note")
         for ln in lines:
-            out.append("  " + "  ".join(f"{c:<{w}}" for c, w in zip(cells(ln), widths)) + f"  {ln.note}".rstrip())
+            out.append(("  " + "  ".join(f"{c:<{w}}" for c, w in zip(cells(ln), widths)) + f"  {ln.note}").rstrip())
     if t.pareto:
         out += ["", f"Pareto front of the search trials ({t.metric} vs non-zero params):"]
         out += [f"  {r.key:<24} {_pct(r.metrics[t.metric])}%  {int(r.metrics['nonzero_params']):>12,}" for r in t.pareto]
