@@ -114,8 +114,11 @@ def _dsr_panels(ax_h, ax_k, runs: dict[str, Path]) -> None:
 
 def _density_panel(ax, label: str, folder: Path, first: bool) -> None:
     epochs = [r for r in runfolder.read_records(folder) if r.get("kind") == EPOCH and r.get("density")]
+    from matplotlib.ticker import MaxNLocator
+
     ax.set_title(f"{label}: per-layer density", fontsize=9)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if first:  # the row's panels share the scale
         ax.set_ylabel("active / all weights")
     ax.grid(alpha=0.3)

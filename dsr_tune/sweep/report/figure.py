@@ -35,11 +35,8 @@ def _err(lines: list[Line]) -> list[list[float]]:
             [100 * (ln.ci[1] - ln.mean) if ln.ci else 0 for ln in lines]]
 
 
-def _accuracy(ax, by_method: dict[str, list[Line]], look: dict, x, xlabel: str, fmt) -> None:
-    """One accuracy panel: a line per method over the sparsities, x = ``x(line)`` on a log
-    scale, its ticks written by ``fmt``."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
+def _accuracy(ax, by_method: dict[str, list[Line]], look: dict, x, xlabel: str) -> None:
+    """One accuracy panel: a line per method over the sparsities, x = ``x(line)`` on a log scale."""
     for method, lines in sorted(by_method.items()):
         lines = sorted((ln for ln in lines if x(ln) is not None), key=x)
         if not lines:
@@ -48,10 +45,6 @@ def _accuracy(ax, by_method: dict[str, list[Line]], look: dict, x, xlabel: str, 
         ax.errorbar([x(ln) for ln in lines], [100 * ln.mean for ln in lines], yerr=_err(lines), marker=st["marker"],
                     color=st["color"], lw=st["lw"], capsize=3, label=method, zorder=3 if method == REFERENCE else 2)
     ax.set_xscale("log")
-    lo, hi = ax.get_xlim()  # within a decade, 1, 2 and 5 may leave one tick: then every digit
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if hi > 8 * lo else range(1, 10)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v)))
-    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3, which="both")
@@ -82,9 +75,17 @@ def _parents(ax, by_method: dict[str, list[Line]], look: dict) -> bool:
     return drawn
 
 
-def _ylim(ax) -> None:
+def _axes_limits(ax, fmt) -> None:
+    """Accuracy within [0, 100]; the log x axis ticked at 1, 2 and 5 of each decade (every
+    digit when the data span less than one, where those would leave a single tick), in ``fmt``."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     lo, hi = ax.get_ylim()
     ax.set_ylim(max(0.0, lo), min(100.0, hi))
+    lo, hi = ax.get_xlim()
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if hi > 8 * lo else range(1, 10)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _differences(ax, s: float, lines: list[Line], look: dict) -> None:
@@ -126,9 +127,8 @@ def plot(t: Table, out: str | Path) -> Path:
                              gridspec_kw={"width_ratios": [1.3, 1.3] + [1] * len(sections)}, squeeze=False,
                              layout="constrained")
     params, cost = axes[0][0], axes[0][1]
-    _accuracy(params, by_method, look, lambda ln: ln.nonzero, "non-zero parameters", lambda v: f"{v:,.0f}")
-    _accuracy(cost, by_method, look, lambda ln: ln.cost.train_x, "training FLOPs, x the dense run's at 1x",
-              lambda v: f"{v:g}x")
+    _accuracy(params, by_method, look, lambda ln: ln.nonzero, "non-zero parameters")
+    _accuracy(cost, by_method, look, lambda ln: ln.cost.train_x, "training FLOPs, x the dense run's at 1x")
     extra = [Line2D([], [], marker="o", mfc="white", color="0.3", ls=":", label="with the run it starts from")] \
         if _parents(cost, by_method, look) else []
     if dense is not None:
@@ -138,9 +138,10 @@ def plot(t: Table, out: str | Path) -> Path:
             cost.axhline(100 * dense.mean, color="k", ls="--", lw=1, label=label)
             cost.errorbar([dense.cost.train_x], [100 * dense.mean], yerr=_err([dense]), marker="s", color="k",
                           mfc="white", capsize=3, ls="none", label="the dense run (1x)")
-    for ax, x in ((params, lambda ln: ln.nonzero), (cost, lambda ln: ln.cost.train_x)):
+    for ax, x, fmt in ((params, lambda ln: ln.nonzero, "{:,.0f}".format), (cost, lambda ln: ln.cost.train_x,
+                                                                            "{:g}x".format)):
         _label_sparsities(ax, by_method, x)
-        _ylim(ax)
+        _axes_limits(ax, fmt)
     params.set_title(f"{t.title}\nmeans over seeds {t.seeds}; bars: 95% CI of the mean (n >= 3)", fontsize=9)
     cost.set_title("accuracy against training compute (Pareto view)", fontsize=9)
     if not any(ln.cost.train_x for lines in by_method.values() for ln in lines):
