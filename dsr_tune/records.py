@@ -54,9 +54,11 @@ class EpochRecord(TypedDict, total=False):
     val_acc: Annotated[float, METRIC]
     val_acc5: Annotated[float, METRIC]
     val_loss: Annotated[float, METRIC]
+    val_n: Annotated[int, METRIC]               # images the validation split evaluated
     test_acc: Annotated[float, METRIC]
     test_acc5: Annotated[float, METRIC]
     test_loss: Annotated[float, METRIC]
+    test_n: Annotated[int, METRIC]              # images the test split evaluated (one is worth 100 / test_n points)
     train_loss: Annotated[float, METRIC]
     train_acc: Annotated[float, METRIC]
     nonzero_params: Annotated[int, METRIC]
@@ -68,6 +70,8 @@ class EpochRecord(TypedDict, total=False):
     density: dict[str, float]                   # per masked tensor: active / all (MLflow: density/<tensor>)
     mask_hash: str                              # a digest of the masks, equal on every rank
     train_flops: Annotated[int, METRIC]         # training FLOPs so far (dsr_tune.train.flops' convention)
+    train_images: Annotated[int, METRIC]        # training images so far, every worker's
+    dense_flops: Annotated[int, METRIC]         # forward FLOPs per image of model.* at density 1: the report's unit
     infer_flops: Annotated[int, METRIC]         # forward FLOPs per image of the model at the epoch's end
     train_time: Annotated[float, METRIC]        # seconds: the epoch times so far, summed
     realloc_time: Annotated[float, METRIC]      # seconds inside reallocations so far (measured, not counted)

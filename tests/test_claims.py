@@ -59,3 +59,32 @@ def test_all_static_variants_below_dsr_confirm_the_workshop_claim(claims, tmp_pa
 def test_a_folder_without_a_report_is_refused(claims, tmp_path, capsys):
     assert claims.main([str(tmp_path)]) == 2
     assert "no report.csv" in capsys.readouterr().err
+
+
+def test_holm_adjusts_each_sparsitys_family_beside_the_unadjusted_verdict(claims, tmp_path):
+    head = HEAD.strip() + ",diff_sd,diff_p,train_flops_x,parent_train_flops_x\n"
+    lines = ["0.9,dsr,10,True,5,0.95,0.01,0.94,0.96,,,,,100,1 2 3 4 5,,,0.12,"]
+    # three claims of one sparsity, each below 0 on its own (p 0.01, 0.03, 0.04): Holm keeps the first
+    # (3 x 0.01 = 0.03) and drops the others (2 x 0.03 = 0.06; the third is held at 0.06 too)
+    for m, p in (("static_2x", 0.01), ("static_cm", 0.03), ("thin_dense_cm", 0.04)):
+        lines.append(f"0.9,{m},10,True,5,0.95,0.01,0.94,0.96,-0.01,-0.02,-0.001,5,100,1 2 3 4 5,0.008,{p},0.12,")
+    lines.append("0.8,static_2x,10,True,5,0.95,0.01,0.94,0.96,-0.01,-0.02,-0.001,5,100,1 2 3 4 5,0.008,0.04,0.2,")
+    (tmp_path / "report.csv").write_text(head + "\n".join(lines) + "\n")
+    got = {(v.claim.split(" (")[0], v.sparsity): v for v in claims.judged(claims.read(tmp_path))}
+    assert all(v.verdict == "confirmed" for v in got.values())
+    assert got[("DSR > static sparse at 2x the epochs", 0.9)].holm == "confirmed"
+    assert got[("DSR > static sparse at equal training compute", 0.9)].holm_p == pytest.approx(0.06)
+    assert got[("DSR > thin dense at equal training compute", 0.9)].holm.startswith("not resolved after Holm")
+    assert got[("DSR > static sparse at 2x the epochs", 0.8)].holm == "confirmed"  # a family of one: 0.04
+    assert "training FLOPs 0.12x dense, DSR's 0.12x" in got[("DSR > static sparse at equal training compute", 0.9)].numbers
+    claims.main([str(tmp_path)])
+
+
+def test_p_values_from_an_older_report_come_from_its_interval(claims, tmp_path):
+    from scipy.stats import t
+
+    # n = 5, mean -1 point, interval half width 0.8: t = 1 / (0.8 / t(0.975, 4)), two-sided
+    folder = _csv(tmp_path, {"static_2x": (-0.01, -0.018, -0.002, 5)})
+    (v,) = claims.judged(claims.read(folder))
+    assert v.verdict == "confirmed" and v.p == pytest.approx(2 * t.sf(0.01 / (0.008 / t.ppf(0.975, 4)), 4))
+    assert v.p < 0.05 and v.holm == "confirmed"

@@ -232,6 +232,11 @@ BAD = {  # id: (argv builder of the tmp folder and its files, a word the one lin
     "compare unknown row": (lambda t, f: ["compare", DIGITS, "--methods", "dsr,magic"], "magic"),
     "compare concurrency -1": (lambda t, f: ["compare", DIGITS, "--concurrency", "-1"], "--concurrency"),
     "compare bad override": (lambda t, f: ["compare", DIGITS, "sparsity.sparsity=1"], "sparsity.sparsity"),
+    "plan throughput 0": (lambda t, f: ["sweep", DEMO, "--plan", "--throughput", "0"], "--throughput"),
+    "plan throughput negative": (lambda t, f: ["compare", DIGITS, "--plan", "--throughput", "-5"], "--throughput"),
+    "throughput without plan": (lambda t, f: ["compare", DIGITS, "--throughput", "100"], "--plan"),
+    "plan of a tree not here": (lambda t, f: ["compare", DIGITS, "data.name=folder", f"data.root={t / 'nowhere'}",
+                                              "data.image_size=8", "--plan", "--throughput", "100"], "its files"),
 }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import config as C
 from .. import runfolder
 from .common import command, fail, joining_cluster, starting, store_error
+from .sweep import add_plan_args, finish, plan_args_error, show_plan
 
 
 def _floats(text: str) -> list[float]:
@@ -31,13 +32,17 @@ def cmd_compare(args) -> int:
     """Run the comparison for CONFIG.yaml (the DSR run's config, as the selected configuration): every
     row at every sparsity and seed, static sparse and thin dense at 1x and sparsity.epoch_factor x the
     epochs, GMP after its dense run, the ablations after their DSR run. Every run is an MLflow child run
-    under one parent; the report (mean, std, n, 95% CI, paired difference to DSR) is written to
-    --output as report.md, report.png and report.csv. Run it again to continue."""
+    under one parent; the report (mean, std, n, 95% CI, paired difference to DSR, training and
+    inference FLOPs against the dense run's, time) is written to --output as report.md, report.png
+    and report.csv. Run it again to continue; --plan prices it without running anything."""
+    bad = plan_args_error(args)
+    if bad:
+        return fail(bad)
     try:
         cfg = C.load(args.config, args.overrides)
         if args.epoch_factor is not None:
             cfg = C.replace(cfg, **{"sparsity.epoch_factor": args.epoch_factor})
-        if not joining_cluster(args.address):
+        if not joining_cluster(args.address) and not args.plan:  # a plan reads no data file
             C.check_paths(cfg)
     except C.ConfigError as exc:
         return fail(f"config {exc}")
@@ -56,6 +61,13 @@ def cmd_compare(args) -> int:
         rows.rows(methods or rows.default_labels(), cfg.sparsity.epoch_factor, cfg.train.epochs)
     except C.ConfigError as exc:
         return fail(str(exc))
+    if args.plan:
+        from ..sweep.spec import for_compare
+
+        space = for_compare(cfg, name=out.name, sparsities=args.sparsity, seeds=[cfg.train.seed + i for i in
+                            range(args.seeds)], labels=methods or rows.default_labels())
+        space.search.max_concurrent = args.concurrency
+        return show_plan(space, args.throughput)
     if (out / runfolder.SWEEP).exists() is False and out.exists() and any(out.iterdir()):
         return fail(f"--output {out} already holds files that are not a comparison; pick another folder")
     if not args.verbose:  # the per-epoch lines of every run would drown the progress lines
@@ -65,7 +77,6 @@ def cmd_compare(args) -> int:
     starting(f"compare {', '.join(methods or rows.default_labels())} at sparsity "
              f"{', '.join(f'{x:g}' for x in args.sparsity)} on {args.seeds} seed(s) -> {out}")
     from ..sweep.driver import compare  # torch, mlflow: import after validation
-    from .sweep import finish
 
     argv = ["dsr-tune", "compare", args.config, *args.overrides, "--output", str(out)]
     try:
@@ -113,7 +124,8 @@ def _methods_help() -> str:
     ablations = [x for x in labels if x.partition(":")[0] in methods.names(kind="ablation")]
     groups = [x for x in labels if x not in {*rows, *variants, *ablations}]
     return (f"comma-separated rows: any method ({', '.join(rows)}; {' and '.join(controls)} give their controls at "
-            f"1x and sparsity.epoch_factor x, {', '.join(variants)} just one), {', '.join(ablations)}, or "
+            f"1x and sparsity.epoch_factor x, {', '.join(variants)} just one; _cm: compute-matched, the epochs "
+            f"the DSR run's training FLOPs buy), {', '.join(ablations)}, or "
             f"{' / '.join(repr(g) for g in groups)} (the workshop paper's ablations; default: every method, "
             "no ablations)")
 
@@ -133,6 +145,7 @@ def add_parsers(sub) -> None:
                    "this process, no Ray)")
     c.add_argument("--tracking-uri", help="MLflow store: a path to an mlflow.db or a folder holding one, "
                    "sqlite:///PATH, http(s)://HOST:PORT (default: $MLFLOW_TRACKING_URI, else ./mlruns)")
+    add_plan_args(c)
 
     e = command(sub, "export", cmd_export, "write a trained sparse model in compressed form")
     e.add_argument("run_dir", help="a run folder holding checkpoint.pt")

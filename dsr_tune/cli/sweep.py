@@ -28,10 +28,15 @@ def cmd_sweep(args) -> int:
     from ..sweep import plan, spec
 
     on_cluster = joining_cluster(args.address)  # before validation: data paths are the workers' business
+    bad = plan_args_error(args)
+    if bad:
+        return fail(bad)
     try:
         space = spec.load(args.space, args.overrides)
     except C.ConfigError as exc:
         return fail(f"search space {exc}")
+    if args.plan:
+        return show_plan(space, args.throughput)
     host_error = ray_host_error(args.address) or store_error(space.tracking_uri, "tracking.uri")
     if host_error:
         return fail(host_error)
@@ -55,6 +60,49 @@ def cmd_sweep(args) -> int:
     except KeyboardInterrupt:
         return interrupted("finished trials are kept", _resume_argv(args, out))
     return finish(outcome, _resume_argv(args, out))
+
+
+def plan_args_error(args) -> str | None:
+    """The one-line error of a bad ``--plan`` / ``--throughput``, else None."""
+    if args.throughput is not None and not args.plan:
+        return "--throughput is read only with --plan (it prices the plan's time)"
+    if args.throughput is not None and not args.throughput > 0:
+        return f"--throughput {args.throughput:g}: training images per second must be > 0"
+    return None
+
+
+def show_plan(space, throughput: float | None) -> int:
+    """Print the price of ``space`` (:mod:`dsr_tune.sweep.price`): no training, no Ray, no MLflow, no file."""
+    import logging
+
+    from ..sweep import price
+
+    logging.getLogger("dsr_tune").setLevel(logging.WARNING)  # thin dense's solved widths: the plan has them
+    try:
+        p = price.price(space)
+    except (OSError, ValueError) as exc:  # a folder data set whose files are not here
+        return fail(f"--plan: the sizes of data set {space.base.data.name!r} come from its files: "
+                    f"{str(exc).splitlines()[0]}")
+    if throughput is None:
+        from ..train.speed import throughput as measure
+
+        rate, device, batch = measure(space.base, p.data.classes, p.data.channels, p.data.image_size)
+        workers = space.base.train.workers
+        how = (f"measured here in a few timed steps of a batch of {batch} of the base config on {device}"
+               + (f", times its {workers} workers" if workers > 1 else "") + "; a short measurement: give "
+               "--throughput for the machine the sweep will run on")
+        rate *= max(1, workers)
+    else:
+        rate, how = throughput, "given with --throughput"
+    print("\n".join(price.text(p, rate, how)))
+    return 0
+
+
+def add_plan_args(p) -> None:
+    p.add_argument("--plan", action="store_true", help="print the phases, runs, epochs, training FLOPs and an "
+                   "estimated time, without training, starting Ray or MLflow, or writing anything")
+    p.add_argument("--throughput", type=float, metavar="IMAGES_PER_S", help="with --plan: training images per "
+                   "second of one run (default: measured in a few timed steps of the base config here)")
 
 
 def finish(outcome, resume_argv: list[str]) -> int:
@@ -172,13 +220,15 @@ def add_parsers(sub) -> None:
     s.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     s.add_argument("--table", action="store_true", help="also print Tune's trial table (at most every 30 s) "
                    "beside the one-line events")
+    add_plan_args(s)
     s.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("report", help="table and figure of a sweep from MLflow", description=(
-        "Per sparsity: each row's test accuracy over the report's seeds (mean, std, n, 95% CI, the "
-        "seed-paired difference to DSR with its CI), the selection runs apart, epochs, non-zero params; "
-        "written as report.md, report.png (accuracy vs parameters with the intervals, and the paired "
-        "differences to DSR) and report.csv, and logged to the sweep's parent run."))
+        "Per sparsity: each row's test accuracy over the report's seeds (mean, std, n, 95% CI from n = 3, "
+        "clipped to [0, 100], the seed-paired difference to DSR with its CI), the selection runs apart, "
+        "epochs, non-zero params, training FLOPs (x the dense run's), inference FLOPs (x dense), time and "
+        "device; written as report.md, report.png (accuracy vs parameters and vs training FLOPs with the "
+        "intervals, and the paired differences to DSR) and report.csv, and logged to the sweep's parent run."))
     r.add_argument("sweep", help="a sweep folder, a sweep id, or an experiment name (its newest sweep)")
     r.add_argument("--tracking-uri", help="MLflow store (default: the sweep's own, else $MLFLOW_TRACKING_URI "
                    "or ./mlruns)")

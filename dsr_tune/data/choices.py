@@ -10,12 +10,13 @@ std, computed from up to 2,000 training images) is cached per process.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import registry
-from .files import DataError, first_images, infer_channels, scan_split, split_indices, tree_key
+from .files import DataError, first_images, infer_channels, scan_split, split_indices, tree_key, val_count
 
 STATS_SEED, STATS_IMAGES = 0, 2000  # the sample a folder's mean and std come from
 
@@ -44,6 +45,35 @@ def resolve(cfg) -> dict:
     else:
         r["mean"], r["std"] = data.normalisation(cfg, r)
     return r
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """A data config's split sizes and image shape, as training will see them."""
+
+    train: int      # the training split (the validation slice taken out)
+    val: int
+    test: int
+    classes: int
+    channels: int
+    image_size: int
+
+    def per_epoch(self, batch_size: int) -> int:
+        """Training images an epoch trains on: whole batches (the loaders drop the last partial one)."""
+        return self.train // batch_size * batch_size
+
+
+def sizes(cfg) -> Sizes:
+    """The sizes of a DataConfig, from its registration where the set's size is
+    fixed (no file read: a plan prices a sweep whose data is elsewhere), else
+    from its files; FileNotFoundError (or the data set's DataError) when
+    neither can say."""
+    data = registry.get(cfg.name)
+    pool, test, classes, channels = data.counts(cfg)
+    frac = data.val_fraction if cfg.val_fraction is None else cfg.val_fraction
+    val = val_count(pool, frac)
+    channels = data.channels or cfg.channels or channels or _channels(cfg, data)  # a tree: from its files
+    return Sizes(pool - val, val, test, classes, channels, image_size(cfg))
 
 
 def image_size(cfg) -> int:

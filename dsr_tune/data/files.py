@@ -152,6 +152,13 @@ def verify_images(paths: list[str]) -> str | None:
 VAL_SEED = 20190214
 
 
+def val_count(n: int, fraction: float) -> int:
+    """How many of ``n`` images the validation slice takes (see :func:`split_indices`)."""
+    if fraction <= 0 or n < 2:
+        return 0
+    return min(max(int(round(n * fraction)), 1), n - 1)
+
+
 def split_indices(n: int, fraction: float) -> tuple[list[int], list[int]]:
     """(train part, validation part) of ``range(n)``, both sorted.
 
@@ -159,11 +166,7 @@ def split_indices(n: int, fraction: float) -> tuple[list[int], list[int]]:
     disjoint, covering all n. The validation part has round(n * fraction)
     items, at least 1 when fraction > 0 and n >= 2, never all n.
     """
-    n_val = int(round(n * fraction))
-    if fraction > 0 and n >= 2:
-        n_val = min(max(n_val, 1), n - 1)
-    else:
-        n_val = 0
+    n_val = val_count(n, fraction)
     import numpy as np
 
     order = np.random.default_rng(VAL_SEED).permutation(n)

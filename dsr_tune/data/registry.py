@@ -41,6 +41,9 @@ class DataSet:
         (None: its tensors are standardised already, 0 and 1 per channel).
     check_files(cfg, root, where): its files, checked where training runs
         (ConfigError; ``where`` names the host in messages).
+    counts(cfg): ``(images before the validation slice, test images, classes,
+        channels)`` without the data (a plan prices a sweep from them; channels
+        0: the set's or the config's); None: only its files can say.
     """
 
     name: str
@@ -59,6 +62,7 @@ class DataSet:
     downloads: bool = False
     normalisation: Callable[[Any, dict], tuple[list[float], list[float]]] | None = None
     check_files: Callable[[Any, Any, str], None] | None = None
+    counts: Callable[[Any], tuple[int, int, int, int]] | None = None
 
 
 REGISTRY: dict[str, DataSet] = {}

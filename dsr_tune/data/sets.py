@@ -60,16 +60,45 @@ def _imagenet_norm(cfg, r):
     return list(IMAGENET_MEAN), list(IMAGENET_STD)
 
 
+def _tree_counts(cfg) -> tuple[int, int, int, int]:
+    """A class-folder tree's sizes, counted from its files (cached per process)."""
+    from pathlib import Path
+
+    from .files import scan_split
+
+    root = Path(cfg.root).expanduser()
+    classes, samples = scan_split(root / "train")
+    return len(samples), len(scan_split(root / "val", list(classes))[1]), len(classes), 0
+
+
+def _imagenet_counts(cfg) -> tuple[int, int, int, int]:
+    """Its files' sizes when they are here, else ImageNet-1k's (ILSVRC-2012: 1,281,167 training and
+    50,000 validation images, 1,000 classes, colour)."""
+    from pathlib import Path
+
+    if cfg.root and (Path(cfg.root).expanduser() / "train").is_dir():
+        return _tree_counts(cfg)
+    return 1_281_167, 50_000, 1000, 3
+
+
+def _digits_counts(cfg) -> tuple[int, int, int, int]:
+    test = int(round(1797 * cfg.test_fraction))  # as tensors.digits splits them
+    return 1797 - test, test, 10, 1
+
+
 register(DataSet("digits", "scikit-learn's 1,797 real 8x8 digits, a fixed test split (no download)", _digits,
-                 channels=1, image_size=8, in_memory=True, normalisation=_digits_norm))
+                 channels=1, image_size=8, in_memory=True, normalisation=_digits_norm, counts=_digits_counts))
 register(DataSet("cifar10", "torchvision's CIFAR-10 under data.root, the paper's augmentation", _cifar10,
                  reads=AUGMENTED, channels=3, image_size=32, hflip=True, crop_padding=4, needs_root=True,
-                 downloads=True, normalisation=_cifar10_norm, check_files=check_cifar_files))
+                 downloads=True, normalisation=_cifar10_norm, check_files=check_cifar_files,
+                 counts=lambda cfg: (50_000, 10_000, 10, 3)))
 # ImageNet's val/ is what papers report as test, so its validation is a 1% slice of train (~12,800 images)
 register(DataSet("imagenet", "a train/ and val/ tree of class folders, ImageNet's crops and constants", _tree,
                  reads=TREE, default_size=224, hflip=True, random_resized_crop=True, val_fraction=0.01,
-                 needs_root=True, normalisation=_imagenet_norm, check_files=check_tree_files))
+                 needs_root=True, normalisation=_imagenet_norm, check_files=check_tree_files, counts=_imagenet_counts))
 register(DataSet("folder", "any such tree (grey or colour), its mean and std from its own training images", _tree,
-                 reads=TREE, hflip=True, needs_root=True, normalisation=_tree_norm, check_files=check_tree_files))
+                 reads=TREE, hflip=True, needs_root=True, normalisation=_tree_norm, check_files=check_tree_files,
+                 counts=_tree_counts))
 register(DataSet("synthetic", "random tensors with a learnable label (tests and benchmarks)", _synthetic,
-                 channels=3, default_size=32, in_memory=True))
+                 channels=3, default_size=32, in_memory=True,
+                 counts=lambda cfg: (cfg.synthetic_size, cfg.synthetic_size // 4, 10, 3)))

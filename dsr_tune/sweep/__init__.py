@@ -15,8 +15,10 @@ planned once, every run in MLflow. The life of a sweep, and its modules:
 5. :mod:`.select` selects after the search: the best trial per method and
    sparsity, then the paired jobs on the report's fresh seeds;
 6. :mod:`.progress` says how far it is: every ETA, the best so far;
-7. :mod:`.report` reports: gather the runs, their statistics, the table,
-   the figures.
+7. :mod:`.report` reports: gather the runs, their statistics, what they
+   cost, the table, the figures.
+
+:mod:`.price` prices a sweep from its plan before any of this runs (``--plan``).
 
 :mod:`.terms` holds the words they share: phases, job keys, the reference rows.
 

@@ -103,8 +103,11 @@ def _phases(space: Space, ctx: SweepContext, meta: dict, out_dir: Path, runner) 
         if phase.name in done:
             continue
         keys = [j.key for j in jobs if j.stage == stage]
+        if plan.match_budgets([j for j in jobs if j.stage == stage], ctx.run_dir):  # their DSR runs have trained
+            write_paired(out_dir, jobs)
         log.info("[%s] %d runs: %s", phase, len(keys), "the selection re-trained on fresh seeds, the baselines "
-                 "and dense" if stage == 0 else "the runs that start from stage-0 runs (gmp, ablations)")
+                 "and dense" if stage == 0 else "the runs that start from stage-0 runs (gmp, ablations) or are "
+                 "sized by them (compute-matched controls)")
         ended = _run_here(ctx, keys, phase) if runner is None else runner(phase, keys)
         if not ended:
             return Status.KILLED

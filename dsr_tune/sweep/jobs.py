@@ -35,7 +35,8 @@ class Job:
     group: str | None = None        # s<sparsity>: a selection, its repeats and its baselines
     selected_from: str | None = None  # the search trial whose configuration this re-trains or derives from
     tuned: bool = False             # its hyperparameters come from its own search
-    needs: str | None = None        # the job key of the run it starts from
+    needs: str | None = None        # the job key of the run it starts from (or, compute-matched, is sized by)
+    matched: dict | None = None     # compute-matched: {"flops_of": job key}, then what rows.matched set
 
     @property
     def run_name(self) -> str:
@@ -51,7 +52,10 @@ class Job:
                                + (" with its own tuned hyperparameters" if self.tuned else ""),
                 Role.DENSE: "the full dense reference"}[self.role]
         at = "" if self.sparsity is None else f" at sparsity {self.sparsity:g}"
-        return f"{what}{at}, seed {self.seed}, {self.config['train']['epochs']} epochs."
+        m = self.matched or {}
+        bought = (f" (compute-matched: the {m['budget']:.3g} training FLOPs of {m['flops_of']} at "
+                  f"{m['per_epoch']:.3g} an epoch)") if "epochs" in m else ""
+        return f"{what}{at}, seed {self.seed}, {self.config['train']['epochs']} epochs{bought}."
 
     def identity(self) -> dict:
         """What tracking.json and the MLflow tags say about this run."""

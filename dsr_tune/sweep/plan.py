@@ -21,7 +21,7 @@ from .jobs import Job, with_values
 from .params import SPARSITY
 from .terms import DENSE, REFERENCE, Phase, paired_key, sparsity_tag
 
-from .rows import Row, row_config, rows
+from .rows import Row, epoch_flops, matched, row_config, rows
 from .spec import Space
 
 
@@ -139,5 +139,37 @@ def jobs_for(space: Space, refs: dict[float, tuple[C.Config, str | None]],
                                seed=run.seed, config=cfg.to_dict(), stage=run.stage,
                                group=None if run.sparsity is None else sparsity_tag(run.sparsity),
                                selected_from=source, needs=run.needs,
-                               tuned=own is not None or (run.row.label in space.methods and source is not None))
+                               tuned=own is not None or (run.row.label in space.methods and source is not None),
+                               matched={"flops_of": run.needs} if run.row.matched else None)
     return list(out.values())
+
+
+def match_budgets(jobs: list[Job], folder_of) -> list[str]:
+    """Give every compute-matched job of ``jobs`` not matched yet its epochs
+    (:func:`.rows.matched`) from its DSR run's records, which must have trained
+    to the end; in place, once (a resumed sweep keeps them). Its own epoch
+    costs its FLOPs per training image times the images an epoch of the DSR
+    run trained on (the data set's sizes where its batch or workers differ).
+    Returns the keys matched now; RuntimeError for a DSR run that did not finish."""
+    from .. import runfolder
+    from ..data.choices import sizes
+
+    done = []
+    for job in jobs:
+        if not job.matched or "epochs" in job.matched:
+            continue
+        parent = folder_of(job.matched["flops_of"])
+        last = runfolder.last_epoch(parent)
+        ref = C.read_yaml(parent / runfolder.CONFIG) if (parent / runfolder.CONFIG).is_file() else None
+        if not last or not ref or last["epochs_done"] < ref["train"]["epochs"] or not last.get("train_images"):
+            raise RuntimeError(f"{job.key}: its DSR run {job.matched['flops_of']} did not train to the end with "
+                               "its FLOPs recorded, so there is no budget to match")
+        cfg, data = C.from_dict(job.config), sizes(C.from_dict(job.config).data)
+        same = all(ref[a][b] == job.config[a][b] for a, b in (("data", "batch_size"), ("train", "workers")))
+        images = last["train_images"] // last["epochs_done"] if same else data.per_epoch(cfg.data.batch_size)
+        per_epoch = epoch_flops(cfg, images, data.classes, data.channels)
+        job.config, info = matched(job.config, last["train_flops"], per_epoch)
+        job.config = C.from_dict(job.config).to_dict()  # validated, as every planned config is
+        job.matched = {**job.matched, **info}
+        done.append(job.key)
+    return done

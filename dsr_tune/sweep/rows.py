@@ -3,9 +3,12 @@ how a row's config differs from the DSR config it is compared with.
 
 A row is a registered method (or ablation) at an epoch budget; a control
 (static, thin dense) comes at 1x the DSR run's epochs, which separates the
-method from the training length, and at ``sparsity.epoch_factor`` x, the
-paper's rule. :func:`row_config` is the only place that knows how a row's
-config differs from DSR's.
+method from the training length, at ``sparsity.epoch_factor`` x, the
+paper's rule, and on request compute-matched (``static_cm``): as many epochs
+as the DSR run of its sparsity and seed spent training FLOPs, which asks
+"better at equal training compute?" directly. :func:`row_config` (and
+:func:`matched` for the compute-matched epochs, known once DSR has trained)
+is the only place that knows how a row's config differs from DSR's.
 """
 
 from __future__ import annotations
@@ -19,16 +22,22 @@ from .. import methods
 from .terms import REFERENCE, slug
 
 
+MATCHED = "cm"  # a control's compute-matched budget, as its label writes it: static_cm
+
+
 @dataclass(frozen=True)
 class Row:
-    label: str             # dsr, static_1x, static_2x, gmp, dsr_stop:5, ...
+    label: str             # dsr, static_1x, static_2x, static_cm, gmp, dsr_stop:5, ...
     method: str            # the registry entry
     factor: float = 1.0    # epochs x the DSR config's
     arg: int | None = None  # dsr_stop's epoch
+    matched: bool = False  # epochs bought by the DSR run's measured training FLOPs (:func:`matched`)
 
     @property
     def needs(self) -> str | None:
-        return methods.get(self.method).needs
+        """The finished run this row waits for: the one it starts from, or for a
+        compute-matched row the DSR run whose training FLOPs set its epochs."""
+        return REFERENCE if self.matched else methods.get(self.method).needs
 
     @property
     def slug(self) -> str:
@@ -52,6 +61,8 @@ def parse(label: str, epoch_factor: float) -> list[Row]:
         for k, f in factors.items():
             if base == f"{name}_{k}" and not arg:
                 return [Row(base, name, f)]
+        if base == f"{name}_{MATCHED}" and not arg:
+            return [Row(base, name, matched=True)]
     entry = methods.REGISTRY.get(base)
     if entry is None or arg and not entry.parametric:
         raise C.ConfigError("methods", f"unknown method {label!r}; allowed: {', '.join(known_labels(epoch_factor))}")
@@ -67,7 +78,7 @@ def known_labels(epoch_factor: float = 2.0) -> list[str]:
     out = []
     for name, m in methods.REGISTRY.items():
         if m.controls:
-            out += [name, f"{name}_1x", f"{name}_{_factor_label(epoch_factor)}"]
+            out += [name, f"{name}_1x", f"{name}_{_factor_label(epoch_factor)}", f"{name}_{MATCHED}"]
         else:
             out.append(f"{name}:E" if m.parametric else name)
     return out + ["ablations"]
@@ -148,3 +159,27 @@ def row_config(cfg: C.Config, row: Row | str, parent: str | Path | None = None) 
     if entry.derive is not None:
         entry.derive(data, None if parent is None else str(parent), row.arg)
     return C.from_dict(data)
+
+
+# ---------------------------------------------------------------- compute-matched epochs
+
+
+def matched(data: dict, budget: int, per_epoch: int) -> tuple[dict, dict]:
+    """A compute-matched row's config (``data``, its config at DSR's epochs) and
+    what matched it: the epochs that ``budget`` (the DSR run's training FLOPs)
+    buys at ``per_epoch`` (this row's own training FLOPs an epoch), rounded to
+    the nearest whole epoch (at least 1), so its total lies within half an
+    epoch's FLOPs of DSR's; the LR milestones and the period and stop epochs
+    stretched alike (:func:`stretched`)."""
+    epochs = max(1, round(budget / per_epoch))
+    data = stretched(data, epochs / data["train"]["epochs"])
+    data["train"]["epochs"] = epochs
+    return data, {"budget": budget, "per_epoch": per_epoch, "epochs": epochs}
+
+
+def epoch_flops(cfg: C.Config, images: int, num_classes: int, in_channels: int) -> int:
+    """Training FLOPs an epoch of ``images`` costs ``cfg``'s run, counted before
+    it trains (exact for masks that never move: static sparse, thin dense)."""
+    from ..train.flops import planned_flops
+
+    return planned_flops(cfg, num_classes, in_channels)[1] * images

@@ -83,6 +83,41 @@ def dense_flops(cfg, num_classes: int, in_channels: int, image_size: int | None 
     return forward_flops(layer_costs(model, (1, in_channels, size, size)))
 
 
+def planned_flops(cfg, num_classes: int, in_channels: int, image_size: int | None = None) -> tuple[int, int, bool]:
+    """``(forward, training)`` FLOPs per image of ``cfg``'s run as it starts, and
+    whether they hold for the whole run, before it trains: its method's model on
+    the meta device (thin dense's narrower one), its sparse tensors at
+    ``sparsity.sparsity`` spread as ``sparsity.distribution`` says, charged as
+    :class:`FlopCounter` charges a step (SNFS's dense weight gradient included;
+    RigL's, at its few updates, not). They hold for masks that never move from
+    that spread (dense, thin dense, HashedNet, static sparse); methods that move
+    the densities, start dense (GMP, DSD) or take another run's masks are an
+    estimate at the planned spread."""
+    from .. import methods
+    from ..data.choices import image_size as side
+    from ..models import sparse_names
+    from ..sparse import layer_counts
+
+    method, m, s = methods.get(cfg.sparsity.method), cfg.model, cfg.sparsity
+    size = image_size or side(cfg.data)
+    with torch.device("meta"):
+        if method.model is not None:
+            model = method.model(cfg, num_classes, in_channels)
+        else:
+            model = build_model(m.name, width=m.width, depth=m.depth, num_classes=num_classes, in_channels=in_channels)
+    layers = layer_costs(model, (1, in_channels, size, size))
+    active: dict[str, int] = {}
+    if method.masks:
+        names = sparse_names(m.name, model, m.sparse_layers, m.dense_layers)
+        shapes = {n: p.shape for n, p in model.named_parameters() if n in names}
+        active = {n: c for n, c in layer_counts(shapes, 1.0 - s.sparsity, s.distribution).items() if n in layers}
+    forward = forward_flops(layers, active)
+    dense_grad = sum(2 * u * (n - active[k]) for k, (u, n) in layers.items() if k in active)
+    train = 3 * forward + (dense_grad if method.dense_grad == "steps" else 0)
+    holds = not method.masks or (method.reallocator is None and method.masking is None and not s.mask_from)
+    return forward, train, holds
+
+
 def device_name(device: torch.device, world_size: int = 1) -> str:
     """``cpu``, ``mps`` or the accelerator's name; ``N x <name>`` for N workers."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
@@ -100,9 +135,10 @@ class FlopCounter:
     """
 
     def __init__(self, layers: dict[str, tuple[int, int]], masking=None, dense_grad: str | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", dense: int | None = None):
         self.layers, self.masking, self.dense_grad, self.device = dict(layers), masking, dense_grad, device
-        self.pending = 0  # this process's training FLOPs since the last epoch_fields()
+        self.dense = dense  # the dense model's forward FLOPs per image (dense_flops), recorded as the unit
+        self.pending = self.images = 0  # this process's training FLOPs and images since the last epoch_fields()
         self._realloc_seen = masking.realloc_seconds if masking is not None else 0.0
         self.refresh()
 
@@ -119,6 +155,7 @@ class FlopCounter:
         self._version = m.version if m is not None else 0
 
     def charge(self, images: int) -> None:
+        self.images += images
         m = self.masking
         if m is not None and m.version != self._version:  # reallocated after this step's backward
             self.pending += images * self._update
@@ -133,15 +170,16 @@ class FlopCounter:
         return self.forward
 
     def epoch_fields(self, records: list[dict], epoch_time: float, device: torch.device) -> dict:
-        """The epoch record's cost fields: cumulative ``train_flops`` (all ranks),
-        ``train_time`` (sum of epoch times) and ``realloc_time`` (rank 0's
-        measured seconds inside reallocations), the ``infer_flops`` per image
-        now, and the ``device``. A total is None after epochs recorded without it."""
-        flops, self.pending = self.pending, 0
+        """The epoch record's cost fields: cumulative ``train_flops`` and
+        ``train_images`` (all ranks), ``train_time`` (sum of epoch times) and
+        ``realloc_time`` (rank 0's measured seconds inside reallocations), the
+        ``infer_flops`` per image now, ``dense_flops`` and the ``device``. A
+        total is None after epochs recorded without it."""
+        flops, images, self.pending, self.images = self.pending, self.images, 0, 0
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            total = torch.tensor(flops, dtype=torch.int64, device=device)
+            total = torch.tensor([flops, images], dtype=torch.int64, device=device)
             dist.all_reduce(total)
-            flops = int(total)
+            flops, images = (int(v) for v in total.tolist())
         realloc = 0.0
         if self.masking is not None:
             realloc, self._realloc_seen = self.masking.realloc_seconds - self._realloc_seen, self.masking.realloc_seconds
@@ -152,6 +190,7 @@ class FlopCounter:
                 return add
             return None if prev.get(key) is None else prev[key] + add
 
-        return {"train_flops": cumulative("train_flops", flops), "infer_flops": self.infer_flops(),
-                "train_time": cumulative("train_time", epoch_time),
-                "realloc_time": cumulative("realloc_time", realloc), "device": self.device}
+        out = {"train_flops": cumulative("train_flops", flops), "train_images": cumulative("train_images", images),
+               "infer_flops": self.infer_flops(), "train_time": cumulative("train_time", epoch_time),
+               "realloc_time": cumulative("realloc_time", realloc), "device": self.device}
+        return out | ({"dense_flops": self.dense} if self.dense is not None else {})

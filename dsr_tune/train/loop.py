@@ -32,9 +32,10 @@ def _to_device(run: Run, batch):
 
 @torch.no_grad()
 def evaluate(run: Run, loader, prefix: str = "test") -> dict:
-    """``<prefix>_loss``, ``_acc`` and (more than 5 classes) ``_acc5`` over
-    ``loader``, summed over ranks. Runs the plain module: DDP's forward would
-    add a collective per batch, and the sums are reduced anyway."""
+    """``<prefix>_loss``, ``_acc``, (more than 5 classes) ``_acc5`` and the
+    images counted, ``_n``, over ``loader``, summed over ranks. Runs the plain
+    module: DDP's forward would add a collective per batch, and the sums are
+    reduced anyway."""
     model, device = run.model, run.device
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top1, top5
@@ -51,7 +52,7 @@ def evaluate(run: Run, loader, prefix: str = "test") -> dict:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sums)
     loss, top1, top5, n = sums.tolist()
-    out = {f"{prefix}_loss": loss / max(n, 1), f"{prefix}_acc": top1 / max(n, 1)}
+    out = {f"{prefix}_loss": loss / max(n, 1), f"{prefix}_acc": top1 / max(n, 1), f"{prefix}_n": int(n)}
     if run.data.num_classes > 5:
         out[f"{prefix}_acc5"] = top5 / max(n, 1)
     return out

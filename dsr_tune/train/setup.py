@@ -25,7 +25,7 @@ from .. import methods, runfolder
 from ..data import DataBundle, build_data
 from ..models import build_model, count_params
 from ..sparse import Masking
-from .flops import FlopCounter, device_name, layer_costs
+from .flops import FlopCounter, dense_flops, device_name, layer_costs
 
 log = logging.getLogger("dsr_tune.train")
 
@@ -237,7 +237,8 @@ def setup(cfg: C.Config, out_dir: Path, resume: bool | str | Path) -> Run:
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
     size = data.resolved["image_size"]
     flops = FlopCounter(layer_costs(model, (1, data.in_channels, size, size)), masking, method.dense_grad,
-                        device_name(device, info.world_size))
+                        device_name(device, info.world_size),
+                        dense=dense_flops(cfg, data.num_classes, data.in_channels, size))
     return Run(cfg=cfg, out_dir=out_dir, info=info, device=device, data=data, model=model,
                forward=_wrap(cfg, model, device, info), optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                masking=masking, init_state=init_state, lr=lr, flops=flops)

@@ -30,13 +30,14 @@ def _float(v):
         return None
 
 
-def _row(key: str, tags: dict, status: str, metrics: dict, epochs: int) -> RunRow:
+def _row(key: str, tags: dict, status: str, metrics: dict, epochs: int, device: str | None = None) -> RunRow:
     sparsity, role = _float(tags.get("sparsity")), tags.get("role", "")
     # a re-trained selection came from a search: tuned (older sweeps tagged it "false")
     tuned = str(tags.get("tuned")).lower() == "true" or (role == Role.SELECTED and bool(tags.get("selected_from")))
     return RunRow(key=key, role=role, method=tags.get("method", "?"),
                   sparsity=None if role == Role.DENSE else sparsity, seed=int(tags.get("seed", 0)),
-                  status=status, metrics=metrics, epochs=epochs, tuned=tuned, selected_from=tags.get("selected_from"))
+                  status=status, metrics=metrics, epochs=epochs, tuned=tuned, selected_from=tags.get("selected_from"),
+                  device=device)
 
 
 def row_from_mlflow(run) -> RunRow:
@@ -46,7 +47,7 @@ def row_from_mlflow(run) -> RunRow:
     metrics = {k.removeprefix(EPOCH): v for k, v in run.data.metrics.items()}  # epoch/test_acc -> test_acc
     metrics["epochs_done"] = int(run.data.metrics.get("epoch", 0))
     key = tags.get("dsr_tune.run", run.info.run_id).split("/", 1)[-1]
-    return _row(key, tags, run.info.status, metrics, int(_float(params.get("train.epochs")) or 0))
+    return _row(key, tags, run.info.status, metrics, int(_float(params.get("train.epochs")) or 0), params.get("device"))
 
 
 def load_mlflow(client, sweep_id: str, link: bool = False) -> tuple[list[RunRow], object]:
@@ -117,7 +118,8 @@ def load_local(sweep_dir: str | Path) -> list[RunRow]:
         if last is None or "key" not in info:
             continue
         cfg = yaml.safe_load((run_dir / runfolder.CONFIG).read_text())
-        rows.append(_row(info["key"], info.get("tags", {}), info.get("status", ""), last, cfg["train"]["epochs"]))
+        rows.append(_row(info["key"], info.get("tags", {}), info.get("status", ""), last, cfg["train"]["epochs"],
+                         last.get("device")))
     return rows
 
 
@@ -219,16 +221,26 @@ def _log_to_parent(client, run_id: str, table: Table, files: dict[str, Path]) ->
         for s, lines in table.sections.items():
             for ln in lines:
                 name = f"{sparsity_tag(s)}/{slug(ln.method)}"
-                values = {"mean": ln.mean, "std": ln.std, "n": ln.n}
-                if ln.ci:
-                    values.update(ci_low=ln.ci[0], ci_high=ln.ci[1])
-                if ln.diff:  # the seed-paired difference to DSR, its interval, and whether it excludes 0
-                    d = ln.diff
-                    values.update(diff_to_dsr=d.mean, diff_n=d.n, resolved=int(d.resolved))
-                    if d.ci:
-                        values.update(diff_ci_low=d.ci[0], diff_ci_high=d.ci[1])
-                metrics += [Metric(f"{name}/{k}", float(v), now, 0) for k, v in values.items()]
+                metrics += [Metric(f"{name}/{k}", float(v), now, 0) for k, v in line_metrics(ln).items()]
         for i in range(0, len(metrics), 900):
             client.log_batch(run_id, metrics=metrics[i:i + 900])
     except Exception:  # noqa: BLE001 (the files are on disk anyway)
         pass
+
+
+def line_metrics(ln) -> dict[str, float]:
+    """One row's numbers as the parent run's metrics: the mean, its spread and
+    interval (n >= 3), the seed-paired difference to DSR with its interval,
+    p-value and whether it excludes 0, and what the row cost."""
+    values = {"mean": ln.mean, "std": ln.std, "n": ln.n}
+    if ln.ci:
+        values.update(ci_low=ln.ci[0], ci_high=ln.ci[1], ci_clipped=int(ln.clipped))
+    if ln.diff:
+        d = ln.diff
+        values.update(diff_to_dsr=d.mean, diff_n=d.n, resolved=int(d.resolved))
+        if d.ci:
+            values.update(diff_ci_low=d.ci[0], diff_ci_high=d.ci[1], diff_p=d.p)
+    c = ln.cost
+    cost = {"train_flops": c.train_flops, "train_flops_x": c.train_x, "parent_train_flops_x": c.parent_x,
+            "infer_flops": c.infer_flops, "infer_flops_x": c.infer_x, "train_time": c.train_time}
+    return values | {k: v for k, v in cost.items() if v is not None}

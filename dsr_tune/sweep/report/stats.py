@@ -1,11 +1,14 @@
 """The comparison's table and its statistics, from plain runs (:class:`RunRow`).
 
 Per sparsity, one line per row label over the report's seeds: mean and sample
-std, n, the 95% t interval of the mean (none for n = 1), and the seed-paired
-difference to DSR (the mean of row - DSR over the seeds both have, which
-cancels what a seed does to both) with its own interval. The search trials
-are listed apart, never averaged into a row: every reported mean is over
-fresh seeds. Pure: no MLflow, no files.
+std, n, the 95% t interval of the mean, and the seed-paired difference to DSR
+(the mean of row - DSR over the seeds both have, which cancels what a seed
+does to both) with its own interval, and what the row cost (:mod:`.costs`).
+No interval claims more than the data allow: none below :data:`MIN_N` seeds,
+and each is clipped to what the quantity can be (an accuracy to [0, 1], a
+difference of two to [-1, 1]) and says so. The search trials are listed
+apart, never averaged into a row: every reported mean is over fresh seeds.
+Pure: no MLflow, no files.
 """
 
 from __future__ import annotations
@@ -17,18 +20,25 @@ from dataclasses import dataclass, field
 
 from ...records import Role, Status
 from ..terms import DENSE, REFERENCE
+from . import costs
+from .costs import Cost
+
+MIN_N = 3  # seeds an interval needs: at n = 2 a t interval is 12.7 standard errors wide and rests on one spread
 
 
 def order_key(label: str) -> tuple:
     """A row's place in a section: DSR first, then the registry's order (the
-    controls 1x before the long one, dense last)."""
+    controls 1x before the long one, then compute-matched; dense last)."""
     from ... import methods
+    from ..rows import MATCHED
 
     names = list(methods.REGISTRY)
     base, _, arg = label.partition(":")
     factor = 0.0
     for name in names:
-        if base.startswith(name + "_") and base.endswith("x"):
+        if base == f"{name}_{MATCHED}":
+            base, factor = name, math.inf
+        elif base.startswith(name + "_") and base.endswith("x"):
             base, factor = name, float(base[len(name) + 1:-1] or 0)
     place = -1 if base == REFERENCE else (len(names) if base == DENSE else names.index(base) if base in names else 99)
     return place, factor, int(arg) if arg.isdigit() else 0, label
@@ -48,6 +58,15 @@ class RunRow:
     epochs: int
     tuned: bool = False
     selected_from: str | None = None
+    device: str | None = None  # what it trained on (its records', or MLflow's device param)
+
+
+def clip(ci: tuple[float, float] | None, lo: float, hi: float) -> tuple[tuple[float, float] | None, bool]:
+    """``ci`` within [lo, hi], and whether it had to be clipped."""
+    if ci is None:
+        return None, False
+    out = (min(max(ci[0], lo), hi), min(max(ci[1], lo), hi))
+    return out, out != ci
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
@@ -64,12 +83,26 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
 
 @dataclass
 class Diff:
-    """A seed-paired difference (row - reference) over ``n`` common seeds."""
+    """A seed-paired difference (row - reference) over ``n`` common seeds; ``ci``
+    is None below :data:`MIN_N` and clipped to [-1, 1] (``clipped`` says so)."""
 
     mean: float
     n: int
     ci: tuple[float, float] | None
     sd: float = 0.0
+    clipped: bool = False
+
+    @property
+    def p(self) -> float | None:
+        """The two-sided p-value of "no difference" (paired t test; with no spread the
+        sign test's); None below :data:`MIN_N`."""
+        if self.n < MIN_N:
+            return None
+        if self.sd < 1e-9:
+            return 1.0 if self.mean == 0 else min(1.0, 2 * 0.5 ** self.n)
+        from scipy.stats import t
+
+        return float(2 * t.sf(abs(self.mean) / (self.sd / math.sqrt(self.n)), self.n - 1))
 
     @property
     def degenerate(self) -> bool:
@@ -92,7 +125,8 @@ def paired(row: dict[int, float], ref: dict[int, float]) -> Diff | None:
     if not seeds:
         return None
     d = [row[k] - ref[k] for k in seeds]
-    return Diff(statistics.mean(d), len(d), t_interval(d), statistics.stdev(d) if len(d) > 1 else 0.0)
+    ci, clipped = clip(t_interval(d) if len(d) >= MIN_N else None, -1.0, 1.0)
+    return Diff(statistics.mean(d), len(d), ci, statistics.stdev(d) if len(d) > 1 else 0.0, clipped)
 
 
 @dataclass
@@ -107,6 +141,7 @@ class Line:
     tuned: bool = False
     note: str = ""
     diff: Diff | None = None
+    cost: Cost = field(default_factory=lambda: Cost(None, None, None, "-"))
 
     @property
     def acc(self) -> list[float]:
@@ -126,7 +161,18 @@ class Line:
 
     @property
     def ci(self) -> tuple[float, float] | None:
-        return t_interval(self.acc)
+        """The 95% t interval of the mean within [0, 1]; None below :data:`MIN_N` seeds."""
+        return clip(t_interval(self.acc), 0.0, 1.0)[0] if self.n >= MIN_N else None
+
+    @property
+    def clipped(self) -> bool:
+        """The t interval reached past [0, 1] and was clipped."""
+        return self.n >= MIN_N and clip(t_interval(self.acc), 0.0, 1.0)[1]
+
+    @property
+    def spread(self) -> bool:
+        """The seeds differ (an interval of width 0 says nothing)."""
+        return self.std > 1e-12
 
 
 @dataclass
@@ -141,6 +187,8 @@ class Table:
     seeds: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     pareto: list[RunRow] = field(default_factory=list)
+    flops_reference: str = ""      # where the dense run's training FLOPs at 1x came from
+    test_n: list[int] = field(default_factory=list)  # the test split's sizes the runs recorded
 
 
 def _epochs(r: RunRow) -> int:
@@ -154,7 +202,7 @@ def _line(label: str, sparsity, runs: list[RunRow], reported: str) -> Line:
     notes = [f"{stopped} stopped early"] if stopped else []
     return Line(label, sparsity, {r.seed: r.metrics[reported] for r in runs},
                 statistics.mean(r.metrics.get("nonzero_params", 0) for r in runs), max(_epochs(r) for r in runs),
-                tuned=any(r.tuned for r in runs), note="; ".join(notes))
+                tuned=any(r.tuned for r in runs), note="; ".join(notes), cost=costs.of_runs(runs))
 
 
 def _note_parents(lines: list[Line]) -> None:
@@ -177,6 +225,8 @@ def summarize(title: str, rows: list[RunRow], metric: str = "val_acc", mode: str
     table = Table(title, metric, mode, reported, searched=sum(r.role == Role.SEARCH for r in rows))
     report = [r for r in rows if r.role != Role.SEARCH and reported in r.metrics]
     table.seeds = sorted({r.seed for r in report})
+    split = f"{reported.partition('_')[0]}_n"  # test_acc -> test_n: the images behind each number
+    table.test_n = sorted({int(r.metrics[split]) for r in report if r.metrics.get(split)})
     dense = [r for r in report if r.role == Role.DENSE]
     sparsities = sorted({r.sparsity for r in report if r.sparsity is not None})
     chosen = {r.selected_from for r in report if r.selected_from}
@@ -189,6 +239,8 @@ def summarize(title: str, rows: list[RunRow], metric: str = "val_acc", mode: str
         if dense:
             lines.append(_line(DENSE, None, dense, reported))
         _note_parents(lines)
+        said = costs.attach(lines)
+        table.flops_reference = table.flops_reference or said
         ref = next((ln for ln in lines if ln.method == reference), None)
         for ln in lines:
             if ref is not None and ln is not ref:
