@@ -65,6 +65,9 @@ def header(t: Table) -> list[str]:
              "mean ± std, the 95% interval of the mean (Student t), and the seed-paired difference to DSR "
              "with its 95% interval (~0: the interval contains 0, not resolved at this n; no spread: every "
              "paired difference equal, judged by a sign test, which needs n >= 6)."]
+    if t.ties:
+        lines.append("Ties in the selection (equal on " + t.metric + "; broken by validation loss, or accuracy when "
+                     "selecting on loss, then the Optuna trial number): " + "; ".join(t.ties) + ".")
     return lines + [f"WARNING: {w}" for w in t.warnings]
 
 

@@ -48,6 +48,7 @@ class RunRow:
     epochs: int
     tuned: bool = False
     selected_from: str | None = None
+    trial: int | None = None  # a search run's Optuna trial number (the selection's last tie-breaker)
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
@@ -141,6 +142,7 @@ class Table:
     seeds: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     pareto: list[RunRow] = field(default_factory=list)
+    ties: list[str] = field(default_factory=list)  # selections a tie-breaker decided (select.tie_breaks)
 
 
 def _epochs(r: RunRow) -> int:
