@@ -111,8 +111,11 @@ def _train_job(ctx: SweepContext, job: Job, on_epoch_end, started: float | None,
         return runfolder.last_epoch(run_dir), False
     specs = [MlflowLoggerSpec(tracker.target.uri, str(run_dir), run_id=run_id,
                               key=run_key(tracker.sweep_id, job.key))] if run_id else []
+    # a run that continues may lack records in MLflow: logged by no one (MLflow was away when it
+    # started), or queued by a logger that was killed; its end logs what MLflow lacks
+    continued = runfolder.has_run(run_dir)
     try:
-        record = train(cfg, run_dir, resume=runfolder.has_run(run_dir), loggers=[s.make() for s in specs],
+        record = train(cfg, run_dir, resume=continued, loggers=[s.make() for s in specs],
                        on_epoch_end=on_epoch_end, progress=False)
     except KeyboardInterrupt:
         _ended(ctx, run_dir, run_id, Status.KILLED, close_on_error)
@@ -121,15 +124,16 @@ def _train_job(ctx: SweepContext, job: Job, on_epoch_end, started: float | None,
         if storage_fault(exc) is None:  # a storage fault: run_job marks the run, and writes nothing more
             _ended(ctx, run_dir, run_id, Status.FAILED, close_on_error)
         raise
-    _ended(ctx, run_dir, run_id, Status.FINISHED, True)
+    _ended(ctx, run_dir, run_id, Status.FINISHED, True, replay=continued)
     return record, True
 
 
-def _ended(ctx: SweepContext, run_dir, run_id: str | None, status: Status, close: bool) -> None:
+def _ended(ctx: SweepContext, run_dir, run_id: str | None, status: Status, close: bool,
+           replay: bool = False) -> None:
     update_run_file(run_dir, trained=time.time())
     if close:
         if ctx.live_logging:
-            ctx.tracker.finish(run_dir, run_id, status)
+            ctx.tracker.finish(run_dir, run_id, status, replay=replay)
         else:
             update_run_file(run_dir, status=status)
 
@@ -229,4 +233,4 @@ def _worker_group_trial(ctx: SweepContext, job: Job, started: float) -> None:
         # Finalizer closes the run as FAILED (an error) or KILLED (stopped early by ASHA)
         maker.join()
     update_run_file(run_dir, trained=time.time())
-    tracker.finish(run_dir, created.get("run_id"), Status.FINISHED, replay=not ctx.live_logging)
+    tracker.finish(run_dir, created.get("run_id"), Status.FINISHED, replay=not ctx.live_logging or found is not None)
