@@ -99,3 +99,22 @@ def test_the_sweeps_eta_counts_the_phases_still_to_come(tmp_path):
     write_paired(tmp_path, [Job("paired/dense/seed1", "dense", "dense", None, 1, {"train": {"epochs": 10}}),
                             Job("paired/gmp/s0.9/seed1", "baseline", "gmp", 0.9, 1, {"train": {"epochs": 20}}, stage=1)])
     assert epochs_after(sp, ctx, Phase.paired(0)) == 20 and epochs_after(sp, ctx, Phase.paired(1)) == 0
+
+
+def test_a_resumed_phase_counts_the_trials_that_ended_before_it(tmp_path, caplog):
+    """A resumed search runs only what its study still needs: the count and the ETA include
+    the trials that ended in the earlier run."""
+    from types import SimpleNamespace
+
+    caplog.set_level("INFO", logger="dsr_tune")
+    ctx = SimpleNamespace(run_dir_of=lambda config: tmp_path / config["job"])
+    progress = tune.Progress(Phase.parse("search-dsr"), 4, ctx, "val_acc", "max", planned=10, later=0, before=2)
+    trials = [SimpleNamespace(trial_id=f"x{i}", status="RUNNING", last_result={},
+                              config={"method": "dsr", "job": f"search/dsr/t{i + 2}", "optim.lr": 0.05})
+              for i in range(2)]
+    progress.on_trial_start(0, trials, trials[0])
+    assert caplog.records[-1].getMessage().startswith("[search-dsr 2/4 done] start search/dsr/t2  lr=0.05")
+    trials[0].last_result = {"val_acc": 0.9, "test_acc": 0.8, "epochs_done": 10}
+    progress.on_trial_complete(0, trials, trials[0])
+    assert "[search-dsr 3/4 done] end" in caplog.records[-1].getMessage()
+    assert progress.epochs_left == 10  # one trial of 10 epochs to go

@@ -185,7 +185,8 @@ def test_dashboard_lists_the_studies_it_serves(tmp_path):
     db = tmp_path / "optuna.db"
     assert serve.studies(db) == [f"{db} holds no study yet"]
     named = optuna.create_study(study_name="s-1-dsr-s0.9", storage=f"sqlite:///{db}", directions=["maximize", "minimize"])
-    named.set_metric_names(["val_acc", "nonzero_params"])
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        named.set_metric_names(["val_acc", "nonzero_params"])
     named.optimize(lambda t: (t.suggest_float("lr", 0.01, 0.1), 5.0), n_trials=2)
     named.ask()  # one still running
     optuna.create_study(study_name="s-1-dsr-s0.8", storage=f"sqlite:///{db}").optimize(lambda t: 1.0, n_trials=1)

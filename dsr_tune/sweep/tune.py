@@ -28,7 +28,6 @@ import logging
 import math
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 from ray.tune import Callback, Stopper
@@ -193,8 +192,6 @@ def _quiet_tune() -> None:
     # Tune's "the `process_trial_result` operation took 0.6 s, which may be a performance bottleneck":
     # on a small shared machine the searcher's bookkeeping often passes Tune's 0.5 s mark; nothing to act on
     logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
-    # Optuna's note that a restored trial reports a step again (Tune restarts training_iteration)
-    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step")
 
 
 def with_ray(space: Space, out_dir: Path, meta: dict, tracker: SweepTracker, address: str | None, verbose: bool,
