@@ -121,14 +121,15 @@ def _plant(sweep: Path, marker: Path) -> int:
     return n
 
 
-def _driver(cwd: Path, sweep: Path, *extra: str, log: Path | None = None):
+def _driver(cwd: Path, sweep: Path, *extra: str, env: dict | None = None):
+    import os
     import subprocess
     import sys
 
     from conftest import DEMO
 
-    env = {k: v for k, v in __import__("os").environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    out = open(log or cwd / "driver.log", "a")
+    env = {**{k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}, **(env or {})}
+    out = open(cwd / "driver.log", "a")
     return subprocess.Popen([sys.executable, "-m", "dsr_tune.cli", "sweep", DEMO, *SWEEP, *extra, "--output",
                              str(sweep)], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -255,6 +256,52 @@ def test_a_sweep_killed_anywhere_and_resumed_gives_the_straight_answer(straight,
     assert not marker.exists()  # nothing Tune pickled was read
     assert _answer(sweep) == straight["answer"]
     _runs_once(MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"), sweep)
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_a_search_trial_stops_the_sweep_and_resume_finishes_it(tmp_path):
+    """On Ray: the first search trial's checkpoints cannot be written (ENOSPC, injected into
+    the driver and every Ray worker by tests/faults/sitecustomize.py). Its run is FAILED with
+    the reason, the sweep stops with one line (the other trial is stopped too, neither told to
+    the study), and --resume, with room again, finishes the sweep."""
+    import os
+
+    from mlflow import MlflowClient
+    from optuna import load_study
+
+    from dsr_tune.tracking.mlflow_runs import read_run_file
+
+    sweep, faults = tmp_path / "sweep", Path(__file__).parent / "faults"
+    small = ["search.samples=2", "seeds=[1]", "baselines=[]", "train.epochs=2", "optim.milestones=[1]",
+             "sparsity.stop_epoch=2"]
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(faults), os.environ.get("PYTHONPATH")])),
+           "DSR_TUNE_TEST_NO_SPACE": str(sweep / "runs" / "search" / "dsr" / "s0.9-t0")}
+    proc = _driver(tmp_path, sweep, *small, env=env)
+    try:
+        proc.wait(timeout=600)
+    finally:
+        _kill(proc)
+    log = (tmp_path / "driver.log").read_text()
+    errors = [ln for ln in log.splitlines() if ln.startswith("dsr-tune: error:")]
+    assert proc.returncode == 1 and len(errors) == 1, log[-4000:]
+    assert "search/dsr/s0.9-t0: No space left on device" in errors[0] and "--resume" in errors[0]
+    info = read_run_file(sweep / "runs" / "search" / "dsr" / "s0.9-t0")
+    assert info["status"] == "FAILED" and "No space left on device" in info["failure"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    run = client.get_run(info["run_id"])
+    assert run.info.status == "FAILED" and "No space left on device" in run.data.tags["failure"]
+    meta = json.loads((sweep / "sweep.json").read_text())
+    assert meta["status"] == "KILLED" and not (sweep / "paired.json").exists()
+    study = load_study(study_name=f"{meta['sweep_id']}-dsr-s0.9", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [t.state.name for t in study.trials if t.number == 0] == ["RUNNING"]  # not told: resume runs it again
+
+    _finish(tmp_path, sweep, *small)
+    info = read_run_file(sweep / "runs" / "search" / "dsr" / "s0.9-t0")
+    assert info["status"] == "FINISHED" and info.get("failure") is None
+    run = client.get_run(info["run_id"])
+    assert run.info.status == "FINISHED" and "failure" not in run.data.tags
+    study = load_study(study_name=f"{meta['sweep_id']}-dsr-s0.9", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
 
 
 # ------------------------------------------------------------------ the soak: a real tracking server, seeded faults

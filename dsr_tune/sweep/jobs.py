@@ -92,6 +92,7 @@ class SweepContext:
     tracker: SweepTracker
     live_logging: bool = True  # False: workers may not reach the store (sqlite on a cluster); log at trial end
     in_trial: bool = True      # single-worker jobs train in the trial's process (search.in_trial)
+    expected: tuple[str, ...] = ()  # what Tune expects in every result: the search's objectives
 
     @property
     def train_storage(self) -> str:

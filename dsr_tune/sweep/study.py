@@ -74,9 +74,13 @@ class StudySearcher(Searcher):
     module docstring). A trial's config holds the values drawn, its job key
     (``job``) and its Optuna trial number (``trial``)."""
 
+    @staticmethod
+    def objectives_of(space: Space) -> list[str]:
+        return [space.search.metric, NONZERO] if space.search.pareto else [space.search.metric]
+
     def __init__(self, space: Space, phase: Phase, sweep_dir: str | Path, sweep_id: str):
         s = space.search
-        self.objectives = [s.metric, NONZERO] if s.pareto else [s.metric]
+        self.objectives = self.objectives_of(space)
         modes = [s.mode, "min"] if s.pareto else [s.mode]
         super().__init__(metric=self.objectives if s.pareto else s.metric, mode=modes if s.pareto else s.mode)
         self.directions = ["maximize" if m == "max" else "minimize" for m in modes]

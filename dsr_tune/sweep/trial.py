@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import sys
 import threading
@@ -60,6 +61,12 @@ def storage_fault(exc: BaseException | None) -> str | None:
             return f"{exc.strerror or os.strerror(exc.errno)}" + (f": {exc.filename}" if exc.filename else "")
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def fault_result(ctx: SweepContext, reason: str) -> dict:
+    """The result a Tune trial reports its storage fault with: the reason, and NaN for what
+    Tune expects in every result (the searcher and the driver leave it out)."""
+    return {FAULT: reason, **{k: math.nan for k in ctx.expected}}
 
 
 def finished(run_dir, cfg: C.Config) -> bool:
@@ -188,7 +195,7 @@ def _local_trial(ctx: SweepContext, job: Job, started: float) -> None:
     try:
         record, trained = run_job(ctx, job, on_epoch_end=report, started=started, close_on_error=False)
     except StorageFault as exc:
-        tune.report({FAULT: str(exc)})  # the driver stops the sweep (tune.Halt)
+        tune.report(fault_result(ctx, str(exc)))  # the driver stops the sweep (tune.Halt)
         return
     if not trained:  # the driver died before Tune wrote the end down: report the final record again
         tune.report(epoch_scalars(record))
@@ -226,7 +233,7 @@ def _worker_group_trial(ctx: SweepContext, job: Job, started: float) -> None:
             raise
         maker.join()
         tracker.fail(run_dir, reason)
-        tune.report({FAULT: f"{job.key}: {reason}"})  # the driver stops the sweep (tune.Halt)
+        tune.report(fault_result(ctx, f"{job.key}: {reason}"))  # the driver stops the sweep (tune.Halt)
         return
     finally:
         # on an exception the run stays RUNNING: Tune retries the trial, or the driver's

@@ -202,7 +202,7 @@ def with_ray(space: Space, out_dir: Path, meta: dict, tracker: SweepTracker, add
     on_cluster = joins_cluster(address)
     ctx = SweepContext(sweep_dir=str(out_dir), base=space.base.to_dict(), trial_seed=space.search.trial_seed,
                        tracker=tracker, live_logging=not (on_cluster and tracker.target.embedded),
-                       in_trial=space.search.in_trial)
+                       in_trial=space.search.in_trial, expected=tuple(StudySearcher.objectives_of(space)))
     env = ray_env(on_cluster, TUNE_ENV)
     _quiet_tune()
     t = space.base.train
