@@ -288,7 +288,7 @@ def _parent_state(client, run_id: str) -> dict:
             "status": run.info.status, "end": run.info.end_time}
 
 
-def test_reporting_again_leaves_the_parent_as_it_was(tmp_path):
+def test_reporting_again_leaves_the_parent_as_it_was(tmp_path, monkeypatch):
     """`dsr-tune report`, run three times, leaves the parent run's metric histories, params,
     tags and artifacts as the first left them; when more runs have ended, only the numbers
     that changed get a point, at the next step."""
@@ -314,6 +314,7 @@ def test_reporting_again_leaves_the_parent_as_it_was(tmp_path):
     for _ in range(2):
         gather.build(SWEEP, uri, out_dir=tmp_path)
         assert _parent_state(c, parent) == first
+    monkeypatch.chdir(tmp_path)  # the command writes its files here
     assert cli.main(["report", SWEEP, "--tracking-uri", uri]) == 0 and _parent_state(c, parent) == first
     r("paired/dsr/s0.9/seed2", "selected", "dsr", 0.9, 2, 0.95, 5000, 10, selected_from="search/dsr/a")  # one more
     gather.build(SWEEP, uri, out_dir=tmp_path)
