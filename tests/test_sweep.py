@@ -208,7 +208,15 @@ def test_output_folder_and_resume_rules(tmp_path):
     (out / "sweep.json").write_text(json.dumps({**meta, "status": "KILLED"}))
     assert folder.prepare(sp, out, resume=True, overwrite=False)["status"] == "RUNNING"
     assert json.loads((out / "sweep.json").read_text())["status"] == "RUNNING"
-    # a moved sweep folder: Tune's state points to the old place
+    # a sweep started by a version that resumed through Tune's pickles: its paired phases resume,
+    # a search it left unfinished does not (its study does not name its trials' run folders)
+    old = {k: v for k, v in json.loads((out / "sweep.json").read_text()).items() if k != "format"}
+    (out / "sweep.json").write_text(json.dumps(old))
+    with pytest.raises(C.ConfigError, match="older dsr-tune.*never reads pickles"):
+        folder.prepare(sp, out, resume=True, overwrite=False)
+    (out / "sweep.json").write_text(json.dumps({**old, "done": ["search-dsr-s0.8", "search-dsr-s0.9"]}))
+    assert folder.prepare(sp, out, resume=True, overwrite=False)["format"] == folder.FORMAT
+    # a moved sweep folder: its planned runs point to the old place
     moved = tmp_path / "moved"
     out.rename(moved)
     with pytest.raises(C.ConfigError, match="has moved"):
