@@ -17,12 +17,12 @@ DEMO = Path(__file__).resolve().parents[1] / "search_spaces" / "digits_demo.yaml
 def test_progress_lines_carry_the_best_so_far_and_the_phase_eta(tmp_path, monkeypatch, caplog):
     from types import SimpleNamespace
 
-    ctx = SimpleNamespace(run_dir_of=lambda config, trial_id: tmp_path / trial_id)
+    ctx = SimpleNamespace(run_dir_of=lambda config: tmp_path / config["job"])
     progress = tune.Progress(Phase.parse("search-dsr"), 4, ctx, "val_acc", "max")
     clock = iter([1000.0, 1060.0, 1090.0])  # the first start, then ends 60 s and 90 s in
     monkeypatch.setattr(P, "_now", lambda: next(clock))
-    trials = [SimpleNamespace(trial_id=f"t{i}", status="PENDING", config={"method": "dsr"}, last_result={})
-              for i in range(4)]
+    trials = [SimpleNamespace(trial_id=f"t{i}", status="PENDING", config={"method": "dsr", "job": f"t{i}"},
+                              last_result={}) for i in range(4)]
     caplog.set_level("INFO", logger="dsr_tune")
     for t in trials[:2]:
         t.status = "RUNNING"
@@ -37,7 +37,8 @@ def test_progress_lines_carry_the_best_so_far_and_the_phase_eta(tmp_path, monkey
     progress.on_trial_complete(0, trials, trials[1])
     second = caplog.records[-1].getMessage()
     assert "best val_acc so far 95.00% (t1)" in second and second.endswith("phase ETA 1m30s"), second  # 45 s each
-    assert pickle.loads(pickle.dumps(progress))._clock is None  # a resumed sweep times its own trials
+    # Tune writes its callbacks into tuner.pkl (never read back): without the context and its tracking URI
+    assert pickle.loads(pickle.dumps(progress)).ctx is None
 
 
 def test_progress_lines_carry_the_sweeps_eta_and_the_best_per_sparsity(tmp_path, monkeypatch, caplog):
@@ -46,11 +47,12 @@ def test_progress_lines_carry_the_sweeps_eta_and_the_best_per_sparsity(tmp_path,
     caplog.set_level("INFO", logger="dsr_tune")
     clock = iter([1000.0, 1060.0, 1090.0])
     monkeypatch.setattr(P, "_now", lambda: next(clock))
-    ctx = SimpleNamespace(run_dir_of=lambda config, trial_id: tmp_path / trial_id)
+    ctx = SimpleNamespace(run_dir_of=lambda config: tmp_path / config["job"])
     # a search over two sparsities: 4 trials of 10 epochs, then 60 epochs planned in later phases
     progress = tune.Progress(Phase.parse("search-dsr"), 4, ctx, "val_acc", "max", planned=10, later=60)
     trials = [SimpleNamespace(trial_id=f"t{i}", status="RUNNING", last_result={},
-                              config={"method": "dsr", "sparsity.sparsity": (0.9, 0.98)[i % 2]}) for i in range(4)]
+                              config={"method": "dsr", "job": f"t{i}", "sparsity.sparsity": (0.9, 0.98)[i % 2]})
+              for i in range(4)]
     for t in trials[:2]:
         progress.on_trial_start(0, trials, t)
     trials[0].last_result = {"val_acc": 0.9, "test_acc": 0.8, "epochs_done": 10}
@@ -82,9 +84,6 @@ def test_progress_lines_carry_the_sweeps_eta_and_the_best_per_sparsity(tmp_path,
     lines = [r.getMessage() for r in caplog.records[-3:]]
     assert "s0.9 so far (test mean over the seeds ended): dsr 90.00% (n 1), the best" in lines[0], lines[0]
     assert "dsr 88.00% (n 2), best static_2x 95.00% (n 1)" in lines[2], lines[2]
-    old = tune.Progress.__new__(tune.Progress)  # pickled by the previous version: no total ETA
-    old.__setstate__({"phase": "search-dsr", "total": 4, "_ctx": None, "best": None, "done": 0, "_clock": None})
-    assert old.planned is None and old._eta() == ""
 
 
 def test_the_sweeps_eta_counts_the_phases_still_to_come(tmp_path):
@@ -100,3 +99,22 @@ def test_the_sweeps_eta_counts_the_phases_still_to_come(tmp_path):
     write_paired(tmp_path, [Job("paired/dense/seed1", "dense", "dense", None, 1, {"train": {"epochs": 10}}),
                             Job("paired/gmp/s0.9/seed1", "baseline", "gmp", 0.9, 1, {"train": {"epochs": 20}}, stage=1)])
     assert epochs_after(sp, ctx, Phase.paired(0)) == 20 and epochs_after(sp, ctx, Phase.paired(1)) == 0
+
+
+def test_a_resumed_phase_counts_the_trials_that_ended_before_it(tmp_path, caplog):
+    """A resumed search runs only what its study still needs: the count and the ETA include
+    the trials that ended in the earlier run."""
+    from types import SimpleNamespace
+
+    caplog.set_level("INFO", logger="dsr_tune")
+    ctx = SimpleNamespace(run_dir_of=lambda config: tmp_path / config["job"])
+    progress = tune.Progress(Phase.parse("search-dsr"), 4, ctx, "val_acc", "max", planned=10, later=0, before=2)
+    trials = [SimpleNamespace(trial_id=f"x{i}", status="RUNNING", last_result={},
+                              config={"method": "dsr", "job": f"search/dsr/t{i + 2}", "optim.lr": 0.05})
+              for i in range(2)]
+    progress.on_trial_start(0, trials, trials[0])
+    assert caplog.records[-1].getMessage().startswith("[search-dsr 2/4 done] start search/dsr/t2  lr=0.05")
+    trials[0].last_result = {"val_acc": 0.9, "test_acc": 0.8, "epochs_done": 10}
+    progress.on_trial_complete(0, trials, trials[0])
+    assert "[search-dsr 3/4 done] end" in caplog.records[-1].getMessage()
+    assert progress.epochs_left == 10  # one trial of 10 epochs to go

@@ -244,3 +244,83 @@ def test_the_figure_gives_every_method_its_own_look_and_draws_the_paired_differe
     assert w > 1.8 * h  # the accuracy panel and one panel of paired differences beside it
     diffs = {ln.method: ln.diff for ln in t.sections[0.9] if ln.diff}
     assert set(diffs) == {"static_1x", "gmp"} and diffs["gmp"].resolved
+
+
+def test_ties_are_broken_by_validation_loss_then_the_trial_number_and_said():
+    """Equal search.metric: the lower validation loss decides, then the lower Optuna trial
+    number (never Tune's random trial id); the report's header names the tie and what broke it."""
+    from dsr_tune.sweep.select import tie_breaks
+
+    def trial(key, number, acc, loss):
+        return RunRow(key, "search", "dsr", 0.9, 0, "FINISHED", {"val_acc": acc, "val_loss": loss,
+                                                                 "epochs_done": 10, "test_acc": 0.9}, 10, trial=number)
+
+    by_loss = [trial("search/dsr/s0.9-t0", 0, 0.9931, 0.05), trial("search/dsr/s0.9-t1", 1, 0.9931, 0.04),
+               trial("search/dsr/s0.9-t2", 2, 0.98, 0.01)]
+    for order in (by_loss, by_loss[::-1]):
+        assert best_per_cell(order, "val_acc", "max")[("dsr", 0.9)].key == "search/dsr/s0.9-t1"
+    assert tie_breaks(by_loss, "val_acc", "max") == {
+        ("dsr", 0.9): "s0.9 dsr: 2 trials tied at val_acc 0.9931; val_loss chose search/dsr/s0.9-t1"}
+    # the keys sort the other way round: the trial number decides, not the key
+    by_number = [trial("search/dsr/zz", 3, 1.0, 0.05), trial("search/dsr/aa", 7, 1.0, 0.05)]
+    assert best_per_cell(by_number, "val_acc", "max")[("dsr", 0.9)].key == "search/dsr/zz"
+    assert "the Optuna trial number chose search/dsr/zz" in tie_breaks(by_number, "val_acc", "max")[("dsr", 0.9)]
+    # selecting on the loss: accuracy breaks its ties
+    on_loss = [trial("search/dsr/a", 0, 0.97, 0.05), trial("search/dsr/b", 1, 0.99, 0.05)]
+    assert best_per_cell(on_loss, "val_loss", "min")[("dsr", 0.9)].key == "search/dsr/b"
+    assert "val_acc chose search/dsr/b" in tie_breaks(on_loss, "val_loss", "min")[("dsr", 0.9)]
+    assert tie_breaks(by_loss[1:], "val_acc", "max") == {}  # no tie, nothing said
+    report = [*by_loss, RunRow("paired/dsr/s0.9/seed1", "selected", "dsr", 0.9, 1, "FINISHED", {"test_acc": 0.9}, 10,
+                               selected_from="search/dsr/s0.9-t1")]
+    table = stats.summarize("x", report)
+    table.ties = list(tie_breaks(report, "val_acc", "max").values())
+    assert "Ties in the selection" in render.text(table) and "val_loss chose search/dsr/s0.9-t1" in render.markdown(table)
+    assert "Ties in the selection" not in render.text(stats.summarize("x", report[1:]))
+
+
+def _parent_state(client, run_id: str) -> dict:
+    run = client.get_run(run_id)
+    history = {k: sorted((m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, k))
+               for k in run.data.metrics}
+
+    def files(path=None):
+        return sorted(x for a in client.list_artifacts(run_id, path) for x in (files(a.path) if a.is_dir else [a.path]))
+
+    return {"metrics": history, "params": run.data.params, "tags": run.data.tags, "artifacts": files(),
+            "status": run.info.status, "end": run.info.end_time}
+
+
+def test_reporting_again_leaves_the_parent_as_it_was(tmp_path, monkeypatch):
+    """`dsr-tune report`, run three times, leaves the parent run's metric histories, params,
+    tags and artifacts as the first left them; when more runs have ended, only the numbers
+    that changed get a point, at the next step."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    exp = c.create_experiment("toy", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = c.create_run(exp, run_name=SWEEP, tags={"sweep": SWEEP, "role": "parent",
+                                                     "dsr_tune.run": f"{SWEEP}/parent"}).info.run_id
+    c.log_param(parent, "search.metric", "val_acc")
+    r = lambda *a, **k: _run(c, exp, parent, *a, **k)  # noqa: E731
+    r("search/dsr/a", "search", "dsr", 0.9, 0, 0.95, 5000, 10, val=0.93)
+    r("search/dsr/b", "search", "dsr", 0.9, 0, 0.96, 5000, 10, val=0.93)  # a tie on val_acc: the key decides
+    r("paired/dsr/s0.9/seed1", "selected", "dsr", 0.9, 1, 0.91, 5000, 10, selected_from="search/dsr/a")
+    r("paired/static_2x/s0.9/seed1", "baseline", "static_2x", 0.9, 1, 0.89, 5000, 20, selected_from="search/dsr/a")
+    gather.build(SWEEP, uri, out_dir=tmp_path)
+    first = _parent_state(c, parent)
+    assert first["metrics"]["s0.9/dsr/mean"] == [(0, 0.91, first["metrics"]["s0.9/dsr/mean"][0][2])]
+    assert first["tags"]["report_step"] == "0" and "the job key chose search/dsr/a" in first["tags"][
+        "selection_tie_broken"]
+    assert {f"report/report-{SWEEP}.md", f"report/report-{SWEEP}.csv"} <= set(first["artifacts"])
+    for _ in range(2):
+        gather.build(SWEEP, uri, out_dir=tmp_path)
+        assert _parent_state(c, parent) == first
+    monkeypatch.chdir(tmp_path)  # the command writes its files here
+    assert cli.main(["report", SWEEP, "--tracking-uri", uri]) == 0 and _parent_state(c, parent) == first
+    r("paired/dsr/s0.9/seed2", "selected", "dsr", 0.9, 2, 0.95, 5000, 10, selected_from="search/dsr/a")  # one more
+    gather.build(SWEEP, uri, out_dir=tmp_path)
+    later = _parent_state(c, parent)
+    assert [(s, v) for s, v, _ in later["metrics"]["s0.9/dsr/mean"]] == [(0, 0.91), (1, pytest.approx(0.93))]
+    assert later["metrics"]["s0.9/static_2x/mean"] == first["metrics"]["s0.9/static_2x/mean"]  # unchanged
+    assert later["tags"]["report_step"] == "1" and later["artifacts"] == first["artifacts"]

@@ -170,8 +170,28 @@ def test_dashboard_serves_the_sweep_study_then_stops(tmp_path):
         status, body = _get(f"http://127.0.0.1:{port}/api/studies")
         names = [x["study_name"] for x in json.loads(body)["study_summaries"]]
         assert status == 200 and names == ["demo-20260101-000000"]
+        assert "study demo-20260101-000000: 2 of 2 trials complete" in s.err.read_text()  # listed first
         assert _get(url)[0] == 200
         s.stop(signal.SIGTERM)
         assert s.proc.returncode == 0 and not _alive(s.seen), _alive(s.seen)
     finally:
         s.cleanup()
+
+
+def test_dashboard_lists_the_studies_it_serves(tmp_path):
+    """Each study's name, its trials and its objectives by name, as the sweep's searcher
+    names them (an unnamed objective is Optuna's "objective <i>")."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    db = tmp_path / "optuna.db"
+    assert serve.studies(db) == [f"{db} holds no study yet"]
+    named = optuna.create_study(study_name="s-1-dsr-s0.9", storage=f"sqlite:///{db}", directions=["maximize", "minimize"])
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        named.set_metric_names(["val_acc", "nonzero_params"])
+    named.optimize(lambda t: (t.suggest_float("lr", 0.01, 0.1), 5.0), n_trials=2)
+    named.ask()  # one still running
+    optuna.create_study(study_name="s-1-dsr-s0.8", storage=f"sqlite:///{db}").optimize(lambda t: 1.0, n_trials=1)
+    assert serve.studies(db) == ["study s-1-dsr-s0.8: 1 of 1 trials complete; objective 0 (minimize)",
+                                 "study s-1-dsr-s0.9: 2 of 3 trials complete; val_acc (maximize), "
+                                 "nonzero_params (minimize)"]

@@ -25,7 +25,7 @@ from dsr_tune import cli, config as C
 from dsr_tune.sweep import plan, rows, spec as S
 from dsr_tune.sweep.jobs import SweepContext
 from dsr_tune.sweep.terms import Phase
-from dsr_tune.sweep.tune import OptunaSpace
+from dsr_tune.sweep.study import OptunaSpace
 from dsr_tune.tracking import SweepTracker, store
 
 from conftest import DEMO, ROOT
@@ -43,8 +43,8 @@ def test_progress_table_shows_searched_values_and_latest_metrics():
     assert search._parameter_columns == {"sparsity.sparsity": "sparsity", "sparsity.period_scale": "period_scale",
                                          "sparsity.dsr.delta": "delta", "sparsity.dsr.target_pruned": "target_pruned",
                                          "optim.lr": "lr"}
-    assert search._metric_columns == {"epochs_done": "epochs", "val_acc": "val_acc", "test_acc": "test_acc",
-                                      "nonzero_params": "non-zero"}
+    assert search._metric_columns == {"epochs_done": "epochs", "val_loss": "val_loss", "test_acc": "test_acc",
+                                      "nonzero_params": "non-zero"}  # the demo selects on val_loss
     assert progress_table(Phase.parse("paired-0"), sp)._parameter_columns == {"job": "run"}
     assert not progress_table(Phase.parse("search-dsr"), S.load(DEMO, ["search.pareto=true"]))._sort_by_metric
 
@@ -61,7 +61,7 @@ def test_a_trial_trains_on_its_reserved_gpu_or_on_the_cpu(monkeypatch):
     with pytest.raises(RuntimeError, match="no GPU"):
         trial.visible_gpus([], use_gpu=True)
     sp = S.load(DEMO)
-    job = SweepContext("/x", sp.base.to_dict(), 0, None).search_job({"method": "dsr"}, "t1")
+    job = SweepContext("/x", sp.base.to_dict(), 0, None).search_job({"method": "dsr", "job": "search/dsr/t1"})
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # a GPU node: every GPU visible by default
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
     trial._place(job)
@@ -208,7 +208,15 @@ def test_output_folder_and_resume_rules(tmp_path):
     (out / "sweep.json").write_text(json.dumps({**meta, "status": "KILLED"}))
     assert folder.prepare(sp, out, resume=True, overwrite=False)["status"] == "RUNNING"
     assert json.loads((out / "sweep.json").read_text())["status"] == "RUNNING"
-    # a moved sweep folder: Tune's state points to the old place
+    # a sweep started by a version that resumed through Tune's pickles: its paired phases resume,
+    # a search it left unfinished does not (its study does not name its trials' run folders)
+    old = {k: v for k, v in json.loads((out / "sweep.json").read_text()).items() if k != "format"}
+    (out / "sweep.json").write_text(json.dumps(old))
+    with pytest.raises(C.ConfigError, match="older dsr-tune.*never reads pickles"):
+        folder.prepare(sp, out, resume=True, overwrite=False)
+    (out / "sweep.json").write_text(json.dumps({**old, "done": ["search-dsr-s0.8", "search-dsr-s0.9"]}))
+    assert folder.prepare(sp, out, resume=True, overwrite=False)["format"] == folder.FORMAT
+    # a moved sweep folder: its planned runs point to the old place
     moved = tmp_path / "moved"
     out.rename(moved)
     with pytest.raises(C.ConfigError, match="has moved"):
@@ -231,15 +239,16 @@ def test_output_folder_and_resume_rules(tmp_path):
 def test_pareto_asha_search_builds_without_ray(tmp_path):
     """What Tune gets for a multi-objective space with ASHA (no Ray started)."""
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from dsr_tune.sweep import tune
+    from dsr_tune.sweep.study import StudySearcher
 
-    sp = S.load(DEMO, ["search.pareto=true", "search.asha={grace_period: 2, reduction_factor: 2}"])
+    sp = S.load(DEMO, ["search.pareto=true", "search.asha={grace_period: 2, reduction_factor: 2}",
+                       "search.metric=val_acc", "search.mode=max"])
     ctx = SweepContext(str(tmp_path), sp.base.to_dict(), 0, SweepTracker(store.resolve("sqlite:///x.db"), "e", "s-1"))
     tc, param_space = tune.tune_config(Phase.parse("search-dsr"), sp, ctx, 2, None)
     assert param_space is None and tc.num_samples == sp.search.samples and tc.max_concurrent_trials == 2
-    assert isinstance(tc.search_alg, OptunaSearch) and isinstance(tc.scheduler, ASHAScheduler)
+    assert isinstance(tc.search_alg, StudySearcher) and isinstance(tc.scheduler, ASHAScheduler)
     assert tc.search_alg.metric == ["val_acc", "nonzero_params"] and tc.search_alg.mode == ["max", "min"]
     # ASHA takes one metric (from TuneConfig) and counts the 1-based epochs_done, up to the epochs
     assert (tc.metric, tc.mode) == ("val_acc", "max") and not tc.reuse_actors
@@ -262,6 +271,7 @@ def test_phase_names_and_job_keys_keep_their_spelling():
         with pytest.raises(ValueError, match="not a phase name"):
             Phase.parse(bad)
     assert terms.search_key("dsr", "a1b2") == "search/dsr/a1b2" and terms.trial_of("search/dsr/a1b2") == "a1b2"
+    assert terms.trial_id(0.9, 3) == "s0.9-t3" and terms.trial_id(None, 0) == "t0"  # fixed when Optuna asks
     assert terms.paired_key("dsr_stop:5", 0.9, 2) == "paired/dsr_stop_5/s0.9/seed2"
     assert terms.paired_key("dense", None, 1) == "paired/dense/seed1"
     runs = plan.plan(rows.rows(["dsr", "gmp", "dense"], 2.0, 10), [0.9], [1])
@@ -269,32 +279,55 @@ def test_phase_names_and_job_keys_keep_their_spelling():
                                                 ("paired/gmp/s0.9/seed1", "paired/dense/seed1")]
 
 
-def test_a_tune_state_saved_before_the_move_finds_its_classes():
-    """tuner.pkl names the callbacks, the searcher's space and the trial-folder namer by
-    module; a sweep started before they moved into sweep.tune is resumed with them."""
-    from types import SimpleNamespace
+def test_a_search_resumes_from_its_study_alone(tmp_path):
+    """The searcher's whole state is the Optuna study (no Ray started): a new searcher
+    (a resumed sweep) proposes the unfinished trial again with its values, key and number,
+    then asks the rest; every proposal is a function of search.seed, the cell and the
+    trial number, so the interrupted search draws what a straight one draws; errored
+    trials are marked FAIL only once the phase has ended."""
+    import optuna
+    from ray.tune.search import Searcher
 
-    from dsr_tune.sweep import tune
+    from dsr_tune.sweep.study import StudySearcher
 
-    sp = S.load(DEMO)
-    progress = tune.Progress(Phase.parse("search-dsr-s0.9"), 4, SimpleNamespace(), "val_acc", "max")
-    saved = {"progress": progress, "finalizer": tune.Finalizer(None), "namer": tune.trial_dirname,
-             "space": OptunaSpace(S.params_for(sp, "dsr"), "dsr")}
-    old = pickle.dumps(saved, protocol=2)  # protocol 2 names a class as text: "c<module>\n<name>\n"
-    for module, names in (("callbacks", ("Progress", "Finalizer")), ("tunephase", ("trial_dirname",)),
-                          ("search", ("OptunaSpace",))):
-        for name in names:
-            old = old.replace(f"cdsr_tune.sweep.tune\n{name}\n".encode(),
-                              f"cdsr_tune.sweep.{module}\n{name}\n".encode())
-    assert b"dsr_tune.sweep.tune\n" not in old and b"dsr_tune.sweep.callbacks\n" in old
-    tune.answer_old_homes()
-    back = pickle.loads(old)
-    assert type(back["progress"]) is tune.Progress and back["progress"].phase == Phase.search("dsr", 0.9)
-    assert type(back["finalizer"]) is tune.Finalizer and back["namer"] is tune.trial_dirname
-    assert back["space"].method == "dsr" and [p.key for p in back["space"].params] == [p.key for p in saved["space"].params]
-    legacy = tune.Progress.__new__(tune.Progress)  # a Progress of the previous version held the phase's name
-    legacy.__setstate__({"phase": "paired-1", "total": 3, "_ctx": None})
-    assert legacy.phase == Phase.paired(1)
+    sp, cell = S.load(DEMO, ["search.samples=3"]), Phase.search("dsr", 0.9)
+    for sweep in "abc":
+        (tmp_path / sweep).mkdir()
+    first = StudySearcher(sp, cell, tmp_path / "a", "s-1")
+    assert first.plan() == (0, 0, 3)
+    c0, c1 = first.suggest("tune-x"), first.suggest("tune-y")
+    assert (c0["job"], c0["trial"], c1["job"], c1["trial"]) == ("search/dsr/s0.9-t0", 0, "search/dsr/s0.9-t1", 1)
+    assert c0["method"] == "dsr" and c0["sparsity.sparsity"] == 0.9 and 0.02 <= c0["optim.lr"] <= 0.1
+    (tmp_path / "a" / "runs" / c0["job"]).mkdir(parents=True)
+    (tmp_path / "a" / "runs" / c0["job"] / "tracking.json").write_text(json.dumps({"run_id": "abc123"}))
+    first.on_trial_complete("tune-x", {"val_loss": 0.25, "epochs_done": 10})
+    pickle.loads(pickle.dumps(first))  # Tune writes its searcher into tuner.pkl; the study is not in it
+    first.save(str(tmp_path / "searcher.pkl"))
+    assert not (tmp_path / "searcher.pkl").exists()
+
+    resumed = StudySearcher(sp, cell, tmp_path / "a", "s-1")  # the driver was killed: a new process
+    assert resumed.plan() == (1, 1, 1)
+    assert resumed.suggest("tune-z") == c1  # the same values, key and trial number
+    c2 = resumed.suggest("tune-w")
+    assert c2["trial"] == 2 and resumed.suggest("tune-v") == Searcher.FINISHED
+    straight = StudySearcher(sp, cell, tmp_path / "b", "s-1")
+    assert [straight.suggest(t) for t in ("p", "q", "r")] == [c0, c1, c2]  # as if never interrupted
+    other = StudySearcher(sp, Phase.search("dsr", 0.8), tmp_path / "b", "s-1").suggest("o")
+    assert other["optim.lr"] != c0["optim.lr"] and other["job"] == "search/dsr/s0.8-t0"  # each cell its own seed
+
+    resumed.on_trial_complete("tune-z", error=True)
+    assert not resumed.close()  # trial 2 still runs: the errored one stays RUNNING, for --resume
+    resumed.on_trial_complete("tune-w", {"val_loss": 0.5, "epochs_done": 10})
+    assert resumed.close()
+    study = optuna.load_study(study_name="s-1-dsr-s0.9", storage=f"sqlite:///{tmp_path / 'a' / 'optuna.db'}")
+    assert study.metric_names == ["val_loss"] and study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    t0 = study.trials[0]
+    assert t0.value == 0.25 and t0.user_attrs == {"job_key": "search/dsr/s0.9-t0", "mlflow_run_id": "abc123",
+                                                  "run_folder": str(tmp_path / "a" / "runs" / c0["job"])}
+    pareto = StudySearcher(S.load(DEMO, ["search.pareto=true"]), cell, tmp_path / "c", "s-1")
+    pareto.suggest("t")
+    assert pareto.study.metric_names == ["val_loss", "nonzero_params"]
 
 
 def test_a_sparsity_choice_is_a_grid_of_searches_of_equal_size(tmp_path):
@@ -313,12 +346,12 @@ def test_a_sparsity_choice_is_a_grid_of_searches_of_equal_size(tmp_path):
     ctx = SweepContext(str(tmp_path), sp.base.to_dict(), 0, SweepTracker(store.resolve("sqlite:///x.db"), "e", "s-1"))
     tc, _ = tune.tune_config(Phase.parse("search-static-s0.9"), sp, ctx, 2, None)
     assert tc.num_samples == sp.search.samples  # per cell: the same budget at every sparsity
-    assert tc.search_alg._study_name == "s-1-static-s0.9"
+    assert tc.search_alg.study_name == "s-1-static-s0.9"
     # the define-by-run space draws the cell's own keys and holds its sparsity
     study = optuna.create_study(direction="maximize")
-    drawn = tune.OptunaSpace(S.params_for(sp, "static", 0.9), "static", {"sparsity.sparsity": 0.9})(study.ask())
+    drawn = OptunaSpace(S.params_for(sp, "static", 0.9), "static", {"sparsity.sparsity": 0.9})(study.ask())
     assert drawn == {"method": "static", "sparsity.sparsity": 0.9}
-    job = ctx.search_job({**drawn, "optim.lr": 0.05}, "t1")
+    job = ctx.search_job({**drawn, "optim.lr": 0.05, "job": "search/static/s0.9-t1", "trial": 1})
     assert job.sparsity == 0.9 and job.config["optim"]["lr"] == 0.05 and job.method == "static"
     # without a sparsity choice: one search per method, named after the method alone
     text = Path(DEMO).read_text().replace("  sparsity.sparsity: {choice: [0.8, 0.9]}\n", "")
@@ -341,7 +374,8 @@ def test_selection_on_validation_plans_every_row_on_fresh_seeds(tmp_path):
     from dsr_tune.sweep.report.gather import load_local
     from dsr_tune.sweep.select import paired_jobs
 
-    sp = S.load(DEMO, ["seeds=[1, 2]", "optim.milestones=[4, 8]", "baselines=[static, thin_dense, gmp, final_reinit]"])
+    sp = S.load(DEMO, ["seeds=[1, 2]", "optim.milestones=[4, 8]", "baselines=[static, thin_dense, gmp, final_reinit]",
+                       "search.metric=val_acc", "search.mode=max"])
     ctx = SweepContext(str(tmp_path), sp.base.to_dict(), 0, SweepTracker(store.resolve("sqlite:///x.db"), "e", "s"))
     # val_acc decides: b (0.95) at 0.8 and e (0.85) at 0.9, though their test_acc is the lowest
     accs = {("a", 0.8): 0.9, ("b", 0.8): 0.95, ("c", 0.9): 0.8, ("d", 0.9): 0.7, ("e", 0.9): 0.85}
@@ -418,7 +452,7 @@ def test_the_test_split_cannot_reach_selection(tmp_path, monkeypatch):
         ctx = SweepContext(str(tmp_path / variant), sp.base.to_dict(), 0,
                            SweepTracker(store.resolve(f"sqlite:///{tmp_path / 'none.db'}"), "e", variant))
         for trial_id, values in trials.items():
-            run_job(ctx, ctx.search_job({"method": "dsr", **values}, trial_id))
+            run_job(ctx, ctx.search_job({"method": "dsr", **values, "job": f"search/dsr/{trial_id}"}))
         epochs = {t: [r for r in read_records(ctx.run_dir(f"search/dsr/{t}") / "metrics.jsonl")
                       if r["kind"] == "epoch"] for t in trials}
         jobs = paired_jobs(sp, ctx, load_local(ctx.sweep_dir))
@@ -469,7 +503,8 @@ def test_stopped_trial_is_replayed_and_resume_keeps_the_parent_running(tmp_path)
 
     stopped, rid = trial_folder("t1", [_epoch(0, 0.5), _epoch(1, 0.6)])
     runs.log_metrics(client, rid, runs.record_metrics(_epoch(0, 0.5)))  # the live logger got epoch 1 only
-    Finalizer(ctx)._close(SimpleNamespace(config={"method": "dsr"}, trial_id="t1"), "KILLED")
+    Finalizer(ctx)._close(SimpleNamespace(config={"method": "dsr", "job": "search/dsr/t1"}, trial_id="t1",
+                                          last_result=None), "KILLED")
     run = client.get_run(rid)
     assert run.info.status == "KILLED"
     assert sorted(m.step for m in client.get_metric_history(rid, "epoch/test_acc")) == [1, 2]  # epoch 2 replayed
@@ -586,7 +621,7 @@ def test_interrupted_sweep_resumes_every_trial_exactly_once(e2e):
     assert i["rc"] == 130 and "--resume" in i["log"].read_text(), i["log"].read_text()[-3000:]
     proc = e2e["proc"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "[search-dsr-s0.9 3/3 done]" in proc.stderr and "restoring Tune's state" in proc.stderr  # progress: stderr
+    assert "[search-dsr-s0.9 3/3 done]" in proc.stderr and "resuming from the study" in proc.stderr  # progress: stderr
     runs = sorted((sweep / "runs" / "search" / "dsr").iterdir())
     assert len(runs) == 3
     for run in runs:
@@ -700,7 +735,7 @@ def test_report_command_on_the_sweep_folder(e2e, capsys):
     assert cli.main(["report", str(e2e["sweep"])]) == 0
     out = capsys.readouterr().out
     assert "sparsity 0.9" in out and "static_2x" in out and "± 0.00" in out and "n < 3" in out  # one seed
-    assert "selection run, not in the means: search/dsr/" in out and "selected on val_acc" in out
+    assert "selection run, not in the means: search/dsr/" in out and "selected on val_loss" in out  # the demo's metric
 
 
 @pytest.mark.slow

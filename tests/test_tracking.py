@@ -150,8 +150,11 @@ def test_sync_restores_the_records_exactly_once(offline_sweep, tmp_path):
     parent = c.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["role"] == "parent" and parent.info.status == "FINISHED"
 
+    before = [(r.info.status, r.info.end_time, r.data.tags) for r in (c.get_run(rid), parent)]
     again = sync_sweep(o["root"], uri=uri, everything=True)
     assert again.runs == 1 and again.created == again.metrics == again.params == again.artifacts == 0
+    after = [c.get_run(x.info.run_id) for x in (run, parent)]  # closed once: the same end time, the same tags
+    assert [(r.info.status, r.info.end_time, r.data.tags) for r in after] == before
     assert len(c.get_metric_history(rid, "epoch/test_acc")) == 2
     assert len(c.get_metric_history(rid, "export_bytes")) == 1
 

@@ -280,8 +280,27 @@ def cmd_dashboard(args) -> int:
             return fail("optuna-dashboard is not installed here: pip install -r requirements.lock -e .")
         script = Path(found)
     cmd = [str(script), f"sqlite:///{db.resolve()}", "--host", args.host, "--port", str(args.port), "--quiet"]
+    for line in studies(db):  # on stderr: stdout holds the URL line alone
+        print(line, file=sys.stderr)
     return serve(cmd, title=f"Optuna dashboard for {_study_name(sweep)}", url=_url(args.host, args.port, "/dashboard"),
                  health=_url(args.host, args.port, "/api/studies"), ready_s=args.timeout)
+
+
+def studies(db: Path) -> list[str]:
+    """One line per Optuna study in ``db``: its name, trials (complete of all) and objectives."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{db.resolve()}"
+    out = []
+    for name in sorted(optuna.get_all_study_names(storage)):
+        study = optuna.load_study(study_name=name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        goals = ", ".join(f"{m or f'objective {i}'} ({d.name.lower()})" for i, (m, d) in
+                          enumerate(zip(study.metric_names or [None] * len(study.directions), study.directions)))
+        out.append(f"study {name}: {done} of {len(trials)} trials complete; {goals}")
+    return out or [f"{db} holds no study yet"]
 
 
 def _study_name(sweep: Path) -> str:

@@ -107,6 +107,12 @@ def add_plan_args(p) -> None:
 
 def finish(outcome, resume_argv: list[str]) -> int:
     """After a sweep or comparison: the report, what MLflow lacks, where to browse it."""
+    if outcome.error:  # a storage fault stopped it: one line
+        outcome.tracker.close_parent(Status.KILLED)
+        print(f"dsr-tune: error: stopped, a run folder could not be written: {outcome.error}; finished runs are "
+              f"kept; once there is room (or the folder can be written), continue with: "
+              f"{' '.join(shlex.quote(a) for a in resume_argv)}", file=sys.stderr)
+        return 1
     if outcome.status == Status.KILLED:
         outcome.tracker.close_parent(Status.KILLED)
         return interrupted("finished runs are kept, cut-off ones continue from their checkpoints", resume_argv)

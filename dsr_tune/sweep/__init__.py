@@ -9,9 +9,10 @@ planned once, every run in MLflow. The life of a sweep, and its modules:
 3. :mod:`.driver` runs the phases in order, resumable, in the sweep folder
    (:mod:`.folder`: sweep.json and the MLflow parent run); ``dsr-tune
    compare`` is a sweep without its search phases;
-4. :mod:`.tune` runs one phase on Ray Tune: Optuna's searcher, ASHA, the
-   driver's callbacks; :mod:`.trial` trains one job (:mod:`.jobs`: what a
-   job is and what a trial gets with it);
+4. :mod:`.tune` runs one phase on Ray Tune: ASHA, the driver's callbacks;
+   :mod:`.study` is a search's Optuna study and Tune's searcher over it (its
+   whole state, what --resume continues from); :mod:`.trial` trains one job
+   (:mod:`.jobs`: what a job is and what a trial gets with it);
 5. :mod:`.select` selects after the search: the best trial per method and
    sparsity, then the paired jobs on the report's fresh seeds;
 6. :mod:`.progress` says how far it is: every ETA, the best so far;

@@ -1,11 +1,14 @@
 """Run a sweep (or a comparison) phase by phase, resumable, tracked in MLflow.
 
 The phases (:func:`.plan.search_phases`, then the paired stages) run in
-order; each one done is written to sweep.json, and Tune keeps its state
-under ``tune/<phase>``, so ``--resume`` restores the unfinished phase
-(finished trials are neither lost nor run again, cut-off ones continue from
-their checkpoints) and goes on. Between the searches and the paired phases
-the selection (:mod:`.select`) is written to ``paired.json``, once.
+order; each one done is written to sweep.json. ``--resume`` goes on from
+what the tool itself wrote, never from Tune's pickled state: a search from
+its Optuna study (:mod:`.study`: trials ended are kept, unfinished ones run
+again with the values they were asked with and continue from their run
+folders' checkpoints), a paired phase from ``paired.json`` and the run
+folders (the jobs not finished yet). Between the searches and the paired
+phases the selection (:mod:`.select`) is written to ``paired.json``, once.
+A storage fault (:class:`.trial.StorageFault`) stops the sweep, resumable.
 
 ``dsr-tune compare`` (:func:`compare`) is a sweep without a search phase:
 its config as given is the selection. Its runs go through Tune when it is
@@ -30,6 +33,7 @@ from .folder import SWEEP_FILE, open_tracker, prepare, save, sync_leftovers, uns
 from .jobs import PAIRED_FILE, SweepContext, write_paired
 from .spec import Space, for_compare
 from .terms import Phase
+from .trial import StorageFault
 
 log = logging.getLogger("dsr_tune")
 
@@ -41,6 +45,7 @@ class Outcome:
     sweep_id: str
     tracker: SweepTracker
     unsynced: list[str]      # run keys MLflow does not fully hold
+    error: str | None = None  # why it stopped (a storage fault: a run folder could not be written)
 
 
 def run(space: Space, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
@@ -53,16 +58,26 @@ def run(space: Space, out_dir: str | Path, *, resume: bool = False, overwrite: b
     meta = prepare(space, out_dir, resume=resume, overwrite=overwrite)
     tracker = open_tracker(space, out_dir, meta, resume=resume)
     meta["tracker"] = tracker.to_json()
-    if local:
-        ctx = SweepContext(sweep_dir=str(out_dir), base=space.base.to_dict(), trial_seed=space.search.trial_seed,
-                           tracker=tracker)
-        status = _phases(space, ctx, meta, out_dir, runner=None)
-    else:
-        from .tune import with_ray  # imports ray
+    error = None
+    try:
+        if local:
+            ctx = SweepContext(sweep_dir=str(out_dir), base=space.base.to_dict(),
+                               trial_seed=space.search.trial_seed, tracker=tracker)
+            status = _phases(space, ctx, meta, out_dir, runner=None)
+        else:
+            from .tune import with_ray  # imports ray
 
-        status = with_ray(space, out_dir, meta, tracker, address, verbose, table, _phases)
+            status = with_ray(space, out_dir, meta, tracker, address, verbose, table, _phases)
+    except StorageFault as exc:  # the next run would hit the same disk: stop, resumable
+        status, error = Status.KILLED, str(exc)
     meta["status"] = status
-    save(out_dir, meta)
+    try:
+        save(out_dir, meta)
+    except OSError:
+        if error is None:
+            raise
+    if error:
+        return Outcome(status, out_dir, meta["sweep_id"], tracker, unsynced(out_dir), error)
     # what MLflow missed (also when the store came back after being down); an interrupted
     # sweep leaves that to --resume, to exit at once
     left = unsynced(out_dir) if status == Status.KILLED else sync_leftovers(out_dir)

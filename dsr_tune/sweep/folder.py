@@ -6,11 +6,13 @@ what --overwrite may delete, and what MLflow missed of the runs in it.
     sweep.json      the sweep's identity (id, the space as resolved, where it runs), the phases
                     done, its status, its tracker (store URI without credentials) and the parent
                     run's params (so a parent `dsr-tune sync` creates later gets them too)
-    optuna.db       the Optuna studies, one per search phase (kept across resumes)
+    optuna.db       the Optuna studies, one per search phase (SQLite; what --resume continues a search from)
     paired.json     the paired jobs, fixed when the search ends
     runs/<key>/     one per job: config.yaml, metrics.jsonl, checkpoint.pt, tracking.json
     ray_train/      Ray Train checkpoints of multi-worker runs
-    tune/<phase>/   Tune's experiment state of each phase (what --resume restores)
+    tune/<phase>/   Tune's own files of the phase's latest run (its pickles included): never read
+
+--resume reads sweep.json, optuna.db, paired.json and the run folders, nothing Tune pickled.
 
 A comparison without search (``dsr-tune compare``) keeps the same folder, ``kind: compare``.
 """
@@ -56,6 +58,16 @@ def _in_layout(name: str) -> bool:
     return name in SWEEP_LAYOUT or stem in runfolder.REPORTS or runfolder.temp_writer(name) is not None
 
 
+FORMAT = 2  # sweep.json's "format": 2 resumes from the files above; absent: from Tune's pickles (older sweeps)
+
+
+def _old_search_left(space: Space, meta: dict) -> bool:
+    """A sweep started before FORMAT 2 with a search not done: its study does not name its trials' run folders."""
+    from .plan import search_phases
+
+    return meta.get("format", 1) < FORMAT and any(p.name not in meta.get("done", []) for p in search_phases(space))
+
+
 def prepare(space: Space, out_dir: Path, *, resume: bool, overwrite: bool) -> dict:
     """The sweep's sweep.json: a new one, or the one to resume (same space, same
     place), marked RUNNING again. Raises ConfigError for a folder that cannot
@@ -76,11 +88,15 @@ def prepare(space: Space, out_dir: Path, *, resume: bool, overwrite: bool) -> di
             raise C.ConfigError("--resume", f"the space differs from the sweep's own in {', '.join(changed)}; "
                                 "resume with the same file and overrides")
         if meta.get("path", str(out_dir)) != str(out_dir):
-            # Tune's experiment state (trial folders) and the pickled searcher (its Optuna storage)
-            # hold absolute paths: a restored sweep would read and write the old place
+            # paired.json's configs (mask_from, dense_from) and Ray Train's storage hold absolute paths
             raise C.ConfigError("--resume", f"the sweep was started in {meta['path']} and has moved to {out_dir}; "
-                                "Tune's saved state points to the old place: move it back (or link it there) "
+                                "its planned runs point to the old place: move it back (or link it there) "
                                 "to resume")
+        if _old_search_left(space, meta):
+            raise C.ConfigError("--resume", f"{out_dir} was started by an older dsr-tune, which resumed a search "
+                                "from Tune's pickled state; this one never reads pickles: finish it with the "
+                                "version that started it, or start over with --overwrite")
+        meta["format"] = FORMAT
         # before anything syncs: a sweep.json still saying KILLED would close the parent run
         meta["status"] = Status.RUNNING
         meta.setdefault("parent_params", _parent_params_json(space))  # a sweep.json from before they were kept
@@ -91,7 +107,7 @@ def prepare(space: Space, out_dir: Path, *, resume: bool, overwrite: bool) -> di
     sweep_id = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     tracker = SweepTracker(store.resolve(space.tracking_uri), space.experiment, sweep_id, store.git_revision())
     meta = {"sweep_id": sweep_id, "space_file": str(space.path), "path": str(out_dir), "space": raw,
-            "kind": "compare" if space.sparsities is not None else "sweep", "done": [],
+            "kind": "compare" if space.sparsities is not None else "sweep", "done": [], "format": FORMAT,
             "status": Status.RUNNING, "tracker": tracker.to_json(),
             # the parent run's params, for a parent that `dsr-tune sync` creates (MLflow down at the start)
             "parent_params": _parent_params_json(space)}

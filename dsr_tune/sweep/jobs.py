@@ -1,8 +1,10 @@
 """What one run of a sweep trains (:class:`Job`: a resolved config and its
 identity) and what every trial gets with it (:class:`SweepContext`).
 
-A search trial's job is made from the searcher's values when the trial
-starts; the paired jobs are planned once (:mod:`.plan`), written to
+A search trial's job is made from the values its study proposed (and the
+key and Optuna trial number it fixed at that time, :data:`JOB` and
+:data:`TRIAL` in the Tune trial's config) when the trial starts; the paired
+jobs are planned once (:mod:`.plan`), written to
 ``paired.json`` before the first paired phase, so a resumed sweep trains
 exactly these. Every paired job of one sparsity shares a ``group``
 (``s0.9``): the selected configuration, its seed repeats and its baselines.
@@ -18,9 +20,10 @@ from .. import config as C
 from .. import runfolder
 from ..records import Role
 from ..tracking import SweepTracker
-from .terms import search_key, sparsity_tag, trial_of
+from .terms import sparsity_tag, trial_of
 
 PAIRED_FILE = runfolder.PAIRED
+JOB, TRIAL = "job", "trial"  # a Tune trial's config: its job key; a search trial's Optuna trial number too
 
 
 @dataclass
@@ -37,11 +40,14 @@ class Job:
     tuned: bool = False             # its hyperparameters come from its own search
     needs: str | None = None        # the job key of the run it starts from (or, compute-matched, is sized by)
     matched: dict | None = None     # compute-matched: {"flops_of": job key}, then what rows.matched set
+    trial: int | None = None        # a search trial's number in its Optuna study (the selection's last tie-breaker)
 
     @property
     def run_name(self) -> str:
         s = "" if self.sparsity is None else f" {sparsity_tag(self.sparsity)}"
-        tail = f" {trial_of(self.key)}" if self.role == Role.SEARCH else ""
+        tail = ""
+        if self.role == Role.SEARCH:
+            tail = f" t{self.trial}" if self.trial is not None else f" {trial_of(self.key)}"
         return f"{self.method}{s} seed{self.seed}{tail}"
 
     def description(self) -> str:
@@ -64,7 +70,8 @@ class Job:
                 "tags": {"method": self.method, "trains": row, "role": self.role, "seed": self.seed,
                          "sparsity": "0" if self.sparsity is None else f"{self.sparsity:g}",
                          "group": self.group, "selected_from": self.selected_from,
-                         "tuned": str(self.tuned).lower(), "stage": str(self.stage)}}
+                         "tuned": str(self.tuned).lower(), "stage": str(self.stage),
+                         "optuna_trial": None if self.trial is None else str(self.trial)}}
 
 
 def with_values(base: dict, values: dict, method: str | None = None, seed: int | None = None) -> dict:
@@ -89,6 +96,7 @@ class SweepContext:
     tracker: SweepTracker
     live_logging: bool = True  # False: workers may not reach the store (sqlite on a cluster); log at trial end
     in_trial: bool = True      # single-worker jobs train in the trial's process (search.in_trial)
+    expected: tuple[str, ...] = ()  # what Tune expects in every result: the search's objectives
 
     @property
     def train_storage(self) -> str:
@@ -104,28 +112,28 @@ class SweepContext:
     def run_dir(self, key: str) -> Path:
         return Path(self.sweep_dir) / runfolder.RUNS / key
 
-    def search_job(self, params: dict, trial_id: str) -> Job:
-        """The job of a search trial from the searcher's ``params``
-        (``method`` plus dotted config keys)."""
-        method = params["method"]
-        values = {k: v for k, v in params.items() if k != "method" and "." in k}
+    def search_job(self, config: dict) -> Job:
+        """The job of a search trial from its Tune config: the values its study
+        proposed (``method`` plus dotted config keys), its key and trial number."""
+        method = config["method"]
+        values = {k: v for k, v in config.items() if "." in k}
         cfg = with_values(self.base, values, method=method, seed=self.trial_seed)
-        return Job(key=search_key(method, trial_id), role=Role.SEARCH, method=method,
-                   sparsity=cfg["sparsity"]["sparsity"], seed=self.trial_seed, config=cfg)
+        return Job(key=config[JOB], role=Role.SEARCH, method=method, sparsity=cfg["sparsity"]["sparsity"],
+                   seed=self.trial_seed, config=cfg, trial=config.get(TRIAL))
 
     def paired_jobs(self) -> dict[str, Job]:
         path = Path(self.sweep_dir) / PAIRED_FILE
         return {j["key"]: Job(**j) for j in json.loads(path.read_text())}
 
-    def job(self, config: dict, trial_id: str) -> Job:
-        """The job of a Tune trial: ``{"job": key}`` in the paired phases, else searched params."""
-        if "job" in config:
-            return self.paired_jobs()[config["job"]]
-        return self.search_job(config, trial_id)
+    def job(self, config: dict) -> Job:
+        """The job of a Tune trial: a search trial's (its config holds ``method``) or a paired one."""
+        if "method" in config:
+            return self.search_job(config)
+        return self.paired_jobs()[config[JOB]]
 
-    def run_dir_of(self, config: dict, trial_id: str) -> Path:
-        key = config["job"] if "job" in config else search_key(config["method"], trial_id)
-        return self.run_dir(key)
+    def run_dir_of(self, config: dict) -> Path:
+        """The run folder of a Tune trial's job."""
+        return self.run_dir(config[JOB])
 
 
 def write_paired(sweep_dir: str | Path, jobs: list[Job]) -> None:

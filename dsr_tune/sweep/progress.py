@@ -16,6 +16,7 @@ table) nor torch.
 
 from __future__ import annotations
 
+import math
 import time
 
 from ..records import Status
@@ -129,7 +130,8 @@ def best_so_far(trials, metric: str, mode: str, name_of) -> str:
     best: dict = {}
     for t in trials:
         v, s = (t.last_result or {}).get(metric), t.config.get(SPARSITY)
-        if t.status != ERROR and isinstance(v, (int, float)) and (s not in best or sign * v > sign * best[s][0]):
+        if t.status != ERROR and isinstance(v, (int, float)) and math.isfinite(v) and (
+                s not in best or sign * v > sign * best[s][0]):
             best[s] = (v, t)
     if not best:
         return ""

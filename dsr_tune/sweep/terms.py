@@ -79,6 +79,14 @@ def search_key(method: str, trial_id: str) -> str:
     return f"{_SEARCH}/{method}/{trial_id}"
 
 
+def trial_id(sparsity: float | None, number: int) -> str:
+    """The trial id of the search key of Optuna trial ``number`` of a cell's study:
+    ``s0.9-t3`` (``t3`` without a searched sparsity). It is fixed when the trial is
+    asked for and kept in the study, so a resumed sweep continues the same run
+    folder. (Sweeps before this held Tune's random trial id there.)"""
+    return ("" if sparsity is None else f"{sparsity_tag(sparsity)}-") + f"t{number}"
+
+
 def paired_key(label: str, sparsity: float | None, seed: int) -> str:
     """The job key of a paired run: ``paired/<row>/s<sparsity>/seed<k>``, or
     ``paired/dense/seed<k>`` for the dense run (no sparsity)."""

@@ -8,7 +8,11 @@ Idempotent: a job whose folder holds its final epoch is not trained again
 mid-way continues from its checkpoint. A trial keeps its checkpoints in its
 run folder, not in Tune: a trial Tune restarts (FailureConfig, or
 ``--resume`` after a killed driver) continues from the last one, and handing
-Tune a copy every epoch would only double the writes. A single-worker trial
+Tune a copy every epoch would only double the writes. A trial whose run
+folder cannot be written (:func:`storage_fault`: no space left, a read-only or
+forbidden folder) marks its run FAILED with the reason and stops the sweep
+(:class:`StorageFault`; in Tune, a result holding :data:`FAULT`): the next
+trial would hit the same disk. A single-worker trial
 trains in the trial's own process (no Ray Train controller or worker group;
 with ``reuse_actors`` the next trial reuses the process, torch and MLflow
 already imported), shown only the GPU Ray assigned it, or none, so
@@ -17,7 +21,9 @@ already imported), shown only the GPU Ray assigned it, or none, so
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
 import os
 import sys
 import threading
@@ -31,6 +37,35 @@ from ..tracking.mlflow_runs import epoch_scalars, run_key, update_run_file
 from .jobs import Job, SweepContext
 
 log = logging.getLogger("dsr_tune")
+
+
+FAULT = "storage_fault"  # the key of the result a Tune trial reports its storage fault with
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+class StorageFault(RuntimeError):
+    """A job's run folder could not be written; the message is one line naming the job and why."""
+
+
+def storage_fault(exc: BaseException | None) -> str | None:
+    """One line for the storage fault behind ``exc`` (itself or a cause), else None:
+    a ``runfolder.StorageError`` (a run-folder write that failed) names one; a plain
+    OSError does by its errno (no space, quota, read-only, permission)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, runfolder.StorageError):
+            return str(exc).splitlines()[0]
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            return f"{exc.strerror or os.strerror(exc.errno)}" + (f": {exc.filename}" if exc.filename else "")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def fault_result(ctx: SweepContext, reason: str) -> dict:
+    """The result a Tune trial reports its storage fault with: the reason, and NaN for what
+    Tune expects in every result (the searcher and the driver leave it out)."""
+    return {FAULT: reason, **{k: math.nan for k in ctx.expected}}
 
 
 def finished(run_dir, cfg: C.Config) -> bool:
@@ -50,7 +85,20 @@ def run_job(ctx: SweepContext, job: Job, *, on_epoch_end=None, started: float | 
     :func:`dsr_tune.train.train`. The MLflow child run is created (or found by
     its key) before training, logged live, and closed with the outcome; with
     ``close_on_error=False`` (a Tune trial: Tune may retry it, and the driver's
-    Finalizer closes what it gives up on) a failed run stays RUNNING."""
+    Finalizer closes what it gives up on) a failed run stays RUNNING. A storage
+    fault marks the run FAILED with its reason and raises :class:`StorageFault`."""
+    try:
+        return _train_job(ctx, job, on_epoch_end, started, close_on_error)
+    except Exception as exc:
+        reason = storage_fault(exc)
+        if reason is None:
+            raise
+        ctx.tracker.fail(ctx.run_dir(job.key), reason)
+        raise StorageFault(f"{job.key}: {reason}") from exc
+
+
+def _train_job(ctx: SweepContext, job: Job, on_epoch_end, started: float | None,
+               close_on_error: bool) -> tuple[dict, bool]:
     from ..train import train
 
     run_dir, cfg, tracker = ctx.run_dir(job.key), C.from_dict(job.config), ctx.tracker
@@ -69,22 +117,31 @@ def run_job(ctx: SweepContext, job: Job, *, on_epoch_end=None, started: float | 
         return runfolder.last_epoch(run_dir), False
     specs = [MlflowLoggerSpec(tracker.target.uri, str(run_dir), run_id=run_id,
                               key=run_key(tracker.sweep_id, job.key))] if run_id else []
-    status = Status.FAILED
+    # a run that continues may lack records in MLflow: logged by no one (MLflow was away when it
+    # started), or queued by a logger that was killed; its end logs what MLflow lacks
+    continued = runfolder.has_run(run_dir)
     try:
-        record = train(cfg, run_dir, resume=runfolder.has_run(run_dir), loggers=[s.make() for s in specs],
+        record = train(cfg, run_dir, resume=continued, loggers=[s.make() for s in specs],
                        on_epoch_end=on_epoch_end, progress=False)
-        status = Status.FINISHED
     except KeyboardInterrupt:
-        status = Status.KILLED
+        _ended(ctx, run_dir, run_id, Status.KILLED, close_on_error)
         raise
-    finally:
-        update_run_file(run_dir, trained=time.time())
-        if status == Status.FINISHED or close_on_error:
-            if ctx.live_logging:
-                tracker.finish(run_dir, run_id, status)
-            else:
-                update_run_file(run_dir, status=status)
+    except Exception as exc:
+        if storage_fault(exc) is None:  # a storage fault: run_job marks the run, and writes nothing more
+            _ended(ctx, run_dir, run_id, Status.FAILED, close_on_error)
+        raise
+    _ended(ctx, run_dir, run_id, Status.FINISHED, True, replay=continued)
     return record, True
+
+
+def _ended(ctx: SweepContext, run_dir, run_id: str | None, status: Status, close: bool,
+           replay: bool = False) -> None:
+    update_run_file(run_dir, trained=time.time())
+    if close:
+        if ctx.live_logging:
+            ctx.tracker.finish(run_dir, run_id, status, replay=replay)
+        else:
+            update_run_file(run_dir, status=status)
 
 
 # ---------------------------------------------------------------- as a Tune trial
@@ -120,9 +177,7 @@ def _place(job: Job) -> None:
 def run_trial(config: dict, ctx: SweepContext) -> None:
     """Tune's trainable (wrapped with ``tune.with_parameters(run_trial, ctx=...)``)."""
     started = time.time()  # the benchmark's start-up time counts from here
-    from ray import tune
-
-    job = ctx.job(config, tune.get_context().get_trial_id())
+    job = ctx.job(config)
     if in_process(job.config, ctx.in_trial):
         _place(job)
         _local_trial(ctx, job, started)
@@ -136,7 +191,11 @@ def _local_trial(ctx: SweepContext, job: Job, started: float) -> None:
     def report(record: dict, path) -> None:
         tune.report(epoch_scalars(record))
 
-    record, trained = run_job(ctx, job, on_epoch_end=report, started=started, close_on_error=False)
+    try:
+        record, trained = run_job(ctx, job, on_epoch_end=report, started=started, close_on_error=False)
+    except StorageFault as exc:
+        tune.report(fault_result(ctx, str(exc)))  # the driver stops the sweep (tune.Halt)
+        return
     if not trained:  # the driver died before Tune wrote the end down: report the final record again
         tune.report(epoch_scalars(record))
 
@@ -167,9 +226,17 @@ def _worker_group_trial(ctx: SweepContext, job: Job, started: float) -> None:
     try:
         fit(cfg, run_dir=run_dir, name=name, storage_path=ctx.train_storage,
             train_callbacks=[TuneReportCallback()], logger_specs=specs)
+    except Exception as exc:
+        reason = storage_fault(exc)
+        if reason is None:
+            raise
+        maker.join()
+        tracker.fail(run_dir, reason)
+        tune.report(fault_result(ctx, f"{job.key}: {reason}"))  # the driver stops the sweep (tune.Halt)
+        return
     finally:
         # on an exception the run stays RUNNING: Tune retries the trial, or the driver's
         # Finalizer closes the run as FAILED (an error) or KILLED (stopped early by ASHA)
         maker.join()
     update_run_file(run_dir, trained=time.time())
-    tracker.finish(run_dir, created.get("run_id"), Status.FINISHED, replay=not ctx.live_logging)
+    tracker.finish(run_dir, created.get("run_id"), Status.FINISHED, replay=not ctx.live_logging or found is not None)

@@ -1,13 +1,18 @@
-"""Ray Tune and Optuna: the Ray session of a sweep, one Tune phase, the
-searcher, ASHA, and the callbacks that run in the driver. Imports ray: the
-driver imports it only when the sweep runs on Ray.
+"""Ray Tune and Optuna: the Ray session of a sweep, one Tune phase, ASHA, and
+the callbacks that run in the driver. Imports ray: the driver imports it only
+when the sweep runs on Ray.
 
-Each search phase has its own Optuna search (TPE, seeded) of
-``search.samples`` trials, so every (method, sparsity) cell of the comparison
-gets the same budget. Its space is define-by-run (:class:`OptunaSpace`):
+Each search phase has its own Optuna study (:mod:`.study`: TPE, seeded per
+cell and trial) of ``search.samples`` trials, so every (method, sparsity)
+cell of the comparison gets the same budget. Its space is define-by-run:
 only the keys that method reads are drawn (DSR's Np and delta never for a
 static baseline). Its study lives in ``<sweep>/optuna.db``, named
 ``<sweep id>-<method>[-s<sparsity>]`` (``dsr-tune dashboard`` opens them).
+
+A phase always starts a fresh Tuner, resumed or not: a search from its study,
+a paired phase from the jobs of ``paired.json`` not finished yet. Tune still
+writes its experiment state (pickles) under ``tune/<phase>``; nothing reads
+it, and a new run of the phase deletes it first.
 
 Concurrency: a single-worker trial holds ``search.trial_cpus`` plus
 ``train.cpus_per_worker`` CPUs (and one GPU with ``train.use_gpu``: Tune's
@@ -21,23 +26,22 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
+import shutil
 import time
-import warnings
 from pathlib import Path
 
-from ray.tune import Callback
+from ray.tune import Callback, Stopper
 
 from .. import runfolder
 from ..records import SCORED, Status
 from ..tracking import SweepTracker
 from ..tracking.mlflow_runs import read_run_file
 from . import progress
-from .jobs import SweepContext
-from .params import SPARSITY, Param
-from .spec import Space, params_for
+from .jobs import JOB, SweepContext
+from .spec import Space
+from .study import StudySearcher
 from .terms import Phase
-from .trial import in_process, run_trial
+from .trial import FAULT, StorageFault, in_process, run_trial
 
 log = logging.getLogger("dsr_tune")
 
@@ -49,9 +53,6 @@ TUNE_ENV = {  # on top of dsr_tune.distributed's TRAIN_ENV (and LOCAL_RAY_ENV on
 # Ray gives the head node of every cluster this resource; there is no public scheduling option
 # for "the head node" (NodeAffinity needs a node id). tests/test_ray_internals.py checks the name.
 HEAD_NODE_RESOURCE = "node:__internal_head__"
-# Tune pickles the callbacks, the searcher's space and trial_dirname into tune/<phase>/tuner.pkl by
-# their module; sweeps started before these moved here name the modules they came from
-OLD_HOMES = ("dsr_tune.sweep.callbacks", "dsr_tune.sweep.search", "dsr_tune.sweep.tunephase")
 
 
 def concurrency(space: Space, resources: dict[str, float]) -> int:
@@ -78,39 +79,7 @@ def trial_resources(space: Space, on_cluster: bool) -> dict:
     return resources
 
 
-# ---------------------------------------------------------------- the searcher
-
-
-class OptunaSpace:
-    """Define-by-run space of one method: ``__call__(optuna_trial) -> constants``.
-    A plain class, so Tune can pickle it with the rest of the experiment state."""
-
-    def __init__(self, params: list[Param], method: str, fixed: dict | None = None):
-        self.params = list(params)
-        self.method = method
-        self.fixed = dict(fixed or {})  # dotted config keys held constant (the search's sparsity)
-
-    def __call__(self, trial) -> dict:
-        for p in self.params:
-            p.suggest(trial)
-        return {"method": self.method, **self.fixed}
-
-
-def searcher(space: Space, phase: Phase, sweep_dir: str | Path, sweep_id: str):
-    """OptunaSearch over the keys the phase's method reads (at its sparsity, if
-    any), its study in the sweep folder; with ``search.pareto`` it also minimises
-    nonzero_params (the report lists the Pareto front)."""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per study and trial otherwise
-    s = space.search
-    metric, mode = ([s.metric, "nonzero_params"], [s.mode, "min"]) if s.pareto else (s.metric, s.mode)
-    # metric and mode go here: with a define-by-run space, TuneConfig's are not passed on
-    fixed = {} if phase.sparsity is None else {SPARSITY: phase.sparsity}
-    storage = optuna.storages.RDBStorage(f"sqlite:///{Path(sweep_dir).resolve() / runfolder.STUDY}")
-    return OptunaSearch(space=OptunaSpace(params_for(space, phase.method, phase.sparsity), phase.method, fixed),
-                        metric=metric, mode=mode, seed=s.seed, storage=storage, study_name=f"{sweep_id}-{phase.cell}")
+# ---------------------------------------------------------------- the scheduler
 
 
 def scheduler(space: Space):
@@ -130,14 +99,18 @@ def scheduler(space: Space):
 # ---------------------------------------------------------------- one phase
 
 
-def tune_config(phase: Phase, space: Space, ctx: SweepContext, n_concurrent: int, keys: list[str] | None):
-    """The ``TuneConfig`` and param space of a phase (builds the searcher, but starts no Ray)."""
+def tune_config(phase: Phase, space: Space, ctx: SweepContext, n_concurrent: int, keys: list[str] | None,
+                search: StudySearcher | None = None):
+    """The ``TuneConfig`` and param space of a phase (opens the study, but starts no Ray):
+    a search runs the trials its study still needs, a paired phase the jobs ``keys``."""
     from ray import tune
 
     s = space.search
     if phase.is_search:
-        tc = tune.TuneConfig(search_alg=searcher(space, phase, ctx.sweep_dir, ctx.tracker.sweep_id),
-                             scheduler=scheduler(space), num_samples=s.samples,
+        if search is None:
+            search = StudySearcher(space, phase, ctx.sweep_dir, ctx.tracker.sweep_id)
+        _, again, new = search.plan()
+        tc = tune.TuneConfig(search_alg=search, scheduler=scheduler(space), num_samples=again + new,
                              max_concurrent_trials=n_concurrent, trial_dirname_creator=trial_dirname,
                              # not with ASHA: Tune cannot reuse the process of a trial it stopped
                              # mid-fit, and then fails the next trials
@@ -145,42 +118,67 @@ def tune_config(phase: Phase, space: Space, ctx: SweepContext, n_concurrent: int
                              **({"metric": s.metric, "mode": s.mode} if s.asha is not None else {}))
         return tc, None
     tc = tune.TuneConfig(max_concurrent_trials=n_concurrent, trial_dirname_creator=trial_dirname, reuse_actors=True)
-    return tc, {"job": tune.grid_search(list(keys))}
+    return tc, {JOB: tune.grid_search(list(keys))}
+
+
+def _finished(ctx: SweepContext, key: str) -> bool:
+    return (read_run_file(ctx.run_dir(key)) or {}).get("status") == Status.FINISHED
 
 
 def tune_phase(phase: Phase, space: Space, ctx: SweepContext, keys: list[str] | None, *, n_concurrent: int,
                on_cluster: bool, table: bool = False) -> bool:
-    """Run (or restore) one Tune phase; True when every trial ended."""
+    """Run what is left of one phase on a fresh Tuner; True when every trial
+    ended. Raises :class:`.trial.StorageFault` when a trial could not write its
+    run folder (the sweep stops: the next trial would hit the same disk)."""
     from ray import tune
 
-    use_context(ctx)  # for the callbacks a restored Tuner brings back
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(space, on_cluster))
-    total = space.search.samples if keys is None else len(keys)
-    path = Path(ctx.sweep_dir) / runfolder.TUNE / phase.name
-    if tune.Tuner.can_restore(str(path)):
-        log.info("[%s] restoring Tune's state from %s", phase, path)
-        answer_old_homes()
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    old = Path(ctx.sweep_dir) / runfolder.TUNE / phase.name
+    if old.exists():
+        shutil.rmtree(old)  # Tune's state of an earlier run of this phase: pickles, never read
+    search = StudySearcher(space, phase, ctx.sweep_dir, ctx.tracker.sweep_id) if phase.is_search else None
+    if search is not None:
+        before, again, new = search.plan()
+        total, todo, left = space.search.samples, None, again + new
+        if before or again:
+            log.info("[%s] resuming from the study: %d trial(s) ended, %d continue from their run folders, "
+                     "%d to ask", phase, before, again, new)
     else:
-        s = space.search
-        tc, param_space = tune_config(phase, space, ctx, n_concurrent, keys)
-        table_kw = {"verbose": 1, "progress_reporter": progress.table(phase, space)} if table else {"verbose": 0}
-        jobs = ctx.paired_jobs() if keys is not None else {}  # each trial's epochs: the sweep's ETA
-        planned = space.base.train.epochs if keys is None else {k: jobs[k].config["train"]["epochs"] for k in keys}
-        lines = Progress(phase, total, ctx, s.metric, s.mode, planned=planned,
-                         later=progress.epochs_after(space, ctx, phase))
-        rc = tune.RunConfig(name=phase.name, storage_path=str(Path(ctx.sweep_dir) / runfolder.TUNE), **table_kw,
-                            failure_config=tune.FailureConfig(max_failures=s.max_failures),
-                            sync_config=tune.SyncConfig(sync_period=5), callbacks=[Finalizer(ctx), lines])
-        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tc, run_config=rc)
-    grid = tuner.fit()
-    return grid.num_terminated + grid.num_errors >= total
+        todo = [k for k in keys if not _finished(ctx, k)]
+        total, before, left = len(keys), len(keys) - len(todo), len(todo)
+    if not left:
+        return search.close() if search is not None else True
+    halt = Halt()
+    tc, param_space = tune_config(phase, space, ctx, n_concurrent, todo, search)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(space, on_cluster))
+    table_kw = {"verbose": 1, "progress_reporter": progress.table(phase, space)} if table else {"verbose": 0}
+    planned = space.base.train.epochs if todo is None else {k: j.config["train"]["epochs"]
+                                                              for k, j in ctx.paired_jobs().items() if k in todo}
+    lines = Progress(phase, total, ctx, space.search.metric, space.search.mode, planned=planned,
+                     later=progress.epochs_after(space, ctx, phase), before=before)
+    rc = tune.RunConfig(name=phase.name, storage_path=str(old.parent), **table_kw, stop=halt,
+                        failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
+                        sync_config=tune.SyncConfig(sync_period=5), callbacks=[Finalizer(ctx), lines])
+    grid = tune.Tuner(trainable, param_space=param_space, tune_config=tc, run_config=rc).fit()
+    if halt.reason:
+        raise StorageFault(halt.reason)
+    return search.close() if search is not None else grid.num_terminated + grid.num_errors >= left
 
 
-def answer_old_homes() -> None:
-    """Let a tuner.pkl written before the move find its classes here (:data:`OLD_HOMES`)."""
-    for name in OLD_HOMES:
-        sys.modules.setdefault(name, sys.modules[__name__])
+class Halt(Stopper):
+    """Stops the phase at a trial's storage fault (its result says so): the next
+    trial would hit the same disk. Its trial is marked failed; the others stay
+    as they were, for ``--resume``."""
+
+    def __init__(self):
+        self.reason: str | None = None
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if FAULT in result and self.reason is None:
+            self.reason = str(result[FAULT])
+        return FAULT in result
+
+    def stop_all(self) -> bool:
+        return self.reason is not None
 
 
 def trial_dirname(trial) -> str:
@@ -194,8 +192,6 @@ def _quiet_tune() -> None:
     # Tune's "the `process_trial_result` operation took 0.6 s, which may be a performance bottleneck":
     # on a small shared machine the searcher's bookkeeping often passes Tune's 0.5 s mark; nothing to act on
     logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
-    # Optuna's note that a restored trial reports a step again (Tune restarts training_iteration)
-    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step")
 
 
 def with_ray(space: Space, out_dir: Path, meta: dict, tracker: SweepTracker, address: str | None, verbose: bool,
@@ -206,7 +202,7 @@ def with_ray(space: Space, out_dir: Path, meta: dict, tracker: SweepTracker, add
     on_cluster = joins_cluster(address)
     ctx = SweepContext(sweep_dir=str(out_dir), base=space.base.to_dict(), trial_seed=space.search.trial_seed,
                        tracker=tracker, live_logging=not (on_cluster and tracker.target.embedded),
-                       in_trial=space.search.in_trial)
+                       in_trial=space.search.in_trial, expected=tuple(StudySearcher.objectives_of(space)))
     env = ray_env(on_cluster, TUNE_ENV)
     _quiet_tune()
     t = space.base.train
@@ -236,27 +232,12 @@ def with_ray(space: Space, out_dir: Path, meta: dict, tracker: SweepTracker, add
 
 # ---------------------------------------------------------------- the driver's callbacks
 
-# The running sweep's context. Tune pickles its callbacks into the experiment state
-# (tuner.pkl) and brings those copies back on --resume; they leave the context out (absolute
-# paths, the tracking URI with any credentials) and use this one, set by the driver.
-_current: SweepContext | None = None
-
-
-def use_context(ctx: SweepContext) -> None:
-    global _current
-    _current = ctx
-
-
 class _WithContext(Callback):
     def __init__(self, ctx: SweepContext):
-        self._ctx = ctx
+        self.ctx = ctx
 
-    @property
-    def ctx(self) -> SweepContext:
-        return self._ctx or _current
-
-    def __getstate__(self):
-        return {**self.__dict__, "_ctx": None}
+    def __getstate__(self):  # Tune writes its callbacks into tuner.pkl: no tracking URI (credentials) there
+        return {**self.__dict__, "ctx": None}
 
 
 class Finalizer(_WithContext):
@@ -266,9 +247,9 @@ class Finalizer(_WithContext):
     loop: a dead tracking server is found by one 2 s probe, not a round of retries."""
 
     def _close(self, trial, status: Status) -> None:
-        run_dir = self.ctx.run_dir_of(trial.config, trial.trial_id)
+        run_dir = self.ctx.run_dir_of(trial.config)
         info = read_run_file(run_dir)
-        if not info:
+        if not info or FAULT in (trial.last_result or {}):  # a storage fault: the trial closed its run
             return
         if info.get("status") == Status.RUNNING:
             self.ctx.tracker.finish(run_dir, info.get("run_id"), status, replay=True)
@@ -291,24 +272,15 @@ class Progress(_WithContext):
     phase); ``later``: the planned epochs of the phases after this one."""
 
     def __init__(self, phase: Phase, total: int, ctx: SweepContext, metric: str, mode: str, every_s: float = 30.0,
-                 *, planned: int | dict[str, int] | None = None, later: int | None = None):
+                 *, planned: int | dict[str, int] | None = None, later: int | None = None, before: int = 0):
         super().__init__(ctx)
         self.phase, self.total, self.metric, self.mode, self.every_s = phase, total, metric, mode, every_s
-        self.planned, self.later = planned, later
+        self.planned, self.later, self.before = planned, later, before  # before: trials that ended in an earlier run
         self.started: dict[str, float] = {}
         self.last_line: dict[str, float] = {}
         self.done = self.epochs_done = self.epochs_left = 0
         self._clock: tuple[float, int, int] | None = None  # progress.clock() at the first start this process saw
         self._paired: dict | None = None  # the paired jobs, read once
-
-    def __getstate__(self):
-        return {**super().__getstate__(), "_clock": None, "_paired": None}  # a resumed sweep times its own trials
-
-    def __setstate__(self, state):  # a Progress pickled by an older version lacks the newer fields
-        self.__dict__.update({"planned": None, "later": None, "epochs_done": 0, "epochs_left": 0, "_paired": None,
-                              **state})
-        if isinstance(self.phase, str):
-            self.phase = Phase.parse(self.phase)
 
     def _planned(self, trial) -> int:
         p = self.planned
@@ -327,7 +299,7 @@ class Progress(_WithContext):
     def _count(self, trials, trial=None) -> None:
         """Trials ended, the epochs they trained, and the epochs planned for the rest of this phase."""
         ended = progress.ended(trials, trial)
-        self.done, self.epochs_done = len(ended), sum(self._trained(t) for t in ended)
+        self.done, self.epochs_done = self.before + len(ended), sum(self._trained(t) for t in ended)
         if isinstance(self.planned, dict):
             gone = {t.config.get("job") for t in ended}
             self.epochs_left = sum(e for k, e in self.planned.items() if k not in gone)
@@ -343,8 +315,8 @@ class Progress(_WithContext):
         return progress.paired_standing(self._paired, ended, trial)
 
     def _name(self, trial) -> str:
-        info = read_run_file(self.ctx.run_dir_of(trial.config, trial.trial_id)) or {}
-        return info.get("run_name") or trial.config.get("job") or trial.trial_id
+        info = read_run_file(self.ctx.run_dir_of(trial.config)) or {}
+        return info.get("run_name") or trial.config[JOB]
 
     def _head(self) -> str:
         return f"[{self.phase} {self.done}/{self.total} done]"
@@ -354,10 +326,10 @@ class Progress(_WithContext):
         if self._clock is None:
             self._clock = progress.clock(self.done, self.epochs_done)
         self.started[trial.trial_id] = self.last_line[trial.trial_id] = time.monotonic()
-        what = trial.config.get("job") or f"{trial.config.get('method')} {trial.trial_id}"
-        values = "" if "job" in trial.config else "  " + " ".join(
+        values = "" if not self.phase.is_search else "  " + " ".join(
             f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
-            for k, v in trial.config.items() if k != "method")
+            for k, v in trial.config.items() if "." in k)
+        what = trial.config[JOB]
         log.info("%s start %s%s", self._head(), what, values)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -370,6 +342,9 @@ class Progress(_WithContext):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._count(trials, trial)
         r = trial.last_result or {}
+        if FAULT in r:
+            log.info("%s STOPPED %s: %s", self._head(), self._name(trial), r[FAULT])
+            return
         took = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
         log.info("%s end   %s: %s after %s epochs, %s non-zero, %.0f s%s%s", self._head(), self._name(trial),
                  progress.scores(r), r.get("epochs_done", "?"), f"{r.get('nonzero_params', 0):,}", took,
@@ -378,4 +353,4 @@ class Progress(_WithContext):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._count(trials, trial)
         log.info("%s FAILED %s: see %s and Tune's error file", self._head(), self._name(trial),
-                 self.ctx.run_dir_of(trial.config, trial.trial_id))
+                 self.ctx.run_dir_of(trial.config))

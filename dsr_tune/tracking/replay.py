@@ -36,7 +36,7 @@ def replay(client, run_id: str, run_dir: Path, summary: SyncSummary) -> None:
     status = info.get("status")
     if status in SCORED:  # KILLED: stopped early by ASHA; its model is not the final one
         summary.artifacts += log_files(client, run_id, run_dir, title=info["run_name"], model=status == Status.FINISHED)
-    if status in TERMINAL:
+    if status in TERMINAL and client.get_run(run_id).info.status != status:  # again: a new end time
         client.set_terminated(run_id, status=status)
     (run_dir / OFFLINE_FILE).unlink(missing_ok=True)
     update_run_file(run_dir, run_id=run_id, synced=status in TERMINAL, error=None)

@@ -64,7 +64,8 @@ def sync_sweep(sweep_dir: str | Path, uri: str | None = None, everything: bool =
         raise SyncError(error)
     client = store.client(tracker.target)
     status = meta.get("status")
-    if status in TERMINAL:  # a parent created here (the sweep ran offline) gets the sweep's outcome
+    # a parent created here (the sweep ran offline) gets the sweep's outcome; once (again: a new end time)
+    if status in TERMINAL and client.get_run(tracker.parent_id).info.status != status:
         client.set_terminated(tracker.parent_id, status=status)
     summary = SyncSummary()
     for run_dir in run_folders(sweep_dir):

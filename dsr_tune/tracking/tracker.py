@@ -13,6 +13,7 @@ Before a trial's first and last call an HTTP store is probed (GET /health,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from .mlflow_runs import read_run_file, update_run_file
 log = logging.getLogger("dsr_tune")
 
 PROBE_S = 2.0  # a tracking server that does not answer /health within this is skipped
+FAILURE = "failure"  # tracking.json field and MLflow tag: why the trial gave its run up (a storage fault)
 
 
 @dataclass
@@ -85,12 +87,15 @@ class SweepTracker:
         tags.update({k: v for k, v in identity.get("tags", {}).items() if v is not None})
         if identity.get("description"):
             tags[store.DESCRIPTION_TAG] = identity["description"]
+        if identity.get(FAILURE) and identity.get("status") == Status.FAILED:  # sync of a run given up on
+            tags[FAILURE] = identity[FAILURE]
         return tags
 
     def child(self, run_dir: str | Path, identity: dict) -> str | None:
         """Trial side: the child run of ``identity`` (key, run_name, tags),
         created once; its id is kept in the run folder. None when offline."""
-        update_run_file(run_dir, **identity, status=Status.RUNNING, synced=False)
+        failed = (read_run_file(run_dir) or {}).get(FAILURE)  # given up on before: it runs again
+        update_run_file(run_dir, **identity, status=Status.RUNNING, synced=False, **({FAILURE: None} if failed else {}))
         if self.parent_id is None:
             update_run_file(run_dir, error=self.error or "MLflow was unreachable when the sweep started")
             return None
@@ -99,6 +104,9 @@ class SweepTracker:
             key = mlflow_runs.run_key(self.sweep_id, identity["key"])
             run_id = mlflow_runs.find_or_create(client, self.experiment_id, key, identity["run_name"],
                                                 self.child_tags(identity), parent_id=self.parent_id)
+            if failed:
+                with contextlib.suppress(Exception):  # not there: the run failed while MLflow was away
+                    client.delete_tag(run_id, FAILURE)
         except Exception as exc:  # noqa: BLE001
             msg = store.describe(exc, self.target.uri)
             log.warning("%s; trial %s trains anyway (dsr-tune sync logs it later)", msg, identity["key"])
@@ -134,6 +142,22 @@ class SweepTracker:
         lost = offline_reason(run_dir)
         update_run_file(run_dir, synced=lost is None, error=lost)
         return lost is None
+
+    def fail(self, run_dir: str | Path, reason: str) -> None:
+        """A run its trial gave up on because its run folder could not be written:
+        FAILED, with ``reason`` in tracking.json (as far as the folder still takes
+        writes) and as the MLflow run's ``failure`` tag. Never raises."""
+        run_id = (read_run_file(run_dir) or {}).get("run_id")
+        with contextlib.suppress(OSError):
+            update_run_file(run_dir, status=Status.FAILED, **{FAILURE: reason})
+        if run_id is None or self.parent_id is None:
+            return
+        try:
+            client = self._live_client()
+            client.set_tag(run_id, FAILURE, reason)
+            client.set_terminated(run_id, status=Status.FAILED)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s; the run folder %s keeps the failure", store.describe(exc, self.target.uri), run_dir)
 
     def sync(self, client, run_dir: Path, summary: SyncSummary) -> None:
         """Replay ``run_dir`` into its child run, found by tag or created under the parent (idempotent)."""

@@ -1,6 +1,9 @@
 """``dsr-tune report SWEEP``: gather a sweep's (or comparison's) runs, build
 its table (:mod:`.stats`), write it (:mod:`.render`, :mod:`.dynamics`) and
-log it to the parent run with the table's numbers as its metrics.
+log it to the parent run with the table's numbers as its metrics. Reporting
+again changes MLflow only where the table did: the numbers that changed (more
+runs ended) at the next step (the parent's ``report_step`` tag), the files
+written over.
 
 The runs come from MLflow (the sweep's child runs, by its ``sweep`` tag) or,
 when MLflow is out of reach or holds nothing of it, from the sweep folder's
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -37,7 +41,8 @@ def _row(key: str, tags: dict, status: str, metrics: dict, epochs: int, device: 
     return RunRow(key=key, role=role, method=tags.get("method", "?"),
                   sparsity=None if role == Role.DENSE else sparsity, seed=int(tags.get("seed", 0)),
                   status=status, metrics=metrics, epochs=epochs, tuned=tuned, selected_from=tags.get("selected_from"),
-                  device=device)
+                  device=device,
+                  trial=int(trial) if (trial := str(tags.get("optuna_trial", ""))).isdigit() else None)
 
 
 def row_from_mlflow(run) -> RunRow:
@@ -194,6 +199,9 @@ def build(sweep: str, uri: str | None = None, out_dir: str | Path | None = None)
     table = summarize(sweep_id, rows, metric, mode)
     if pareto:
         table.pareto = pareto_front(rows, metric)
+    from ..select import tie_breaks
+
+    table.ties = [line for _, line in sorted(tie_breaks(rows, metric, mode).items(), key=str)]
     where = folder or Path(out_dir or ".")
     stem = "report" if folder else f"report-{sweep_id}"
     files = {"md": where / f"{stem}.md", "png": where / f"{stem}.png", "csv": where / f"{stem}.csv"}
@@ -210,20 +218,40 @@ def build(sweep: str, uri: str | None = None, out_dir: str | Path | None = None)
     return table, files, source
 
 
+REPORT_STEP, TIE_TAG = "report_step", "selection_tie_broken"  # parent-run tags
+
+
+def parent_metrics(table: Table) -> dict[str, float]:
+    """The table's numbers as the parent's metrics (``s0.9/static_2x/mean`` ...: :func:`line_metrics`)."""
+    return {f"{sparsity_tag(s)}/{slug(ln.method)}/{k}": float(v)
+            for s, lines in table.sections.items() for ln in lines for k, v in line_metrics(ln).items()}
+
+
+def _same(logged, value: float) -> bool:
+    return logged is not None and (logged == value or (math.isnan(logged) and math.isnan(value)))
+
+
 def _log_to_parent(client, run_id: str, table: Table, files: dict[str, Path]) -> None:
-    """The report's files as artifacts, its numbers as metrics (``s0.9/static_2x/mean`` ...)."""
+    """The report's files as artifacts (written over), its numbers as metrics: the ones
+    the parent lacks or holds another value of, at the step after the last report's."""
     from mlflow.entities import Metric
 
     try:
         for path in files.values():
             client.log_artifact(run_id, str(path), artifact_path="report")
-        metrics, now = [], int(time.time() * 1000)
-        for s, lines in table.sections.items():
-            for ln in lines:
-                name = f"{sparsity_tag(s)}/{slug(ln.method)}"
-                metrics += [Metric(f"{name}/{k}", float(v), now, 0) for k, v in line_metrics(ln).items()]
-        for i in range(0, len(metrics), 900):
-            client.log_batch(run_id, metrics=metrics[i:i + 900])
+        run = client.get_run(run_id)
+        have, tags = run.data.metrics, run.data.tags
+        changed = {k: v for k, v in parent_metrics(table).items() if not _same(have.get(k), v)}
+        if changed:
+            step = int(tags[REPORT_STEP]) + 1 if tags.get(REPORT_STEP, "").isdigit() else 0
+            now = int(time.time() * 1000)
+            metrics = [Metric(k, v, now, step) for k, v in changed.items()]
+            for i in range(0, len(metrics), 900):
+                client.log_batch(run_id, metrics=metrics[i:i + 900])
+            client.set_tag(run_id, REPORT_STEP, str(step))
+        ties = "; ".join(table.ties) or "no"
+        if tags.get(TIE_TAG) != ties:
+            client.set_tag(run_id, TIE_TAG, ties)
     except Exception:  # noqa: BLE001 (the files are on disk anyway)
         pass
 

@@ -89,6 +89,9 @@ def header(t: Table) -> list[str]:
              + "); a row that starts from another run adds it apart (+ ... parent), as its own count holds only "
              "its own training; inference FLOPs per image as a fraction of the dense model's; time: the mean "
              "seconds of training and evaluation per run on the device named."]
+    if t.ties:
+        lines.append("Ties in the selection (equal on " + t.metric + "; broken by validation loss, or accuracy when "
+                     "selecting on loss, then the Optuna trial number): " + "; ".join(t.ties) + ".")
     return lines + [f"WARNING: {w}" for w in t.warnings]
 
 

@@ -59,6 +59,7 @@ class RunRow:
     tuned: bool = False
     selected_from: str | None = None
     device: str | None = None  # what it trained on (its records', or MLflow's device param)
+    trial: int | None = None  # a search run's Optuna trial number (the selection's last tie-breaker)
 
 
 def clip(ci: tuple[float, float] | None, lo: float, hi: float) -> tuple[tuple[float, float] | None, bool]:
@@ -189,6 +190,7 @@ class Table:
     pareto: list[RunRow] = field(default_factory=list)
     flops_reference: str = ""      # where the dense run's training FLOPs at 1x came from
     test_n: list[int] = field(default_factory=list)  # the test split's sizes the runs recorded
+    ties: list[str] = field(default_factory=list)  # selections a tie-breaker decided (select.tie_breaks)
 
 
 def _epochs(r: RunRow) -> int:
