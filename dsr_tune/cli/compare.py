@@ -28,6 +28,15 @@ def _floats(text: str) -> list[float]:
     return values
 
 
+def _bad_numbers(args) -> str | None:
+    """What is wrong with the command line's numbers, checked before the config is read."""
+    if args.seeds < 1:
+        return f"--seeds {args.seeds}: need at least 1"
+    if args.concurrency < 0:
+        return f"--concurrency {args.concurrency}: must be >= 0 (0: one run at a time, in this process)"
+    return plan_args_error(args)
+
+
 def cmd_compare(args) -> int:
     """Run the comparison for CONFIG.yaml (the DSR run's config, as the selected configuration): every
     row at every sparsity and seed, static sparse and thin dense at 1x and sparsity.epoch_factor x the
@@ -35,7 +44,7 @@ def cmd_compare(args) -> int:
     under one parent; the report (mean, std, n, 95% CI, paired difference to DSR, training and
     inference FLOPs against the dense run's, time) is written to --output as report.md, report.png
     and report.csv. Run it again to continue; --plan prices it without running anything."""
-    bad = plan_args_error(args)
+    bad = _bad_numbers(args)
     if bad:
         return fail(bad)
     try:
@@ -49,10 +58,6 @@ def cmd_compare(args) -> int:
     error = store_error(args.tracking_uri)
     if error:
         return fail(error)
-    if args.seeds < 1:
-        return fail(f"--seeds {args.seeds}: need at least 1")
-    if args.concurrency < 0:
-        return fail(f"--concurrency {args.concurrency}: must be >= 0 (0: one run at a time, in this process)")
     out = Path(args.output or Path("runs") / f"compare_{Path(args.config).stem}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     from ..sweep import rows
