@@ -93,9 +93,11 @@ def test_the_sweeps_eta_counts_the_phases_still_to_come(tmp_path):
     assert [p.name for p in plan.search_phases(sp)] == ["search-dsr-s0.8", "search-dsr-s0.9"]
     assert epochs_after(sp, ctx, Phase.parse("search-dsr-s0.8")) == 2 * 10 + 2 * 2 * 70 + 20
     assert epochs_after(sp, ctx, Phase.parse("search-dsr-s0.9")) == 300
-    tuned = spec.load(DEMO, ["tune_baselines=true"])  # static and thin dense: two more searches per sparsity
-    assert epochs_after(tuned, ctx, Phase.parse("search-dsr-s0.8")) == 5 * 2 * 10 + 300
-    assert epochs_after(tuned, ctx, Phase.parse("search-thin_dense-s0.9")) == 300
+    # static and thin dense: two more searches per sparsity; dense: one more (it has no sparsity), last
+    tuned = spec.load(DEMO, ["tune_baselines=true"])
+    assert epochs_after(tuned, ctx, Phase.parse("search-dsr-s0.8")) == 5 * 2 * 10 + 2 * 10 + 300
+    assert epochs_after(tuned, ctx, Phase.parse("search-thin_dense-s0.9")) == 2 * 10 + 300
+    assert epochs_after(tuned, ctx, Phase.parse("search-dense")) == 300
     write_paired(tmp_path, [Job("paired/dense/seed1", "dense", "dense", None, 1, {"train": {"epochs": 10}}),
                             Job("paired/gmp/s0.9/seed1", "baseline", "gmp", 0.9, 1, {"train": {"epochs": 20}}, stage=1)])
     assert epochs_after(sp, ctx, Phase.paired(0)) == 20 and epochs_after(sp, ctx, Phase.paired(1)) == 0

@@ -155,10 +155,12 @@ def test_space_is_define_by_run_and_picklable():
             assert "sparsity.dsr.target_pruned" in t.params and "sparsity.period_scale" in t.params
             assert 0.02 <= t.params["optim.lr"] <= 0.1 and isinstance(t.params["sparsity.dsr.target_pruned"], int)
             study.tell(t, 0.5)
-    # tune_baselines: static and thin dense get their own search, over the keys they read (LR, sparsity)
+    # tune_baselines: static and thin dense get their own search, over the keys they read (LR, sparsity);
+    # dense too (the demo has dense: true), over the keys every method reads, never a sparsity key
     tuned = S.load(DEMO, ["tune_baselines=true"])
-    assert plan.tuned_methods(tuned) == ["dsr", "static", "thin_dense"]
+    assert plan.tuned_methods(tuned) == ["dsr", "static", "thin_dense", "dense"]
     assert {p.key for p in params_for(tuned, "static")} == {"sparsity.sparsity", "optim.lr"}
+    assert {p.key for p in params_for(tuned, "dense")} == {"optim.lr"}
     with pytest.raises(C.ConfigError, match="space.sparsity.rigl.drop_fraction"):
         S.load(DEMO, ["space.sparsity.rigl.drop_fraction={uniform: [0.1, 0.5]}"])  # only rigl/snfs read it
 
@@ -337,7 +339,8 @@ def test_a_sparsity_choice_is_a_grid_of_searches_of_equal_size(tmp_path):
 
     sp = S.load(DEMO, ["tune_baselines=true"])
     cells = [(p.method, p.sparsity) for p in plan.search_phases(sp)]
-    assert cells == [(m, s) for m in ("dsr", "static", "thin_dense") for s in (0.8, 0.9)]
+    # dense has no sparsity: one search of the same size, whose selection serves every sparsity
+    assert cells == [(m, s) for m in ("dsr", "static", "thin_dense") for s in (0.8, 0.9)] + [("dense", None)]
     parsed = [Phase.parse(Phase.search(*c).name) for c in cells]
     assert [(p.method, p.sparsity) for p in parsed] == cells and Phase.parse("search-dsr") == Phase.search("dsr")
     assert "sparsity.sparsity" in [p.key for p in S.params_for(sp, "dsr")]

@@ -1,13 +1,15 @@
 """Run a sweep (or a comparison) phase by phase, resumable, tracked in MLflow.
 
 The phases (:func:`.plan.search_phases`, then the paired stages) run in
-order; each one done is written to sweep.json. ``--resume`` goes on from
-what the tool itself wrote, never from Tune's pickled state: a search from
-its Optuna study (:mod:`.study`: trials ended are kept, unfinished ones run
-again with the values they were asked with and continue from their run
-folders' checkpoints), a paired phase from ``paired.json`` and the run
-folders (the jobs not finished yet). Between the searches and the paired
-phases the selection (:mod:`.select`) is written to ``paired.json``, once.
+order; each one done is written to sweep.json (a search the plan gained
+after the selection was made is not run: :func:`.folder.searches_left`).
+``--resume`` goes on from what the tool itself wrote, never from Tune's
+pickled state: a search from its Optuna study (:mod:`.study`: trials ended
+are kept, unfinished ones run again with the values they were asked with
+and continue from their run folders' checkpoints), a paired phase from
+``paired.json`` and the run folders (the jobs not finished yet). Between the
+searches and the paired phases the selection (:mod:`.select`) is written to
+``paired.json``, once.
 A storage fault (:class:`.trial.StorageFault`) stops the sweep, resumable.
 
 ``dsr-tune compare`` (:func:`compare`) is a sweep without a search phase:
@@ -29,7 +31,7 @@ from ..records import SCORED, Role, Status
 from ..tracking import SweepTracker
 from . import plan, progress
 from .rows import default_labels
-from .folder import SWEEP_FILE, open_tracker, prepare, save, sync_leftovers, unsynced
+from .folder import SWEEP_FILE, open_tracker, prepare, save, searches_left, sync_leftovers, unsynced
 from .jobs import PAIRED_FILE, SweepContext, write_paired
 from .spec import Space, for_compare
 from .terms import Phase
@@ -96,12 +98,11 @@ def _phases(space: Space, ctx: SweepContext, meta: dict, out_dir: Path, runner) 
     from .select import compare_jobs, paired_jobs
 
     done = meta.setdefault("done", [])
-    for phase in plan.search_phases(space):
-        if phase.name not in done:
-            if not runner(phase, None):
-                return Status.KILLED
-            done.append(phase.name)
-            save(out_dir, meta)
+    for phase in searches_left(space, meta, out_dir):
+        if not runner(phase, None):
+            return Status.KILLED
+        done.append(phase.name)
+        save(out_dir, meta)
     if not (out_dir / PAIRED_FILE).exists():
         if space.sparsities is None:
             rows = _searched_rows(out_dir)

@@ -33,6 +33,7 @@ from ..tracking import SweepTracker, store
 from ..tracking.mlflow_runs import read_run_file
 from ..tracking.sync import SyncError, run_folders, sync_sweep
 from .spec import Space
+from .terms import Phase
 
 log = logging.getLogger("dsr_tune")
 
@@ -61,11 +62,20 @@ def _in_layout(name: str) -> bool:
 FORMAT = 2  # sweep.json's "format": 2 resumes from the files above; absent: from Tune's pickles (older sweeps)
 
 
-def _old_search_left(space: Space, meta: dict) -> bool:
-    """A sweep started before FORMAT 2 with a search not done: its study does not name its trials' run folders."""
+def searches_left(space: Space, meta: dict, out_dir: Path) -> list[Phase]:
+    """The search phases not done yet; none once paired.json exists: the selection
+    is made, and a search the plan gained since (the dense search of a sweep
+    started before dense was tuned) would change nothing."""
     from .plan import search_phases
 
-    return meta.get("format", 1) < FORMAT and any(p.name not in meta.get("done", []) for p in search_phases(space))
+    if (out_dir / PAIRED).exists():
+        return []
+    return [p for p in search_phases(space) if p.name not in meta.get("done", [])]
+
+
+def _old_search_left(space: Space, meta: dict, out_dir: Path) -> bool:
+    """A sweep started before FORMAT 2 with a search not done: its study does not name its trials' run folders."""
+    return meta.get("format", 1) < FORMAT and bool(searches_left(space, meta, out_dir))
 
 
 def prepare(space: Space, out_dir: Path, *, resume: bool, overwrite: bool) -> dict:
@@ -92,7 +102,7 @@ def prepare(space: Space, out_dir: Path, *, resume: bool, overwrite: bool) -> di
             raise C.ConfigError("--resume", f"the sweep was started in {meta['path']} and has moved to {out_dir}; "
                                 "its planned runs point to the old place: move it back (or link it there) "
                                 "to resume")
-        if _old_search_left(space, meta):
+        if _old_search_left(space, meta, out_dir):
             raise C.ConfigError("--resume", f"{out_dir} was started by an older dsr-tune, which resumed a search "
                                 "from Tune's pickled state; this one never reads pickles: finish it with the "
                                 "version that started it, or start over with --overwrite")

@@ -20,7 +20,7 @@ from .. import config as C
 from .. import runfolder
 from ..records import Role
 from ..tracking import SweepTracker
-from .terms import sparsity_tag, trial_of
+from .terms import DENSE, sparsity_tag, trial_of
 
 PAIRED_FILE = runfolder.PAIRED
 JOB, TRIAL = "job", "trial"  # a Tune trial's config: its job key; a search trial's Optuna trial number too
@@ -56,7 +56,8 @@ class Job:
                 Role.SELECTED: f"the selected {self.method} configuration re-trained on a fresh seed",
                 Role.BASELINE: f"the {self.method} row, derived from the selected DSR configuration"
                                + (" with its own tuned hyperparameters" if self.tuned else ""),
-                Role.DENSE: "the full dense reference"}[self.role]
+                Role.DENSE: "the full dense reference"
+                            + (" with its own tuned hyperparameters" if self.tuned else "")}[self.role]
         at = "" if self.sparsity is None else f" at sparsity {self.sparsity:g}"
         m = self.matched or {}
         bought = (f" (compute-matched: the {m['budget']:.3g} training FLOPs of {m['flops_of']} at "
@@ -118,7 +119,8 @@ class SweepContext:
         method = config["method"]
         values = {k: v for k, v in config.items() if "." in k}
         cfg = with_values(self.base, values, method=method, seed=self.trial_seed)
-        return Job(key=config[JOB], role=Role.SEARCH, method=method, sparsity=cfg["sparsity"]["sparsity"],
+        sparsity = None if method == DENSE else cfg["sparsity"]["sparsity"]  # dense's search serves every sparsity
+        return Job(key=config[JOB], role=Role.SEARCH, method=method, sparsity=sparsity,
                    seed=self.trial_seed, config=cfg, trial=config.get(TRIAL))
 
     def paired_jobs(self) -> dict[str, Job]:

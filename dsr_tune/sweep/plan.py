@@ -5,8 +5,9 @@ comparison trains, and the phases it trains them in.
 - **planned runs**: a row at a sparsity and a seed, after the run it starts
   from (gmp: the dense run of its seed; the ablations: the DSR run of their
   sparsity and seed), in stages so that executors run stage by stage;
-- **phases**: a search per tuned method and searched sparsity, then the
-  paired stages; **jobs**: the planned runs of a sweep with their configs.
+- **phases**: a search per tuned method and searched sparsity (dense: one,
+  with no sparsity), then the paired stages; **jobs**: the planned runs of a
+  sweep with their configs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .params import SPARSITY
 from .terms import DENSE, REFERENCE, Phase, paired_key, sparsity_tag
 
 from .rows import Row, epoch_flops, matched, row_config, rows
-from .spec import Space
+from .spec import Space, params_for
 
 
 # ---------------------------------------------------------------- the runs
@@ -80,14 +81,17 @@ def config_for(cfg: C.Config, run: PlannedRun, folder_of) -> C.Config:
 
 def tuned_methods(space: Space) -> list[str]:
     """The methods that get a search: the searched ones, and with tune_baselines
-    every baseline's method that can be searched (the ablations and GMP derive
-    from DSR's selection; dense keeps the base config)."""
+    every baseline's method that can be searched, and dense when it is a row and
+    reads a searched key (the ablations and GMP derive from DSR's selection: a
+    GMP trial would need a trained dense run of its own to prune)."""
     out = list(space.methods)
     if space.tune_baselines:
         for row in rows(space.baselines, space.base.sparsity.epoch_factor, space.base.train.epochs):
             entry = methods.get(row.method)
             if entry.runs is None and entry.needs is None and row.method not in out and row.method != DENSE:
                 out.append(row.method)
+        if space.dense and DENSE not in out and params_for(space, DENSE):
+            out.append(DENSE)
     return out
 
 
@@ -100,8 +104,11 @@ def searched_sparsities(space: Space) -> list[float] | None:
 def search_phases(space: Space) -> list[Phase]:
     """One search per tuned method and searched sparsity, each of ``search.samples``
     trials: every (method, sparsity) cell of the comparison gets the same tuning budget
-    (one search over a sparsity choice would let the searcher spend it unevenly)."""
-    return [Phase.search(m, s) for m in tuned_methods(space) for s in (searched_sparsities(space) or [None])]
+    (one search over a sparsity choice would let the searcher spend it unevenly). Dense
+    has no sparsity: one search (``search-dense``), whose selection serves every sparsity
+    as its run does."""
+    cells = searched_sparsities(space) or [None]
+    return [Phase.search(m, s) for m in tuned_methods(space) for s in ([None] if m == DENSE else cells)]
 
 
 def sweep_labels(space: Space) -> list[str]:
@@ -117,20 +124,21 @@ def _role(row: Row, space: Space) -> Role:
 
 
 def jobs_for(space: Space, refs: dict[float, tuple[C.Config, str | None]],
-         tuned: dict[tuple[str, float], tuple[C.Config, str]], folder_of) -> list[Job]:
+         tuned: dict[tuple[str, float | None], tuple[C.Config, str]], folder_of) -> list[Job]:
     """Every paired job. ``refs``: per sparsity, the DSR config the rows derive
     from and the search key it was selected as (None: a comparison's own
-    config); ``tuned``: the selections of the other searched or tuned methods (a row
-    is ``tuned`` when its configuration came from a search of its own: a
-    searched method's selection, or a tuned baseline's);
+    config); ``tuned``: the selections of the other searched or tuned methods by
+    (method, sparsity), dense's at None (a row is ``tuned`` when its configuration
+    came from a search of its own: a searched method's selection, a tuned
+    baseline's or dense's; an untuned dense row keeps the base config);
     ``folder_of(job key)``: a job's run folder (a parent's, for stage-1 rows)."""
     out: dict[str, Job] = {}
     for s, (ref_cfg, ref_key) in sorted(refs.items()):
         for run in plan(rows(sweep_labels(space), ref_cfg.sparsity.epoch_factor, ref_cfg.train.epochs), [s], space.seeds):
             if run.key in out:  # the dense run serves every sparsity
                 continue
-            own = tuned.get((run.row.method, s))
-            if run.row.method == DENSE:
+            own = tuned.get((run.row.method, run.sparsity))  # dense: its one selection, at no sparsity
+            if run.row.method == DENSE and not own:
                 base, source = C.from_dict(with_values(space.base.to_dict(), {}, seed=run.seed)), None
             else:
                 base, source = own if own else (ref_cfg, ref_key)

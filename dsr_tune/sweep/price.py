@@ -27,7 +27,7 @@ from .params import SPARSITY
 from .plan import jobs_for, search_phases, searched_sparsities
 from .rows import matched
 from .spec import Space
-from .terms import Phase
+from .terms import DENSE, Phase
 
 PLANNED = Path("/planned-runs")  # where a planned parent would be: configs name it, nothing reads it
 
@@ -87,7 +87,8 @@ def price(space: Space) -> Price:
         for phase in search_phases(space):
             values = {SPARSITY: phase.sparsity} if phase.sparsity is not None else {}
             cfg = C.from_dict(with_values(base.to_dict(), values, method=phase.method, seed=space.search.trial_seed))
-            out.items.append(item(phase.name, phase.method, cfg.sparsity.sparsity, cfg, space.search.samples))
+            at = None if phase.method == DENSE else cfg.sparsity.sparsity  # dense: one search for every sparsity
+            out.items.append(item(phase.name, phase.method, at, cfg, space.search.samples))
     for run in _paired(space, item):
         out.items.append(run)
     return _grouped(out)

@@ -10,7 +10,8 @@ number (the job key for a sweep that kept none), so the choice never rests on
 Tune's random trial ids. :func:`tie_breaks` says where a tie-breaker decided
 (the driver's log, the report's header, the parent run's tag). The rows derive
 from DSR's selection (or from their own, when they were tuned); the dense
-reference keeps the space's base config. A comparison without a search plans
+reference trains its own selection (one search, at no sparsity) when it was
+tuned, else the space's base config. A comparison without a search plans
 the same rows from its config as given.
 """
 
@@ -27,7 +28,7 @@ from .jobs import Job, SweepContext
 from .params import SPARSITY
 from .report.stats import RunRow
 from .spec import Space
-from .terms import REFERENCE, sparsity_tag
+from .terms import DENSE, REFERENCE, sparsity_tag
 
 log = logging.getLogger("dsr_tune")
 
@@ -95,7 +96,7 @@ def paired_jobs(space: Space, ctx: SweepContext, rows: list[RunRow]) -> list[Job
         return C.load(ctx.run_dir(r.key) / runfolder.CONFIG)
 
     refs: dict[float, tuple[C.Config, str | None]] = {}
-    for s in sorted({s for _, s in best}):
+    for s in sorted({s for m, s in best if m != DENSE}):  # dense's one search is at no sparsity
         ref = best.get((REFERENCE, s)) or best.get((space.methods[0], s))
         if ref is not None:
             refs[s] = (cfg_of(ref), ref.key)

@@ -21,7 +21,7 @@ from ..records import SCORES
 from ..schema import Real, Section, build, opt
 from . import rows as R
 from .params import SPARSITY, Param, _check_values, parse_param, searchable_methods
-from .terms import REFERENCE
+from .terms import DENSE, REFERENCE
 
 METRICS = SCORES  # the split scores of the epoch record (dsr_tune.records)
 TOP_KEYS = ("name", "base", "config", "methods", "space", "search", "seeds", "baselines", "dense", "tune_baselines",
@@ -186,9 +186,11 @@ def _has_validation(cfg: C.Config) -> bool:
 
 def params_for(space: Space, method: str, sparsity: float | None = None) -> list[Param]:
     """The searched keys ``method`` reads: its own, and the ones every method reads
-    (without the sparsity when a search is held at one)."""
+    (without the sparsity when a search is held at one; dense reads no sparsity key,
+    even one whose ``methods`` names it)."""
     return [p for p in space.params if (not p.methods or method in p.methods)
-            and not (sparsity is not None and p.key == SPARSITY)]
+            and not (sparsity is not None and p.key == SPARSITY)
+            and not (method == DENSE and p.key.startswith("sparsity."))]
 
 
 def for_compare(cfg: C.Config, *, name: str, sparsities: list[float], seeds: list[int], labels: list[str],

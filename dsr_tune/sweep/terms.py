@@ -30,8 +30,8 @@ def slug(label: str) -> str:
 @dataclass(frozen=True)
 class Phase:
     """One Tune phase of a sweep: the search of a method (at one sparsity when the
-    space searches a choice of them), or a stage of the paired runs (0: needs
-    nothing; 1: starts from stage-0 runs)."""
+    space searches a choice of them; dense's never), or a stage of the paired runs
+    (0: needs nothing; 1: starts from stage-0 runs)."""
 
     method: str | None = None
     sparsity: float | None = None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ... import runfolder
 from ...records import Role
-from ..terms import REFERENCE, slug, sparsity_tag
+from ..terms import DENSE, REFERENCE, slug, sparsity_tag
 from . import render
 from .stats import RunRow, Table, pareto_front, summarize
 
@@ -38,8 +38,10 @@ def _row(key: str, tags: dict, status: str, metrics: dict, epochs: int, device: 
     sparsity, role = _float(tags.get("sparsity")), tags.get("role", "")
     # a re-trained selection came from a search: tuned (older sweeps tagged it "false")
     tuned = str(tags.get("tuned")).lower() == "true" or (role == Role.SELECTED and bool(tags.get("selected_from")))
-    return RunRow(key=key, role=role, method=tags.get("method", "?"),
-                  sparsity=None if role == Role.DENSE else sparsity, seed=int(tags.get("seed", 0)),
+    method = tags.get("method", "?")
+    if role == Role.DENSE or method == DENSE:  # dense, its search trials too, has no sparsity
+        sparsity = None
+    return RunRow(key=key, role=role, method=method, sparsity=sparsity, seed=int(tags.get("seed", 0)),
                   status=status, metrics=metrics, epochs=epochs, tuned=tuned, selected_from=tags.get("selected_from"),
                   device=device,
                   trial=int(trial) if (trial := str(tags.get("optuna_trial", ""))).isdigit() else None)
@@ -77,12 +79,13 @@ LINK_DSR, LINK_SELECTED = "dsr_run_id", "selected_from_run_id"
 
 def link_runs(client, runs) -> int:
     """Tag each reported run with the MLflow run ids it belongs with: ``selected_from_run_id``
-    (the search trial its configuration was selected as, or derived from) and, on every
-    row but DSR's own, ``dsr_run_id`` (the DSR run of the same sparsity and seed). Set
+    (the search trial its configuration was selected as, or derived from; dense's, when
+    it was tuned) and, on every sparse row but DSR's own, ``dsr_run_id`` (the DSR run of
+    the same sparsity and seed). Set
     once every run exists (the report runs when the sweep ends; a run may start before
     the DSR run it is compared with). Idempotent; returns how many tags it set."""
     by_key = {r.data.tags.get("dsr_tune.run", "").split("/", 1)[-1]: r for r in runs}
-    reported = [r for r in runs if r.data.tags.get("role") in (Role.SELECTED, Role.BASELINE)]
+    reported = [r for r in runs if r.data.tags.get("role") in (Role.SELECTED, Role.BASELINE, Role.DENSE)]
     dsr = {(r.data.tags.get("sparsity"), r.data.tags.get("seed")): r for r in reported
            if r.data.tags.get("method") == REFERENCE}
     n = 0

@@ -248,8 +248,8 @@ def summarize(title: str, rows: list[RunRow], metric: str = "val_acc", mode: str
             if ref is not None and ln is not ref:
                 ln.diff = paired(ln.by_seed, ref.by_seed)
         table.sections[s] = lines
-        table.selection[s] = sorted((r for r in rows if r.role == Role.SEARCH and r.key in chosen and r.sparsity == s),
-                                    key=lambda r: r.method)
+        table.selection[s] = sorted((r for r in rows if r.role == Role.SEARCH and r.key in chosen  # dense's: all
+                                     and (r.sparsity == s or r.method == DENSE)), key=lambda r: r.method)
     if metric.startswith("test_"):
         table.warnings.append(f"selected on {metric}, a test metric (search.select_on_test: true): the selected "
                               f"rows' test numbers are optimistic")
