@@ -2,6 +2,7 @@
 its width solved by bisection (``model.width`` is the reference width).
 Keys: ``sparsity.thin_dense.*``."""
 
+import functools
 import logging
 from typing import Literal
 
@@ -21,13 +22,20 @@ def solve(cfg, num_classes: int, in_channels: int):
     """The thin width for a run config: the target is the sparse run at
     ``sparsity.sparsity`` on ``cfg.model``. The closest width is used even when
     it is more than 1% off (a tiny model may have no closer one), with a warning."""
+    m, s = cfg.model, cfg.sparsity
+    return _solve(m.name, m.width, m.depth, num_classes, in_channels, s.sparsity, s.distribution,
+                  tuple(m.sparse_layers) if m.sparse_layers is not None else None,
+                  tuple(m.dense_layers) if m.dense_layers is not None else None, s.thin_dense.match)
+
+
+@functools.lru_cache(maxsize=64)  # the same width again says nothing new (--plan sizes every thin row)
+def _solve(name, width, depth, num_classes, in_channels, sparsity, distribution, include, exclude, match):
     from ..baselines.thin import solve_width, sparse_target
 
-    m, s = cfg.model, cfg.sparsity
-    target = sparse_target(m.name, width=m.width, depth=m.depth, num_classes=num_classes, in_channels=in_channels,
-                           sparsity=s.sparsity, distribution=s.distribution, include=m.sparse_layers,
-                           exclude=m.dense_layers, match=s.thin_dense.match)
-    sol = solve_width(m.name, target, depth=m.depth, num_classes=num_classes, in_channels=in_channels, strict=False)
+    target = sparse_target(name, width=width, depth=depth, num_classes=num_classes, in_channels=in_channels,
+                           sparsity=sparsity, distribution=distribution, include=include and list(include),
+                           exclude=exclude and list(exclude), match=match)
+    sol = solve_width(name, target, depth=depth, num_classes=num_classes, in_channels=in_channels, strict=False)
     (log.warning if sol.rel_error > 0.01 else log.info)(
         "thin dense: width %.4f has %d params for a target of %d (%.2f%% off)",
         sol.width, sol.params, target, 100 * sol.rel_error)
