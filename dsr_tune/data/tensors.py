@@ -61,13 +61,29 @@ def digits_norm(test_fraction: float = 0.2) -> tuple[float, float]:
     return float(x[train].mean()), float(x[train].std())
 
 
+def _digits_standardised(test_fraction: float):
+    x, y, train, test = _digits_split(test_fraction)
+    mean, std = x[train].mean(), x[train].std()
+    return (x - mean) / std, y, train, test
+
+
 def digits(test_fraction: float = 0.2):
     """1,797 real 8x8 digits (0-16 grey levels), standardised, split with a
     fixed seed so the test set is the same for every run and seed."""
-    x, y, train, test = _digits_split(test_fraction)
-    mean, std = x[train].mean(), x[train].std()
-    x = (x - mean) / std
+    x, y, train, test = _digits_standardised(test_fraction)
     return TensorDataset(x[train], y[train]), TensorDataset(x[test], y[test]), 10, 1
+
+
+def digits_arrays(test_fraction: float, val_fraction: float):
+    """The tensors of :func:`digits` after :func:`with_validation`, for data.resident."""
+    x, y, train, test = _digits_standardised(test_fraction)
+    return (*split_arrays(x[train], y[train], val_fraction), (x[test], y[test]), 10, 1)
+
+
+def synthetic_arrays(n: int, size: int, val_fraction: float):
+    """The tensors of :func:`synthetic` after :func:`with_validation`, for data.resident."""
+    train, test, classes, channels = synthetic(n, size)
+    return (*split_arrays(*train.tensors, val_fraction), test.tensors, classes, channels)
 
 
 def synthetic(n: int = 512, size: int = 32, classes: int = 10, channels: int = 3):
@@ -84,3 +100,9 @@ def with_validation(full, test, classes: int, channels: int, val_fraction: float
     """(train, val, test, classes, channels): validation a fixed-seed slice of ``full``."""
     train_idx, val_idx = split_indices(len(full), val_fraction)
     return Subset(full, train_idx), Subset(full, val_idx), test, classes, channels
+
+
+def split_arrays(x: torch.Tensor, y: torch.Tensor, val_fraction: float):
+    """((x, y) train part, (x, y) validation part): the samples :func:`with_validation`'s subsets hold."""
+    train_idx, val_idx = split_indices(len(x), val_fraction)
+    return (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
