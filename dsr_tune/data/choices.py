@@ -10,6 +10,7 @@ std, computed from up to 2,000 training images) is cached per process.
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,9 @@ def clear_caches() -> None:
 
     _folder_stats.cache_clear()
     files._scan.cache_clear()
+    resident = sys.modules.get(f"{__package__}.resident")  # not imported (torch): nothing decoded
+    if resident is not None:
+        resident._cache.clear()
 
 
 def resolved_comment(resolved: dict) -> str:

@@ -21,7 +21,7 @@ a GPU, and a good share of it on a CPU. Here:
 - **normalisation**: ``(x / 255 - mean) / std`` in float32, the operations of
   ``ToTensor`` and ``Normalize``, on the device.
 
-Decoded sets are kept per process (the last one), so the next trial of a
+Decoded files are kept per process (the last set), so the next trial of a
 sweep that reuses the process does not decode them again.
 """
 
@@ -171,11 +171,15 @@ def _key(cfg, r: dict) -> tuple:
 
 
 def arrays(cfg, r: dict) -> tuple:
-    """The data set's decoded splits (CPU tensors, see the registry's ``arrays``), decoded once per process."""
+    """The data set's decoded splits (CPU tensors, see the registry's ``arrays``),
+    decoded once per process (tensors made in memory are cheap to make again)."""
+    data = registry.get(cfg.name)
+    if data.in_memory:
+        return data.arrays(cfg, r)
     key = _key(cfg, r)
     if key not in _cache:
         t0 = time.perf_counter()
-        found = registry.get(cfg.name).arrays(cfg, r)
+        found = data.arrays(cfg, r)
         _cache.clear()
         _cache[key] = found
         log.debug("data %s decoded for data.resident in %.1f s", cfg.name, time.perf_counter() - t0)

@@ -61,29 +61,33 @@ def digits_norm(test_fraction: float = 0.2) -> tuple[float, float]:
     return float(x[train].mean()), float(x[train].std())
 
 
-def _digits_standardised(test_fraction: float):
-    x, y, train, test = _digits_split(test_fraction)
-    mean, std = x[train].mean(), x[train].std()
-    return (x - mean) / std, y, train, test
-
-
 def digits(test_fraction: float = 0.2):
     """1,797 real 8x8 digits (0-16 grey levels), standardised, split with a
     fixed seed so the test set is the same for every run and seed."""
-    x, y, train, test = _digits_standardised(test_fraction)
+    x, y, train, test = _digits_split(test_fraction)
+    mean, std = x[train].mean(), x[train].std()
+    x = (x - mean) / std
     return TensorDataset(x[train], y[train]), TensorDataset(x[test], y[test]), 10, 1
 
 
 def digits_arrays(test_fraction: float, val_fraction: float):
-    """The tensors of :func:`digits` after :func:`with_validation`, for data.resident."""
-    x, y, train, test = _digits_standardised(test_fraction)
-    return (*split_arrays(x[train], y[train], val_fraction), (x[test], y[test]), 10, 1)
+    """The samples of :func:`digits` after :func:`with_validation` as tensors, for data.resident."""
+    full, test, classes, channels = digits(test_fraction)  # the one source of the splits
+    return (*split_arrays(*_tensors(full), val_fraction), _tensors(test), classes, channels)
 
 
 def synthetic_arrays(n: int, size: int, val_fraction: float):
-    """The tensors of :func:`synthetic` after :func:`with_validation`, for data.resident."""
-    train, test, classes, channels = synthetic(n, size)
-    return (*split_arrays(*train.tensors, val_fraction), test.tensors, classes, channels)
+    """The samples of :func:`synthetic` after :func:`with_validation` as tensors, for data.resident."""
+    full, test, classes, channels = synthetic(n, size)
+    return (*split_arrays(*_tensors(full), val_fraction), _tensors(test), classes, channels)
+
+
+def _tensors(data) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) of a data set of (image, label) samples."""
+    if isinstance(data, TensorDataset):
+        return data.tensors[0], data.tensors[1]
+    x, y = zip(*(data[i] for i in range(len(data))))
+    return torch.stack(x), torch.as_tensor(y, dtype=torch.long)
 
 
 def synthetic(n: int = 512, size: int = 32, classes: int = 10, channels: int = 3):

@@ -30,7 +30,7 @@ from ..runfolder import PAIRED, STUDY, SWEEP as SWEEP_FILE
 from ..tracking import SweepTracker, store
 from ..tracking.mlflow_runs import read_run_file
 from ..tracking.sync import SyncError, run_folders, sync_sweep
-from .spec import Space
+from .spec import Space, packing
 
 log = logging.getLogger("dsr_tune")
 
@@ -127,6 +127,7 @@ def parent_params(space: Space) -> dict:
     if space.sparsities is not None:
         out["sparsities"] = ",".join(f"{s:g}" for s in space.sparsities)
     out.update({f"search.{k}": v for k, v in space.search.to_dict().items()})
+    out["packing"] = packing(space) or "no GPU"
     out.update({f"space.{p.key}": f"{p.kind} {list(p.endpoints())}" for p in space.params})
     out.update({f"base.{k}": v for k, v in space.base.flat().items()})
     return out

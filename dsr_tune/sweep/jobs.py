@@ -85,6 +85,7 @@ class SweepContext:
     tracker: SweepTracker
     live_logging: bool = True  # False: workers may not reach the store (sqlite on a cluster); log at trial end
     in_trial: bool = True      # single-worker jobs train in the trial's process (search.in_trial)
+    trials_per_gpu: int = 1    # packed trials: each may take 1/N of its GPU's memory (search.trials_per_gpu)
 
     @property
     def train_storage(self) -> str:

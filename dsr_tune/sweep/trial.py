@@ -106,8 +106,11 @@ def visible_gpus(gpu_ids: list, use_gpu: bool) -> str:
     return ",".join(str(i) for i in gpu_ids)
 
 
-def _place(job: Job) -> None:
-    """Show the trial's process its reserved GPU only (or none), before torch initialises CUDA."""
+def _place(job: Job, trials_per_gpu: int = 1) -> None:
+    """Show the trial's process its reserved GPU only (or none), before torch
+    initialises CUDA; a packed trial (one of ``trials_per_gpu`` on its GPU)
+    may take at most its share of the GPU's memory (torch's caching
+    allocator refuses more, as an out-of-memory error of this trial alone)."""
     import ray
 
     wanted = visible_gpus(ray.get_gpu_ids(), job.config["train"]["use_gpu"])
@@ -115,6 +118,11 @@ def _place(job: Job) -> None:
     if torch is not None and torch.cuda.is_initialized() and os.environ.get("CUDA_VISIBLE_DEVICES") != wanted:
         log.warning("%s: CUDA was initialised in this process before the trial chose its GPU (%r)", job.key, wanted)
     os.environ["CUDA_VISIBLE_DEVICES"] = wanted
+    if trials_per_gpu > 1 and wanted:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(1.0 / trials_per_gpu, 0)
 
 
 def run_trial(config: dict, ctx: SweepContext) -> None:
@@ -124,7 +132,7 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
 
     job = ctx.job(config, tune.get_context().get_trial_id())
     if in_process(job.config, ctx.in_trial):
-        _place(job)
+        _place(job, getattr(ctx, "trials_per_gpu", 1))  # a context pickled before packing existed has none
         _local_trial(ctx, job, started)
     else:
         _worker_group_trial(ctx, job, started)

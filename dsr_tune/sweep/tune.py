@@ -10,8 +10,9 @@ static baseline). Its study lives in ``<sweep>/optuna.db``, named
 ``<sweep id>-<method>[-s<sparsity>]`` (``dsr-tune dashboard`` opens them).
 
 Concurrency: a single-worker trial holds ``search.trial_cpus`` plus
-``train.cpus_per_worker`` CPUs (and one GPU with ``train.use_gpu``: Tune's
-placement is the device it trains on); a multi-worker trial holds
+``train.cpus_per_worker`` CPUs (and one GPU with ``train.use_gpu``, or
+1/``search.trials_per_gpu`` of one: Tune's placement is the device it
+trains on, packed trials share it); a multi-worker trial holds
 ``trial_cpus`` and its Ray Train workers theirs. What counts is whether the
 sweep joined an existing cluster (``--address`` or $RAY_ADDRESS), not how
 many nodes are up when it starts.
@@ -35,7 +36,7 @@ from ..tracking.mlflow_runs import read_run_file
 from . import progress
 from .jobs import SweepContext
 from .params import SPARSITY, Param
-from .spec import Space, params_for
+from .spec import Space, packing, params_for
 from .terms import Phase
 from .trial import in_process, run_trial
 
@@ -64,14 +65,23 @@ def concurrency(space: Space, resources: dict[str, float]) -> int:
     per_cpu = space.search.trial_cpus + t.workers * t.cpus_per_worker
     fits = math.floor(resources.get("CPU", 0.0) / per_cpu + 1e-9)
     if t.use_gpu:
-        fits = min(fits, math.floor(resources.get("GPU", 0.0) / t.workers + 1e-9))
+        fits = min(fits, math.floor(resources.get("GPU", 0.0) / gpus_per_trial(space) + 1e-9))
     return max(1, fits)
+
+
+def gpus_per_trial(space: Space) -> float:
+    """The GPUs a trial holds in Ray's accounting: its workers', or a packed trial's share of one."""
+    t = space.base.train
+    if not t.use_gpu:
+        return 0.0
+    return 1.0 / space.search.trials_per_gpu if space.search.trials_per_gpu > 1 else float(max(1, t.workers))
 
 
 def trial_resources(space: Space, on_cluster: bool) -> dict:
     t = space.base.train
     if in_process(space.base.to_dict(), space.search.in_trial):
-        return {"cpu": space.search.trial_cpus + t.cpus_per_worker, **({"gpu": 1} if t.use_gpu else {})}
+        return {"cpu": space.search.trial_cpus + t.cpus_per_worker, **({"gpu": gpus_per_trial(space)} if t.use_gpu
+                                                                       else {})}
     resources = {"cpu": space.search.trial_cpus}
     if on_cluster:  # the trial process of a worker group on the head, beside the sweep folder
         resources[HEAD_NODE_RESOURCE] = 0.001
@@ -206,7 +216,7 @@ def with_ray(space: Space, out_dir: Path, meta: dict, tracker: SweepTracker, add
     on_cluster = joins_cluster(address)
     ctx = SweepContext(sweep_dir=str(out_dir), base=space.base.to_dict(), trial_seed=space.search.trial_seed,
                        tracker=tracker, live_logging=not (on_cluster and tracker.target.embedded),
-                       in_trial=space.search.in_trial)
+                       in_trial=space.search.in_trial, trials_per_gpu=space.search.trials_per_gpu)
     env = ray_env(on_cluster, TUNE_ENV)
     _quiet_tune()
     t = space.base.train
@@ -215,9 +225,9 @@ def with_ray(space: Space, out_dir: Path, meta: dict, tracker: SweepTracker, add
         import ray
 
         have = ray.cluster_resources()
-        gpus = t.workers if t.use_gpu else 0
-        if have.get("CPU", 0) < need - 1e-9 or have.get("GPU", 0) < gpus:
-            log.warning("a trial needs %g CPUs and %d GPUs; the cluster has %g CPUs and %g GPUs: trials wait until "
+        gpus = gpus_per_trial(space)
+        if have.get("CPU", 0) < need - 1e-9 or have.get("GPU", 0) < gpus - 1e-9:
+            log.warning("a trial needs %g CPUs and %g GPUs; the cluster has %g CPUs and %g GPUs: trials wait until "
                         "nodes join", need, gpus, have.get("CPU", 0), have.get("GPU", 0))
         n = concurrency(space, have)
         if not ctx.live_logging:
@@ -225,8 +235,9 @@ def with_ray(space: Space, out_dir: Path, meta: dict, tracker: SweepTracker, add
                      "ends (set tracking.uri to an MLflow server for live metrics)")
         how = ("in the trial's process" if in_process(space.base.to_dict(), space.search.in_trial)
                else f"on {t.workers} Ray Train workers x {t.cpus_per_worker:g} CPU")
+        packed = packing(space)
         log.info("sweep %s in %s: %d trial(s) at a time, each trains %s%s", meta["sweep_id"], out_dir, n, how,
-                 " with 1 GPU" if t.use_gpu else "")
+                 f" ({packed})" if packed else "")
 
         def runner(phase: Phase, keys: list[str] | None) -> bool:
             return tune_phase(phase, space, ctx, keys, n_concurrent=n, on_cluster=on_cluster, table=table)
