@@ -16,6 +16,7 @@ without Ray.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from ..records import SCORED, Role, Status
 from ..tracking import SweepTracker
 from . import plan, progress
 from .rows import default_labels
-from .folder import SWEEP_FILE, open_tracker, prepare, save, sync_leftovers, unsynced
+from .folder import SWEEP_FILE, connect, new_tracker, open_tracker, prepare, save, sync_leftovers, unsynced
 from .jobs import PAIRED_FILE, SweepContext, write_paired
 from .spec import Space, for_compare
 from .terms import Phase
@@ -51,22 +52,59 @@ def run(space: Space, out_dir: str | Path, *, resume: bool = False, overwrite: b
     logger, one line per event; ``table`` adds Tune's trial table."""
     out_dir = Path(out_dir).expanduser().resolve()
     meta = prepare(space, out_dir, resume=resume, overwrite=overwrite)
-    tracker = open_tracker(space, out_dir, meta, resume=resume)
-    meta["tracker"] = tracker.to_json()
     if local:
+        tracker = open_tracker(space, out_dir, meta, resume=resume)
+        meta["tracker"] = tracker.to_json()
         ctx = SweepContext(sweep_dir=str(out_dir), base=space.base.to_dict(), trial_seed=space.search.trial_seed,
                            tracker=tracker)
         status = _phases(space, ctx, meta, out_dir, runner=None)
     else:
-        from .tune import with_ray  # imports ray
+        from .tune import with_ray  # imports ray (first: the modules ray and mlflow share load once, here)
 
-        status = with_ray(space, out_dir, meta, tracker, address, verbose, table, _phases)
+        # MLflow (its import, the store, the parent run) is reached while Ray starts: the two took
+        # several seconds each, one after the other, much of it waiting on other processes and files
+        tracker = new_tracker(space, meta)
+        connecting = _Aside(connect, tracker, space, out_dir, meta, resume=resume)
+
+        def phases(*args) -> Status:
+            connecting.result()  # before the first trial takes the tracker with it
+            meta["tracker"] = tracker.to_json()
+            return _phases(*args)
+
+        try:
+            status = with_ray(space, out_dir, meta, tracker, address, verbose, table, phases)
+        finally:
+            connecting.join()
     meta["status"] = status
     save(out_dir, meta)
     # what MLflow missed (also when the store came back after being down); an interrupted
     # sweep leaves that to --resume, to exit at once
     left = unsynced(out_dir) if status == Status.KILLED else sync_leftovers(out_dir)
     return Outcome(status, out_dir, meta["sweep_id"], tracker, left)
+
+
+class _Aside:
+    """``fn(*args, **kwargs)`` on a thread; :meth:`result` waits and returns it (or raises what it raised)."""
+
+    def __init__(self, fn, *args, **kwargs):
+        self._out: dict = {}
+
+        def run() -> None:
+            try:
+                self._out["value"] = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 (raised again in the caller's thread)
+                self._out["error"] = exc
+        self._thread = threading.Thread(target=run, name="mlflow-connect", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self):
+        self._thread.join()
+        if "error" in self._out:
+            raise self._out.pop("error")
+        return self._out.get("value")
 
 
 def _searched_rows(out_dir: Path):

@@ -144,8 +144,20 @@ def _parent_params_json(space: Space) -> dict[str, str]:
 def open_tracker(space: Space, out_dir: Path, meta: dict, *, resume: bool) -> SweepTracker:
     """The sweep's tracker, connected (experiment, parent run) if MLflow answers;
     on ``resume`` also logs what MLflow missed of the trials that ended."""
+    tracker = new_tracker(space, meta)
+    connect(tracker, space, out_dir, meta, resume=resume)
+    return tracker
+
+
+def new_tracker(space: Space, meta: dict) -> SweepTracker:
+    """The sweep's tracker, not connected yet (see :func:`connect`)."""
     tracker = SweepTracker.from_json(meta["tracker"])
     tracker.target = store.with_credentials(tracker.target, space.tracking_uri)  # sweep.json keeps none
+    return tracker
+
+
+def connect(tracker: SweepTracker, space: Space, out_dir: Path, meta: dict, *, resume: bool) -> SweepTracker:
+    """:func:`open_tracker`'s MLflow part, on ``tracker`` (the driver runs it while Ray starts)."""
     error = tracker.connect(meta.get("parent_params") or parent_params(space))  # what sync logs, too
     if error:
         log.warning("%s\n  the sweep trains anyway and keeps every record in its run folders; "

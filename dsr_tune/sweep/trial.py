@@ -43,6 +43,14 @@ def finished(run_dir, cfg: C.Config) -> bool:
     return ckpt.load(run_dir, key=str(run_dir)).get("epoch", 0) >= cfg.train.epochs
 
 
+_jobs_here = 0  # jobs this process trained: the first one pays the imports
+
+
+def _now() -> list[float]:
+    """[wall clock, CPU seconds of this process in every thread]."""
+    return [round(time.time(), 3), round(time.process_time(), 3)]
+
+
 def run_job(ctx: SweepContext, job: Job, *, on_epoch_end=None, started: float | None = None,
             close_on_error: bool = True) -> tuple[dict, bool]:
     """Train ``job`` (or find it trained); returns (its last epoch record, whether
@@ -50,9 +58,16 @@ def run_job(ctx: SweepContext, job: Job, *, on_epoch_end=None, started: float | 
     :func:`dsr_tune.train.train`. The MLflow child run is created (or found by
     its key) before training, logged live, and closed with the outcome; with
     ``close_on_error=False`` (a Tune trial: Tune may retry it, and the driver's
-    Finalizer closes what it gives up on) a failed run stays RUNNING."""
+    Finalizer closes what it gives up on) a failed run stays RUNNING.
+
+    tracking.json gets the job's ``timing``: [wall, CPU] when it began, at each
+    epoch's end (after its checkpoint and the loggers, before Tune hears of
+    it), when training returned and when MLflow was closed; what
+    benchmarks/bench_sweep.py splits a trial's time into."""
+    global _jobs_here
     from ..train import train
 
+    timing = {"began": _now(), "started": started, "first_in_process": _jobs_here == 0, "epochs": []}
     run_dir, cfg, tracker = ctx.run_dir(job.key), C.from_dict(job.config), ctx.tracker
     identity = {**job.identity(), **({"started": started} if started else {})}
     if not ctx.live_logging:  # the driver logs the run when it ends (a store this node cannot reach)
@@ -69,21 +84,29 @@ def run_job(ctx: SweepContext, job: Job, *, on_epoch_end=None, started: float | 
         return runfolder.last_epoch(run_dir), False
     specs = [MlflowLoggerSpec(tracker.target.uri, str(run_dir), run_id=run_id,
                               key=run_key(tracker.sweep_id, job.key))] if run_id else []
+    def epoch_end(record: dict, path) -> None:
+        timing["epochs"].append(_now())
+        if on_epoch_end is not None:
+            on_epoch_end(record, path)
+
     status = Status.FAILED
+    _jobs_here += 1
     try:
         record = train(cfg, run_dir, resume=runfolder.has_run(run_dir), loggers=[s.make() for s in specs],
-                       on_epoch_end=on_epoch_end, progress=False)
+                       on_epoch_end=epoch_end, progress=False)
         status = Status.FINISHED
     except KeyboardInterrupt:
         status = Status.KILLED
         raise
     finally:
-        update_run_file(run_dir, trained=time.time())
+        timing["trained"] = _now()
+        update_run_file(run_dir, trained=timing["trained"][0])
         if status == Status.FINISHED or close_on_error:
             if ctx.live_logging:
                 tracker.finish(run_dir, run_id, status)
             else:
                 update_run_file(run_dir, status=status)
+        update_run_file(run_dir, timing={**timing, "closed": _now()})
     return record, True
 
 
@@ -141,8 +164,16 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
 def _local_trial(ctx: SweepContext, job: Job, started: float) -> None:
     from ray import tune
 
+    t = job.config["train"]
+    last_epoch = min(t["epochs"], t.get("stop_after") or t["epochs"]) - 1
+    every = getattr(ctx, "report_every_s", 0.0)  # a context pickled before it existed reports every epoch
+    reported = [float("-inf")]
+
     def report(record: dict, path) -> None:
-        tune.report(epoch_scalars(record))
+        now = time.monotonic()
+        if record["epoch"] >= last_epoch or now - reported[0] >= every:
+            reported[0] = now
+            tune.report(epoch_scalars(record))
 
     record, trained = run_job(ctx, job, on_epoch_end=report, started=started, close_on_error=False)
     if not trained:  # the driver died before Tune wrote the end down: report the final record again

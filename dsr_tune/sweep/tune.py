@@ -47,6 +47,9 @@ TUNE_ENV = {  # on top of dsr_tune.distributed's TRAIN_ENV (and LOCAL_RAY_ENV on
     "RAY_AIR_NEW_OUTPUT": "0",            # the legacy reporter: silent at verbose=0 (we print our own lines)
     "TUNE_GLOBAL_CHECKPOINT_S": "5",      # save the experiment state at most every 5 s (a killed driver loses little)
 }
+# Without ASHA nothing acts on a trial's every epoch: its process reports one at most this often (and
+# its last), so it waits for the driver's loop a few times a trial, not once an epoch (dsr_tune.sweep.jobs)
+REPORT_EVERY_S = 2.0
 # Ray gives the head node of every cluster this resource; there is no public scheduling option
 # for "the head node" (NodeAffinity needs a node id). tests/test_ray_internals.py checks the name.
 HEAD_NODE_RESOURCE = "node:__internal_head__"
@@ -216,7 +219,8 @@ def with_ray(space: Space, out_dir: Path, meta: dict, tracker: SweepTracker, add
     on_cluster = joins_cluster(address)
     ctx = SweepContext(sweep_dir=str(out_dir), base=space.base.to_dict(), trial_seed=space.search.trial_seed,
                        tracker=tracker, live_logging=not (on_cluster and tracker.target.embedded),
-                       in_trial=space.search.in_trial, trials_per_gpu=space.search.trials_per_gpu)
+                       in_trial=space.search.in_trial, trials_per_gpu=space.search.trials_per_gpu,
+                       report_every_s=0.0 if space.search.asha else REPORT_EVERY_S)
     env = ray_env(on_cluster, TUNE_ENV)
     _quiet_tune()
     t = space.base.train

@@ -7,7 +7,9 @@ loadable with ``mlflow.pytorch.load_model``) and as the compressed sparse
 export under ``export/`` (values + positions, see :mod:`dsr_tune.train.export`),
 much smaller than the checkpoint with its optimizer state (its size is the
 metric ``export_bytes``); the checkpoint is logged there only if the export
-fails. A run stopped early (KILLED by ASHA) gets the same files but no model.
+fails. A run stopped early (KILLED by ASHA) gets the same files but no model,
+and a run whose tracking.json says ``logged_model: false`` (a sweep's search
+trial) no MLflow model.
 """
 
 from __future__ import annotations
@@ -134,7 +136,8 @@ def log_files(client, run_id: str, run_dir: str | Path, title: str = "", model: 
     from .mlflow_runs import read_run_file, update_run_file
 
     run_dir = Path(run_dir)
-    if model and (run_dir / EXPORT).exists() and not (read_run_file(run_dir) or {}).get("mlflow_model"):
+    info = read_run_file(run_dir) or {}
+    if model and info.get("logged_model", True) and (run_dir / EXPORT).exists() and not info.get("mlflow_model"):
         try:
             update_run_file(run_dir, mlflow_model=log_model(client.tracking_uri, run_id, run_dir))
             n += 1
