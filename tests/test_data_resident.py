@@ -90,6 +90,21 @@ def test_folder_batches_equal_both_decode_paths_without_augmentation(tmp_path, d
         assert same(epochs(loaded), epochs(resident))
 
 
+def test_cifar_batches_equal_the_loaders_without_augmentation(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    from datafiles import write_cifar
+
+    write_cifar(tmp_path, n_train=40, n_test=10)
+    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)  # generated files: no md5 to match
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *a, **k: True)
+    cfg = C.load(None, ["data.name=cifar10", f"data.root={tmp_path}", "data.batch_size=8", "data.eval_batch_size=6",
+                        "data.loader_workers=0", "data.crop_padding=0", "data.hflip=false"]).data
+    loaded, resident = build_data(cfg, seed=1), build_data(cfg, seed=1, device="cpu")
+    assert resident.resolved["resident"] and resident.train.x.dtype == torch.uint8
+    assert same(epochs(loaded), epochs(resident))
+
+
 def test_crops_and_flips_are_torchvisions(tmp_path):
     """Each augmented image is the stored one reflect-padded, cropped at the drawn
     offset and flipped when drawn; offsets uniform in [0, 2 pad], flips at 1/2."""
