@@ -21,9 +21,10 @@ Ray) in a fresh folder, or analyses a finished sweep folder, and prints:
   (checkpoint write, density plot, sparse export, MLflow model).
 
 ``--against REV`` runs the demo alternately with this checkout and with git
-revision REV (a temporary worktree, on PYTHONPATH), ``--repeats`` times each,
-and prints the medians side by side with their ratios: a before/after that a
-busy machine hits alike.
+revision REV (a temporary worktree: its package on PYTHONPATH, its space and
+config files), ``--repeats`` times each, and prints the medians side by side
+with their ratios: a before/after that a busy machine hits alike. CPU seconds
+are the steadier measure there: a loaded machine stretches wall time, not them.
 
     .venv/bin/python benchmarks/bench_sweep.py                       # the demo, its breakdown (~2 min)
     .venv/bin/python benchmarks/bench_sweep.py --sweep runs/sweeps/digits_demo   # analyse only
@@ -87,13 +88,15 @@ def _kind(cmd: str) -> str:
     return "Ray's own processes"
 
 
-def run_demo(overrides: list[str], pythonpath: str | None = None) -> tuple[Path, float, dict[str, float]]:
-    """The demo sweep in a fresh folder: (sweep folder, wall s, CPU s by kind)."""
+def run_demo(overrides: list[str], tree: str | None = None) -> tuple[Path, float, dict[str, float]]:
+    """The demo sweep in a fresh folder: (sweep folder, wall s, CPU s by kind); ``tree``: another
+    checkout, whose package (on PYTHONPATH) and space file run instead of this one's."""
     work = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
-    cmd = [sys.executable, "-m", "dsr_tune.cli", "sweep", str(DEMO), *overrides, "--output", str(work / "sweep")]
+    space = Path(tree) / DEMO.relative_to(ROOT) if tree else DEMO
+    cmd = [sys.executable, "-m", "dsr_tune.cli", "sweep", str(space), *overrides, "--output", str(work / "sweep")]
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
+    if tree:
+        env["PYTHONPATH"] = tree
     seen: dict = {}
     t0 = time.time()
     with open(work / "out.log", "w") as log:
@@ -249,7 +252,7 @@ def against(rev: str, repeats: int, overrides: list[str]) -> str:
     try:
         for i in range(repeats):
             for label, path in (("here", None), (rev, str(base))):
-                sweep, wall, cpu = run_demo(overrides, pythonpath=path)
+                sweep, wall, cpu = run_demo(overrides, tree=path)
                 slots = _slots(sweep, json.loads((sweep / "sweep.json").read_text()))
                 rows = trial_times(sweep) if label == "here" else []
                 in_epochs = sum(r["in_epochs"] for r in rows) if rows else _epoch_seconds(sweep)
@@ -261,13 +264,13 @@ def against(rev: str, repeats: int, overrides: list[str]) -> str:
                       f"load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], capture_output=True)
-    lines = [f"{'median of ' + str(repeats):<34}{'here':>12}{rev:>12}{'here / ' + rev:>14}"]
+    lines = [f"{'median of ' + str(repeats):<34}{'here':>12}{rev:>14}{'here / ' + rev:>18}"]
     for key, what in (("wall", "sweep wall s"), ("cpu", "CPU s, all its processes"), ("trials_cpu", "CPU s, trials"),
                       ("driver_cpu", "CPU s, driver"), ("in_epochs", "s inside epochs"),
                       ("share", "share of slot time in epochs")):
         a = statistics.median(r[key] for r in results["here"])
         b = statistics.median(r[key] for r in results[rev])
-        lines.append(f"{what:<34}{a:>12.2f}{b:>12.2f}{a / b if b else float('nan'):>14.2f}")
+        lines.append(f"{what:<34}{a:>12.2f}{b:>14.2f}{a / b if b else float('nan'):>18.2f}")
     return "\n".join(lines)
 
 

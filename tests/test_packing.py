@@ -34,6 +34,13 @@ def test_packed_trials_hold_a_share_of_a_gpu():
     assert parent_params(S.load(DEMO))["packing"] == "no GPU"
 
 
+def test_keys_documents_trials_per_gpu(capsys):
+    assert cli.main(["keys", "search"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("search:") and "trials_per_gpu = 1" in out and "1/N of its memory" in out
+    assert cli.main(["keys"]) == 0 and "search:" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("override", ["train.use_gpu=false", "search.in_trial=false", "train.workers=2"])
 def test_packing_needs_gpu_trials_in_their_own_process(override, capsys):
     with pytest.raises(C.ConfigError, match="^search.trials_per_gpu: 4 packs trials"):
