@@ -14,7 +14,8 @@ Ray) in a fresh folder, or analyses a finished sweep folder, and prints:
 - for the sweep: its wall time, the slot time (wall x trials at a time), the
   share of the slot time inside epochs, the slot time outside any trial
   (Ray and MLflow start, trial processes starting, Tune between trials,
-  phase ends, the report), and the CPU seconds of the sweep's processes by
+  phase ends, the report), Tune's hand-over between two trials of one
+  process, and the CPU seconds of the sweep's processes by
   kind (trials, the driver, Ray's own), which a loaded machine does not
   inflate as it does wall time;
 - the parts of the artifacts, timed apart on one finished run folder
@@ -88,11 +89,11 @@ def _kind(cmd: str) -> str:
     return "Ray's own processes"
 
 
-def run_demo(overrides: list[str], tree: str | None = None) -> tuple[Path, float, dict[str, float]]:
-    """The demo sweep in a fresh folder: (sweep folder, wall s, CPU s by kind); ``tree``: another
-    checkout, whose package (on PYTHONPATH) and space file run instead of this one's."""
+def run_demo(overrides: list[str], tree: str | None = None, space: str | Path = DEMO) -> tuple[Path, float, dict]:
+    """A sweep (the demo) in a fresh folder: (sweep folder, wall s, CPU s by kind); ``tree``:
+    another checkout, whose package (on PYTHONPATH) and space file run instead of this one's."""
     work = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
-    space = Path(tree) / DEMO.relative_to(ROOT) if tree else DEMO
+    space = (Path(tree) if tree else ROOT) / Path(space).resolve().relative_to(ROOT)
     cmd = [sys.executable, "-m", "dsr_tune.cli", "sweep", str(space), *overrides, "--output", str(work / "sweep")]
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     if tree:
@@ -143,7 +144,7 @@ def trial_times(sweep: Path) -> list[dict]:
                     "in_epochs": epoch_s, "between": (ends[-1] - ends[0]) - sum(r["epoch_time"] for r in epochs[1:]),
                     "close": t["trained"][0] - ends[-1], "artifacts": t["closed"][0] - t["trained"][0],
                     "total": t["closed"][0] - start, "cpu": t["closed"][1] - t["began"][1],
-                    "start": start, "end": t["closed"][0]})
+                    "start": start, "end": t["closed"][0], "pid": t.get("pid")})
     return out
 
 
@@ -169,6 +170,10 @@ def summarize(rows: list[dict], wall: float | None, cpu: dict[str, float] | None
               f"{statistics.median(fresh or [0]):.2f} s in a fresh one ({len(fresh)} of them); between epochs "
               f"{total['between'] / max(1, sum(r['epochs'] - 1 for r in rows)):.3f} s an epoch; close + artifacts "
               f"median {statistics.median(r['close'] + r['artifacts'] for r in rows):.2f} s a trial"]
+    gaps = _gaps(rows)
+    if gaps:
+        lines.append(f"Tune between two trials of one process (one's end to the next one's first line): median "
+                     f"{statistics.median(gaps):.2f} s, {sum(gaps):.1f} s in all over {len(gaps)} hand-overs")
     if wall:
         slot = wall * slots
         lines.append(f"sweep wall {wall:.1f} s; slot time {slot:.0f} s ({slots} trials at a time); inside epochs "
@@ -179,6 +184,18 @@ def summarize(rows: list[dict], wall: float | None, cpu: dict[str, float] | None
         lines.append("CPU seconds of the sweep's processes: " + ", ".join(
             f"{k} {v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])) + f"; in all {sum(cpu.values()):.1f}")
     return "\n".join(lines)
+
+
+def _gaps(rows: list[dict]) -> list[float]:
+    by_process = collections.defaultdict(list)
+    for r in rows:
+        if r["pid"] is not None:
+            by_process[r["pid"]].append(r)
+    gaps = []
+    for trials in by_process.values():
+        trials.sort(key=lambda r: r["start"])
+        gaps += [b["start"] - a["end"] for a, b in zip(trials, trials[1:])]
+    return gaps
 
 
 def artifact_parts(run_dir: Path, repeats: int = 3) -> str:
@@ -243,7 +260,7 @@ def _slots(sweep: Path, meta: dict) -> int:
 # ---------------------------------------------------------------- before / after
 
 
-def against(rev: str, repeats: int, overrides: list[str]) -> str:
+def against(rev: str, repeats: int, overrides: list[str], space: str | Path = DEMO) -> str:
     """The demo alternately here and at ``rev``; medians and ratios."""
     base = Path(tempfile.mkdtemp(prefix="bench_rev_")) / "tree"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), rev], check=True,
@@ -252,7 +269,7 @@ def against(rev: str, repeats: int, overrides: list[str]) -> str:
     try:
         for i in range(repeats):
             for label, path in (("here", None), (rev, str(base))):
-                sweep, wall, cpu = run_demo(overrides, tree=path)
+                sweep, wall, cpu = run_demo(overrides, tree=path, space=space)
                 slots = _slots(sweep, json.loads((sweep / "sweep.json").read_text()))
                 rows = trial_times(sweep) if label == "here" else []
                 in_epochs = sum(r["in_epochs"] for r in rows) if rows else _epoch_seconds(sweep)
@@ -287,15 +304,16 @@ def main() -> None:
     p.add_argument("--sweep", help="analyse this finished sweep folder instead of running the demo")
     p.add_argument("--against", metavar="REV", help="run the demo alternately here and at git revision REV")
     p.add_argument("--repeats", type=int, default=3, help="with --against: runs of each (default 3)")
+    p.add_argument("--space", default=str(DEMO), help="another space file of this checkout (default: the demo)")
     p.add_argument("overrides", nargs="*", help="overrides for the demo sweep")
     args = p.parse_args()
     if args.against:
-        print(against(args.against, args.repeats, args.overrides))
+        print(against(args.against, args.repeats, args.overrides, args.space))
         return
     if args.sweep:
         print(analyse(Path(args.sweep))[0])
         return
-    sweep, wall, cpu = run_demo(args.overrides)
+    sweep, wall, cpu = run_demo(args.overrides, space=args.space)
     print((sweep.parent / "out.log").read_text())
     print(analyse(sweep, wall, cpu)[0])
 

@@ -67,7 +67,8 @@ def run_job(ctx: SweepContext, job: Job, *, on_epoch_end=None, started: float | 
     global _jobs_here
     from ..train import train
 
-    timing = {"began": _now(), "started": started, "first_in_process": _jobs_here == 0, "epochs": []}
+    timing = {"began": _now(), "started": started, "pid": os.getpid(), "first_in_process": _jobs_here == 0,
+              "epochs": []}
     run_dir, cfg, tracker = ctx.run_dir(job.key), C.from_dict(job.config), ctx.tracker
     identity = {**job.identity(), **({"started": started} if started else {})}
     if not ctx.live_logging:  # the driver logs the run when it ends (a store this node cannot reach)
