@@ -118,33 +118,39 @@ def run_demo(overrides: list[str], tree: str | None = None, space: str | Path = 
 
 
 def trial_times(sweep: Path) -> list[dict]:
-    """One dict per trained job from its tracking.json ``timing`` and metrics.jsonl (seconds)."""
+    """One dict per trained job from its tracking.json ``timing`` and metrics.jsonl (seconds).
+    A trial trained by a Ray Train worker group (``search.in_trial=false``) records no
+    timing: its row has its epochs and its total only (start to the end of training)."""
     from dsr_tune.runfolder import read_records
 
-    meta = json.loads((sweep / "sweep.json").read_text())
-    batch = meta["space"].get("config", {}).get("data", {}).get("batch_size")
+    nan = float("nan")
     out = []
     for info_path in sorted((sweep / "runs").glob("**/tracking.json")):
         info = json.loads(info_path.read_text())
         t = info.get("timing")
         epochs = [r for r in read_records(info_path.parent / "metrics.jsonl") if r.get("kind") == "epoch"]
-        if not t or not t.get("epochs") or len(t["epochs"]) != len(epochs):
+        if not epochs:
             continue
-        cfg = json.loads(json.dumps(_config(info_path.parent)))
-        per_step = batch or cfg["data"]["batch_size"]
-        ends = [e[0] for e in t["epochs"]]
-        start = t["started"] or t["began"][0]
+        per_step = _config(info_path.parent)["data"]["batch_size"]
         steps, last = 0.0, 0
         for r in epochs:
             steps += (r["step"] - last) * per_step / r["samples_per_s"]
             last = r["step"]
         epoch_s = sum(r["epoch_time"] for r in epochs)
-        out.append({"key": info["key"], "epochs": len(epochs), "fresh": t["first_in_process"],
-                    "set_up": ends[0] - epochs[0]["epoch_time"] - start, "steps": steps, "eval": epoch_s - steps,
-                    "in_epochs": epoch_s, "between": (ends[-1] - ends[0]) - sum(r["epoch_time"] for r in epochs[1:]),
-                    "close": t["trained"][0] - ends[-1], "artifacts": t["closed"][0] - t["trained"][0],
-                    "total": t["closed"][0] - start, "cpu": t["closed"][1] - t["began"][1],
-                    "start": start, "end": t["closed"][0], "pid": t.get("pid")})
+        row = {"key": info["key"], "epochs": len(epochs), "steps": steps, "eval": epoch_s - steps, "in_epochs": epoch_s}
+        if t and len(t.get("epochs", [])) == len(epochs):
+            ends = [e[0] for e in t["epochs"]]
+            start = t["started"] or t["began"][0]
+            row.update(fresh=t["first_in_process"], set_up=ends[0] - epochs[0]["epoch_time"] - start,
+                       between=(ends[-1] - ends[0]) - sum(r["epoch_time"] for r in epochs[1:]),
+                       close=t["trained"][0] - ends[-1], artifacts=t["closed"][0] - t["trained"][0],
+                       total=t["closed"][0] - start, start=start, end=t["closed"][0], pid=t.get("pid"))
+        elif info.get("started") and info.get("trained"):
+            row.update(fresh=False, set_up=nan, between=nan, close=nan, artifacts=nan,
+                       total=info["trained"] - info["started"], start=info["started"], end=info["trained"], pid=None)
+        else:
+            continue
+        out.append(row)
     return out
 
 
@@ -161,15 +167,18 @@ def summarize(rows: list[dict], wall: float | None, cpu: dict[str, float] | None
     lines = [f"{'trial (* first in its process)':<34}{'epochs':>7}" + "".join(f"{c.replace('_', '-'):>11}" for c in COLUMNS)]
     for r in rows:
         lines.append(f"{r['key'] + ('*' if r['fresh'] else ''):<34}{r['epochs']:>7}"
-                     + "".join(f"{r[c]:>11.2f}" for c in COLUMNS))
-    total = {c: sum(r[c] for r in rows) for c in (*COLUMNS, "in_epochs")}
+                     + "".join(f"{r[c]:>11.2f}" if r[c] == r[c] else f"{'-':>11}" for c in COLUMNS))
+    total = {c: sum(r[c] for r in rows if r[c] == r[c]) for c in (*COLUMNS, "in_epochs")}  # x == x: not nan
     lines.append(f"{'sum':<34}{sum(r['epochs'] for r in rows):>7}" + "".join(f"{total[c]:>11.1f}" for c in COLUMNS))
-    fresh = [r["set_up"] for r in rows if r["fresh"]]
-    warm = [r["set_up"] for r in rows if not r["fresh"]]
+    timed = [r for r in rows if r["set_up"] == r["set_up"]]
+    fresh = [r["set_up"] for r in timed if r["fresh"]]
+    warm = [r["set_up"] for r in timed if not r["fresh"]]
     lines += ["", f"{len(rows)} trials: set-up median {statistics.median(warm or [0]):.2f} s in a reused process, "
               f"{statistics.median(fresh or [0]):.2f} s in a fresh one ({len(fresh)} of them); between epochs "
-              f"{total['between'] / max(1, sum(r['epochs'] - 1 for r in rows)):.3f} s an epoch; close + artifacts "
-              f"median {statistics.median(r['close'] + r['artifacts'] for r in rows):.2f} s a trial"]
+              f"{total['between'] / max(1, sum(r['epochs'] - 1 for r in timed)):.3f} s an epoch; close + artifacts "
+              f"median {statistics.median([r['close'] + r['artifacts'] for r in timed] or [0]):.2f} s a trial"
+              + ("" if len(timed) == len(rows) else f" ({len(rows) - len(timed)} trial(s) through a worker group: "
+                 "epochs and total only)")]
     gaps = _gaps(rows)
     if gaps:
         lines.append(f"Tune between two trials of one process (one's end to the next one's first line): median "
@@ -237,11 +246,12 @@ def analyse(sweep: Path, wall: float | None = None, cpu: dict | None = None) -> 
     meta = json.loads((sweep / "sweep.json").read_text())
     rows = trial_times(sweep)
     if not rows:
-        sys.exit(f"{sweep}: no run folder holds a job's timing (a sweep made before it was recorded?)")
+        sys.exit(f"{sweep}: no run folder holds a finished trial with its epochs")
     slots = _slots(sweep, meta)
     text = summarize(rows, wall, cpu, slots)
     done = next((r for r in rows if not r["fresh"] and r["key"].startswith("paired")), rows[0])
-    text += "\n" + artifact_parts(sweep / "runs" / done["key"])
+    if (sweep / "runs" / done["key"] / "checkpoint.pt").exists():
+        text += "\n" + artifact_parts(sweep / "runs" / done["key"])
     in_epochs = sum(r["in_epochs"] for r in rows)
     return text, {"wall": wall, "slot_share_in_epochs": in_epochs / (wall * slots) if wall else None,
                   "cpu": sum((cpu or {}).values()), "in_epochs": in_epochs, "trials": len(rows)}
