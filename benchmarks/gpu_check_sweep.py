@@ -118,8 +118,9 @@ def section_wrn_resident(ctx, res) -> None:
                 text = (run / "config.yaml").read_text()
                 res.check(f"{method}_resident", "#     resident: true" in text,
                           "the run's config.yaml records data.resident: true (the set was kept on the device)")
-                res.check(f"{method}_steps", [e["step"] for e in epochs] == [steps * (k + 1) for k in range(len(epochs))],
-                          f"{steps} steps an epoch ({r['images']:,} images, batch {r['batch']}, last partial batch dropped)")
+                counted = [e["step"] for e in epochs] == [steps * (k + 1) for k in range(len(epochs))]
+                res.check(f"{method}_steps", counted, f"{steps} steps an epoch ({r['images']:,} images, batch "
+                                                      f"{r['batch']}, the last partial batch dropped)")
             for e in epochs[1:]:  # the first epoch holds cuDNN's autotuning and the allocator's warm-up
                 times[method].append(steps * r["batch"] / e["samples_per_s"])
                 with_eval[method].append(e["epoch_time"])
@@ -130,7 +131,8 @@ def section_wrn_resident(ctx, res) -> None:
         what = "dense" if method == "dense" else (f"DSR at sparsity {SPARSITY} (masks after every step, a "
                                                   f"reallocation every {max(1, round(10_000 / r['batch']))} steps)")
         res.metric(f"wrn_resident_{method}_epoch_s", statistics.median(times[method]),
-                   f"{what}: the training steps of one epoch, median of {len(times[method])} epochs after the first; {setting}")
+                   f"{what}: the training steps of one epoch, median of {len(times[method])} epochs after the "
+                   f"first; {setting}")
         res.metric(f"wrn_resident_{method}_epoch_with_eval_s", statistics.median(with_eval[method]),
                    f"the same epochs with the test pass ({r['test_images']:,} images) and the epoch's bookkeeping")
         res.metric(f"wrn_resident_{method}_img_s", steps * r["batch"] / statistics.median(times[method]),
@@ -191,7 +193,8 @@ def _launch(ctx, p: dict, spec: ModelSpec, folder: Path) -> list[subprocess.Pope
     for i in range(p["trials"]):
         a = {"i": i, "device": str(ctx.device), "fraction": 1.0 / p["trials"], "spec": asdict(spec),
              "warmup": p["warmup"], "window_s": p["window_s"], "folder": str(folder), "wait_s": ctx.left()}
-        code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import gpu_check_sweep as g; g.packed_worker(sys.argv[1])"
+        code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import gpu_check_sweep as g; "
+                "g.packed_worker(sys.argv[1])")
         procs.append(subprocess.Popen([sys.executable, "-c", code, json.dumps(a)], cwd=ROOT))
     return procs
 
@@ -234,8 +237,10 @@ def section_wrn_packed(ctx, res) -> None:
     single, total = rate(solo), sum(rate(d["all"]) for d in done)
     setting = (f"WRN-{spec.kw['depth']}-{spec.kw['width']:g}, batch {spec.batch}, bf16 autocast, channels_last, "
                f"batches on the device, {ctx.device.type}; each process capped at 1/{k} of the GPU's memory")
-    res.metric("packed_single_img_s", single, f"1 trial alone, {solo['steps']} steps in {solo['elapsed']:.1f} s; {setting}")
-    res.metric("packed_total_img_s", total, f"{k} trials at once, summed over their processes ({p['window_s']:g} s windows)")
+    res.metric("packed_single_img_s", single,
+               f"1 trial alone, {solo['steps']} steps in {solo['elapsed']:.1f} s; {setting}")
+    res.metric("packed_total_img_s", total,
+               f"{k} trials at once, summed over their processes ({p['window_s']:g} s windows)")
     res.metric("packed_over_single", total / single, f"{k} packed trials / 1 alone, images/s (goal on an H100: >= 2.5)")
     windows = [d["all"] for d in done]
     overlap = min(w["end"] for w in windows) - max(w["start"] for w in windows)
