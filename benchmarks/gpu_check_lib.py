@@ -68,8 +68,8 @@ FULL = Sizes(
              val_fraction=0.125),  # 672 training images = 21 batches: 252 steps
     e2e_compile=dict(model="wrn", kw={"depth": 10, "width": 1.0}, image=64, batch=32, epochs=2, workers=4,
                      period=10, val_fraction=0.125, backend="inductor"),  # 42 steps
-    resident=dict(depth=28, width=2.0, images=50_000, test_images=1_000, batch=128, epochs=3, rounds=1,
-                  run_estimate_s=15),  # 390 steps an epoch; the first epoch of each run is not timed
+    resident=dict(depth=28, width=2.0, images=50_000, test_images=1_000, batch=128, epochs=2, rounds=1,
+                  run_estimate_s=15),  # 390 steps an epoch; the dense run's first epoch is not timed
     packed=dict(kw={"depth": 28, "width": 2.0}, batch=128, trials=4, warmup=10, window_s=5.0),
 )
 QUICK = Sizes(
