@@ -274,25 +274,50 @@ def class_tree(cfg, r: dict):
     return (*sets, len(classes), r["channels"])
 
 
+class DecodedFiles(Dataset):
+    """Files through :func:`decode_u8`: (uint8 image, "") or, for one that cannot be
+    decoded, (zeros, the error line), so a loader process never dies on a file."""
+
+    def __init__(self, samples, spec: ImageSpec):
+        self.samples, self.spec = list(samples), spec
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        try:
+            return decode_u8(self.samples[i][0], self.spec), ""
+        except DataError as exc:
+            return torch.zeros(self.spec.channels, self.spec.size, self.spec.size, dtype=torch.uint8), str(exc)
+
+
 def tree_arrays(cfg, r: dict):
-    """The splits of :func:`class_tree` decoded once into uint8 tensors (data.resident).
-    An undecodable file raises :class:`DataError`, or with data.skip_bad_images
-    keeps its place with the label -1: the resident loaders drop it from its
-    batches and count it, as the loaders do with such a file."""
+    """The splits of :func:`class_tree` decoded once into uint8 tensors (data.resident), by
+    ``r["workers"]`` loader processes (0: here). An undecodable file raises
+    :class:`DataError`, or with data.skip_bad_images keeps its place with the label -1:
+    the resident loaders drop it from its batches and count it, as the loaders do."""
+    from torch.utils.data import DataLoader
+
     train, val, test, classes, channels = class_tree(cfg, {**r, "decode": "cpu"})
     spec = specs(r)[1]
     out, bad = [], []
     for part in (train, val, test):
-        x = torch.zeros(len(part.samples), spec.channels, spec.size, spec.size, dtype=torch.uint8)
+        images, errors = [], []
+        # a generator of its own: this runs while the run's weights are being seeded, and a draw from
+        # the global one (a loader's base seed) would make them depend on whether the set was cached
+        decoding = DataLoader(DecodedFiles(part.samples, spec), batch_size=256, num_workers=r.get("workers", 0),
+                              generator=torch.Generator())
+        for x, err in decoding:
+            images.append(x)
+            errors += err
         y = torch.tensor([label for _, label in part.samples], dtype=torch.long)
-        for k, (path, _) in enumerate(part.samples):
-            try:
-                x[k] = decode_u8(path, spec)
-            except DataError as exc:
-                if not r["skip_bad_images"]:
-                    raise
+        for k, err in enumerate(errors):
+            if err and not r["skip_bad_images"]:
+                raise DataError(err)
+            if err:
                 y[k] = -1
-                bad.append(str(exc))
+                bad.append(err)
+        x = torch.cat(images) if images else torch.zeros(0, spec.channels, spec.size, spec.size, dtype=torch.uint8)
         out.append((x, y))
     if bad:
         log.warning("%d undecodable image(s), dropped from their batches (data.skip_bad_images), first %s",

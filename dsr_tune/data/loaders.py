@@ -134,7 +134,7 @@ def build_data(cfg, seed: int = 0, rank: int = 0, world_size: int = 1,
         from .resident import loaders
 
         train, val, test, classes, channels, sampler = loaders(cfg, r, torch.device(device or "cpu"), seed, rank,
-                                                                world_size)
+                                                                world_size, auto_workers(cfg))
         _log_sizes(cfg, r, rank, len(train.y), len(val.y) if val else 0, len(test.y))
         return DataBundle(train, test, classes, channels, sampler, val=val, resolved=r,
                           skip_bad_images=r["skip_bad_images"], world_size=world_size, rank=rank)

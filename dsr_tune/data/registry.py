@@ -53,7 +53,8 @@ class DataSet:
     arrays(cfg, r): for ``data.resident``: ``((x, y) train, (x, y) validation,
         (x, y) test, classes, channels)`` as CPU tensors, the splits of ``load``
         in its order; x uint8 ``N x C x size x size`` (normalised and augmented
-        on the device) or float32 (used as is, no augmentation). None: never resident.
+        on the device) or float32 (used as is, no augmentation); files are decoded
+        by ``r["workers"]`` loader processes. None: never resident.
     decoded_bytes(cfg, r): what ``arrays`` would take, known without decoding
         (``r``: image_size and channels).
     """

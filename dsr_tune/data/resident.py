@@ -170,16 +170,17 @@ def _key(cfg, r: dict) -> tuple:
     return key
 
 
-def arrays(cfg, r: dict) -> tuple:
+def arrays(cfg, r: dict, workers: int = 0) -> tuple:
     """The data set's decoded splits (CPU tensors, see the registry's ``arrays``),
-    decoded once per process (tensors made in memory are cheap to make again)."""
+    decoded once per process, by ``workers`` loader processes (tensors made in memory
+    are cheap to make again)."""
     data = registry.get(cfg.name)
     if data.in_memory:
         return data.arrays(cfg, r)
     key = _key(cfg, r)
     if key not in _cache:
         t0 = time.perf_counter()
-        found = data.arrays(cfg, r)
+        found = data.arrays(cfg, {**r, "workers": workers})
         _cache.clear()
         _cache[key] = found
         log.debug("data %s decoded for data.resident in %.1f s", cfg.name, time.perf_counter() - t0)
@@ -197,11 +198,11 @@ def device_cap(device: torch.device | str) -> float:
     return cap
 
 
-def loaders(cfg, r: dict, device: torch.device, seed: int, rank: int, world_size: int):
+def loaders(cfg, r: dict, device: torch.device, seed: int, rank: int, world_size: int, workers: int = 0):
     """``(train, validation or None, test, classes, channels, train sampler or None)``
-    of the resident path, on ``device``."""
+    of the resident path, on ``device``; files are decoded by ``workers`` processes."""
     t0 = time.perf_counter()
-    (xt, yt), (xv, yv), (xs, ys), classes, channels = arrays(cfg, r)
+    (xt, yt), (xv, yv), (xs, ys), classes, channels = arrays(cfg, r, workers)
     norm = dict(mean=r["mean"], std=r["std"]) if xt.dtype == torch.uint8 else {}
     aug = dict(pad=r["crop_padding"], flip=r["hflip"]) if xt.dtype == torch.uint8 else {}
     per_rank = cfg.batch_size // world_size
