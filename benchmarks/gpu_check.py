@@ -19,6 +19,10 @@ Sections, in this order (the most wanted figures first; ``--sections a,b`` picks
                       DSR) and a short second run with train.compile=true and data.decode=gpu; both
                       checkpoints checked on the device; the same checks in-process after 7 steps
     tests             pytest -m cuda tests/test_cuda.py as a subprocess: passed / failed / skipped
+    wrn_resident      the package's trainer on 50,000 generated CIFAR-shaped images kept on the device
+                      (data.resident): WRN-28-2 epoch time at batch 128, bf16, dense vs DSR at 0.9
+    wrn_packed        4 WRN-28-2 trials packed on the GPU (one process each, memory capped at 1/4)
+                      against 1 alone: total images/s (search.trials_per_gpu)
     wrn_compile       wrn under torch.compile
 
 Each section runs in its own child process (its own CUDA context), so a segfault or a sticky
@@ -72,18 +76,21 @@ for _p in (str(ROOT), str(HERE)):  # runs from a plain checkout (the GPU machine
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-# name: ("module:function", share of the budget), in run order; at 480 s: 48, 144, 24, 24, 48, 106, 53, 34 s
+# name: ("module:function", share of the budget), in run order; at 480 s: 43, 130, 24, 19, 38, 91, 43, 34, 34, 24 s
 SECTIONS = {
-    "resnet50": ("gpu_check_models:section_resnet50", 0.10),
-    "resnet50_compile": ("gpu_check_models:section_resnet50_compile", 0.30),
+    "resnet50": ("gpu_check_models:section_resnet50", 0.09),
+    "resnet50_compile": ("gpu_check_models:section_resnet50_compile", 0.27),
     "wrn": ("gpu_check_models:section_wrn", 0.05),
-    "masks": ("gpu_check_models:section_masks", 0.05),
-    "data": ("gpu_check_data:section_data", 0.10),
-    "train": ("gpu_check_train:section_train", 0.22),
-    "tests": ("gpu_check_train:section_tests", 0.11),
-    "wrn_compile": ("gpu_check_models:section_wrn_compile", 0.07),
+    "masks": ("gpu_check_models:section_masks", 0.04),
+    "data": ("gpu_check_data:section_data", 0.08),
+    "train": ("gpu_check_train:section_train", 0.19),
+    "tests": ("gpu_check_train:section_tests", 0.09),
+    "wrn_resident": ("gpu_check_sweep:section_wrn_resident", 0.07),
+    "wrn_packed": ("gpu_check_sweep:section_wrn_packed", 0.07),
+    "wrn_compile": ("gpu_check_models:section_wrn_compile", 0.05),
 }
-NEEDS_PYDANTIC = ("data", "train", "tests")  # they load dsr_tune.config; the others only models and masks
+# they load dsr_tune.config; the others only models and masks
+NEEDS_PYDANTIC = ("data", "train", "tests", "wrn_resident")
 BUDGET_S, QUICK_BUDGET_S = 480.0, 1200.0
 MIN_SECTION_S = 5.0   # a section that would get less is skipped
 KILL_GRACE_S = 3.0    # SIGTERM at a child's limit, SIGKILL this much later

@@ -53,6 +53,8 @@ class Sizes:
     compile_backend: str        # torch.compile's backend: inductor on the GPU; aot_eager (no C++ codegen) in --quick
     e2e: dict                   # the `dsr-tune train` run: 768 JPEGs, 1/8 held out -> 21 batches of 32 per epoch
     e2e_compile: dict           # the second, short run: train.compile=true and data.decode=gpu
+    resident: dict              # wrn_resident: the trainer on CIFAR-shaped data kept on the device
+    packed: dict                # wrn_packed: trials packed on one GPU, each capped at 1/trials of its memory
 
 
 FULL = Sizes(
@@ -66,6 +68,9 @@ FULL = Sizes(
              val_fraction=0.125),  # 672 training images = 21 batches: 252 steps
     e2e_compile=dict(model="wrn", kw={"depth": 10, "width": 1.0}, image=64, batch=32, epochs=2, workers=4,
                      period=10, val_fraction=0.125, backend="inductor"),  # 42 steps
+    resident=dict(depth=28, width=2.0, images=50_000, test_images=1_000, batch=128, epochs=2, rounds=1,
+                  run_estimate_s=15),  # 390 steps an epoch; the dense run's first epoch is not timed
+    packed=dict(kw={"depth": 28, "width": 2.0}, batch=128, trials=4, warmup=10, window_s=5.0),
 )
 QUICK = Sizes(
     resnet50=ModelSpec(**R50, kw={"width": 0.25}, batch=8, image=64),
@@ -80,6 +85,8 @@ QUICK = Sizes(
              val_fraction=0.125),  # 56 training images = 7 batches: 28 steps
     e2e_compile=dict(model="wrn", kw={"depth": 10, "width": 0.5}, image=32, batch=8, epochs=2, workers=1,
                      period=4, val_fraction=0.125, backend="aot_eager"),  # 14 steps
+    resident=dict(depth=10, width=1.0, images=256, test_images=64, batch=16, epochs=2, rounds=1, run_estimate_s=20),
+    packed=dict(kw={"depth": 10, "width": 1.0}, batch=16, trials=4, warmup=2, window_s=3.0),
 )
 
 

@@ -41,6 +41,7 @@ TRAIN_KEYS = {
     "data.loader_workers": "{workers}",
     "data.val_fraction": "{val_fraction}",  # set here: the step count below depends on it
     "data.decode": "{decode}",
+    "data.resident": "false",  # the loader processes and data.decode are what this section checks
     "optim.lr": 0.1,
     "optim.milestones": "[]",
     "optim.decay_norm_and_bias": "true",  # one parameter group: the momentum check maps state by index

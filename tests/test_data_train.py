@@ -12,14 +12,15 @@ TINY = ["model.name=small_cnn", "model.width=0.25", "sparsity.method=dense", "tr
         "data.batch_size=4", "data.eval_batch_size=8", "data.loader_workers=0", "optim.lr=0.01"]
 
 
-@pytest.mark.parametrize("decode", ["cpu", "gpu"])
-def test_folder_run_records_val_and_bad_images(tmp_path, decode):
+@pytest.mark.parametrize("decode,resident", [("cpu", False), ("gpu", False), ("cpu", True)])
+def test_folder_run_records_val_and_bad_images(tmp_path, decode, resident):
     root = write_tree(tmp_path / "data", classes=2, per_class=10, size=(20, 20), channels=1)
     victim = sorted((root / "train" / "class0").iterdir())[3]
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) * 4 // 5])  # passes the pre-check, fails to decode
     cfg = C.load(None, TINY + ["data.name=folder", f"data.root={root}", "data.image_size=12",
-                               "data.val_fraction=0.2", "data.skip_bad_images=true", f"data.decode={decode}"])
+                               "data.val_fraction=0.2", "data.skip_bad_images=true", f"data.decode={decode}",
+                               f"data.resident={str(resident).lower()}"])
     last = train(cfg, tmp_path / "run")
     epochs = [r for r in read_records(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "epoch"]
     assert len(epochs) == 2
@@ -31,6 +32,7 @@ def test_folder_run_records_val_and_bad_images(tmp_path, decode):
     assert last["test_acc"] == epochs[-1]["test_acc"]
     text = (tmp_path / "run" / "config.yaml").read_text()
     assert "#     channels: 1" in text and "#     val_fraction: 0.2" in text
+    assert f"#     resident: {str(resident).lower()}" in text
     assert C.load(tmp_path / "run" / "config.yaml").flat() == cfg.flat()  # the keys stay as given
 
 

@@ -227,6 +227,35 @@ def test_the_train_keys_are_config_keys_and_the_step_counts_are_the_loaders(tmp_
         assert len(build_data(cfg.data).train) * e["epochs"] == steps, how
 
 
+def test_the_resident_keys_are_config_keys_and_the_epoch_is_390_steps(tmp_path, monkeypatch):
+    """wrn_resident's runs validate against the config, keep the data on the device, and an
+    epoch of its generated CIFAR-shaped set is the step count its docs give."""
+    import gpu_check_sweep as gsweep
+    from torchvision.datasets import cifar
+
+    from dsr_tune.data import build_data
+
+    monkeypatch.setattr(cifar.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(cifar, "check_integrity", lambda *a, **k: True)
+    for sizes in (lib.FULL, lib.QUICK):
+        r = sizes.resident
+        for method in ("dense", "dsr"):
+            cfg = C.load(ROOT / gsweep.RESIDENT_CONFIG, gsweep.resident_overrides(r, "cpu", tmp_path, method, 1234))
+            flat = cfg.flat()
+            assert flat["data.resident"] is True and flat["data.val_fraction"] == 0 and flat["data.name"] == "cifar10"
+            assert flat["sparsity.method"] == method and flat["train.precision"] == "bf16"
+            assert (flat["model.depth"], flat["model.width"], flat["data.batch_size"]) == (r["depth"], r["width"],
+                                                                                            r["batch"])
+            assert set(gsweep.RESIDENT_KEYS) <= set(flat)
+    assert lib.FULL.resident["images"] // lib.FULL.resident["batch"] == 390
+    r = dict(lib.QUICK.resident)
+    root = gsweep.write_cifar(tmp_path / "cifar", r["images"], r["test_images"])
+    cfg = C.load(ROOT / gsweep.RESIDENT_CONFIG, gsweep.resident_overrides(r, "cpu", root, "dsr", 1234))
+    bundle = build_data(cfg.data, device="cpu")
+    assert bundle.resolved["resident"] and len(bundle.train) == r["images"] // r["batch"]
+    assert len(bundle.test.y) == r["test_images"] and bundle.val is None
+
+
 def test_report_headline_and_compiled_over_eager(tmp_path):
     report = gc.Report(tmp_path, {}, start=time.monotonic())
     eager, comp = gc.Result("resnet50"), gc.Result("resnet50_compile")

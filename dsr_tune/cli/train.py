@@ -188,8 +188,10 @@ def _resume_argv(args, out: Path) -> list[str]:
 
 
 def cmd_keys(args) -> int:
+    from ..sweep.spec import Search  # a space file's own section: the search, its budget, how trials are packed
+
     try:
-        print(C.describe(args.section))
+        print(C.describe(args.section, more={"search": Search}))
     except C.ConfigError as exc:
         return fail(str(exc))
     return 0
@@ -220,5 +222,6 @@ def add_parsers(sub) -> None:
     k = sub.add_parser("keys", help="list every config key with its default and meaning", description=(
         "Print every config key (or one section's) with its default and what it means; method-specific "
         "keys are nested under the method, e.g. sparsity.dsr.delta."))
-    k.add_argument("section", nargs="?", help="only this section (model, data, optim, sparsity, train)")
+    k.add_argument("section", nargs="?", help="only this section (model, data, optim, sparsity, train; search: a "
+                   "space file's)")
     k.set_defaults(func=cmd_keys)

@@ -287,12 +287,14 @@ def dump(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def describe(section: str | None = None) -> str:
-    """Every key (or one section's) with its default and doc line (``dsr-tune keys``)."""
-    if section is not None and section not in SECTIONS:
-        raise ConfigError(section, f"unknown section; allowed: {', '.join(SECTIONS)}")
+def describe(section: str | None = None, more: dict | None = None) -> str:
+    """Every key (or one section's) with its default and doc line (``dsr-tune keys``);
+    ``more``: sections of other files to list after the config's (a space file's ``search``)."""
+    sections = {**SECTIONS, **(more or {})}
+    if section is not None and section not in sections:
+        raise ConfigError(section, f"unknown section; allowed: {', '.join(sections)}")
     lines = []
-    for name, cls in SECTIONS.items():
+    for name, cls in sections.items():
         if section not in (None, name):
             continue
         lines.append(f"{name}:")

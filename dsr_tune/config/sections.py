@@ -7,7 +7,7 @@ data-set and method registries: what is registered there is a choice here.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, create_model, model_validator
 
@@ -62,6 +62,10 @@ def _patterns(v) -> str | None:
 
 def _depth(v) -> str | None:
     return None if v >= 10 and (v - 4) % 6 == 0 else "must be 6n+4 and >= 10 (e.g. 16, 22, 28, 40)"
+
+
+def _auto_or_bool(v) -> str | None:
+    return None if isinstance(v, bool) or v == "auto" else "must be auto, true or false"
 
 
 def _device(v) -> str | None:
@@ -137,6 +141,13 @@ class DataConfig(Section):
                                         "device (gpu)")
     skip_bad_images: bool = opt(False, _for("skip_bad_images") + "drop images that fail to decode from their batch, "
                                 "counted as bad_images per epoch (false: stop with an error naming the file)")
+    resident: Annotated[Any, checked(_auto_or_bool)] = opt(  # Any: one message for 1, 'maybe', [1]
+        "auto", "keep the decoded data set on the training device and take batches by index (crop, flip and "
+        "normalisation applied there, in batch; the same order and augmentation distribution as the loaders): "
+        "true, false, or auto: on when it fits, i.e. at most " + f"{data_sets.RESIDENT_CAP_MIB} MiB decoded and, "
+        f"on a GPU, at most {data_sets.RESIDENT_DEVICE_SHARE:.0%} of the memory this process may use; never for "
+        + ", ".join(data_sets.names(arrays=None)) + " nor random-resized crops (true is refused there and "
+        "over the cap)")
 
 
 class OptimConfig(Section):

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from ..schema import ConfigError
 from . import registry
-from .files import IMG_EXTENSIONS, first_images, infer_channels, is_image, scan_split, tree_key, verify_images
+from .files import (IMG_EXTENSIONS, class_mismatch, first_images, infer_channels, is_image, scan_split, tree_key,
+                    verify_images)
 
 log = logging.getLogger("dsr_tune")
 
@@ -58,6 +59,12 @@ def check_keys(cfg) -> None:
     if data.channels and cfg.channels not in (0, data.channels):
         raise _error("data.channels", f"{cfg.channels}: {cfg.name!r} has {data.channels} channel(s); leave it 0")
     _check_normalisation(cfg, data)
+    if cfg.resident is True:
+        from .choices import resident_refusal
+
+        refusal = resident_refusal(cfg)
+        if refusal:
+            raise _error("data.resident", f"true: {refusal}; use auto or false")
     rrc = data.random_resized_crop if cfg.random_resized_crop is None else cfg.random_resized_crop
     if rrc and cfg.crop_padding:
         by_default = " and ".join(registry.names(random_resized_crop=True))
@@ -91,6 +98,20 @@ def check_files(cfg) -> None:
     data = registry.get(cfg.name)
     if data.check_files is not None and cfg.root:
         data.check_files(cfg, Path(cfg.root).expanduser(), f" on {socket.gethostname()}")
+    if cfg.resident is True and data.arrays is not None:
+        _check_resident_size(cfg)
+
+
+def _check_resident_size(cfg) -> None:
+    """data.resident=true on a set over the fixed cap (a GPU's share is checked where it is known)."""
+    from .choices import decoded_bytes
+
+    size = decoded_bytes(cfg)
+    if size > registry.RESIDENT_CAP_MIB * 2**20:
+        where = f" under {cfg.root}" if cfg.root else ""
+        raise _error("data.resident", f"true: {cfg.name}{where} takes {registry.mib(size)} decoded, over the cap "
+                                      f"of {registry.RESIDENT_CAP_MIB:,} MiB; use auto (batches loaded from the "
+                                      "files) or false")
 
 
 def check_tree_files(cfg, root: Path, where: str) -> None:
@@ -127,18 +148,6 @@ def check_cifar_files(cfg, root: Path, where: str) -> None:
     if missing:
         raise _error("data.root", f"{str(batches)!r} lacks {', '.join(missing)}{where}; expected torchvision's "
                                   f"CIFAR-10 python layout ({', '.join(CIFAR_FILES)}) or data.download=true")
-
-
-def class_mismatch(train: list[str], val: list[str]) -> str | None:
-    """What differs between train/'s and val/'s class folders, or None."""
-    if list(train) == list(val):
-        return None
-    only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
-
-    def few(names):
-        return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
-    return (f"train/ and val/ have different class folders: only in train/: {few(only_train) or '-'}; "
-            f"only in val/: {few(only_val) or '-'}")
 
 
 @functools.lru_cache(maxsize=16)

@@ -10,21 +10,24 @@ std, computed from up to 2,000 training images) is cached per process.
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..schema import ConfigError
 from . import registry
 from .files import DataError, first_images, infer_channels, scan_split, split_indices, tree_key, val_count
 
 STATS_SEED, STATS_IMAGES = 0, 2000  # the sample a folder's mean and std come from
 
 
-def resolve(cfg) -> dict:
+def resolve(cfg, device=None) -> dict:
     """The concrete data choices of a DataConfig: name, image_size, channels,
     mean, std (lists, one value per channel), hflip, crop_padding,
-    random_resized_crop, val_fraction, decode, skip_bad_images.
+    random_resized_crop, val_fraction, decode, skip_bad_images, and resident
+    (on the training ``device``: see :func:`resident_choice`).
 
     Invariants: len(mean) == len(std) == channels; a key the user set is
     kept as set; the same config and files give the same dict.
@@ -44,6 +47,7 @@ def resolve(cfg) -> dict:
         r["mean"], r["std"] = [0.0] * r["channels"], [1.0] * r["channels"]
     else:
         r["mean"], r["std"] = data.normalisation(cfg, r)
+    r["resident"] = resident_choice(cfg, device)[0]
     return r
 
 
@@ -89,6 +93,47 @@ def _channels(cfg, data: registry.DataSet) -> int:
         return cfg.channels
     # a few headers spread over the classes: grey files stay grey
     return infer_channels(first_images(Path(cfg.root).expanduser() / "train"))
+
+
+def resident_refusal(cfg) -> str | None:
+    """Why ``data.resident`` cannot hold this data set (None: it can, size permitting)."""
+    data = registry.get(cfg.name)
+    if data.arrays is None:
+        return f"{cfg.name!r} is never resident (its images are decoded for every epoch's crops)"
+    rrc = data.random_resized_crop if cfg.random_resized_crop is None else cfg.random_resized_crop
+    if rrc:
+        return "random-resized crops are cut from each original image, which resident data does not keep"
+    return None
+
+
+def decoded_bytes(cfg) -> int:
+    """What the data set takes when resident (every split, decoded), from the
+    listing and the image size alone: nothing is decoded."""
+    data = registry.get(cfg.name)
+    return data.decoded_bytes(cfg, {"image_size": image_size(cfg), "channels": _channels(cfg, data)})
+
+
+def resident_choice(cfg, device=None) -> tuple[bool, str | None]:
+    """``data.resident`` made concrete for the training ``device`` (None: not
+    known here, so auto means no and true the CPU), and why auto said no to a
+    set that could be resident. True over the cap raises ConfigError (true
+    where it can never be was refused by the data checks)."""
+    if cfg.resident is False or (cfg.resident == "auto" and device is None) or resident_refusal(cfg):
+        return False, None
+    device = str(device or "cpu")
+    cap = registry.RESIDENT_CAP_MIB * 2**20
+    if device.startswith("cuda"):
+        from .resident import device_cap  # torch
+
+        cap = device_cap(device)
+    size = decoded_bytes(cfg)
+    if size <= cap:
+        return True, None
+    if cfg.resident is True:
+        raise ConfigError("data.resident", f"true: {cfg.name} takes {registry.mib(size)} decoded, over the "
+                                           f"{registry.mib(cap)} it may take on {device}; use auto or false")
+    return False, (f"data.resident=auto: {cfg.name} takes {registry.mib(size)} decoded, over the "
+                   f"{registry.mib(cap)} it may take on {device}: batches are loaded from the files")
 
 
 def tree_stats(cfg, r: dict) -> tuple[list[float], list[float]]:
@@ -142,6 +187,9 @@ def clear_caches() -> None:
 
     _folder_stats.cache_clear()
     files._scan.cache_clear()
+    resident = sys.modules.get(f"{__package__}.resident")  # not imported (torch): nothing decoded
+    if resident is not None:
+        resident._cache.clear()
 
 
 def resolved_comment(resolved: dict) -> str:

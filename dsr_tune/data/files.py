@@ -44,6 +44,18 @@ def _class_files(folder: str) -> list[str]:
     return out
 
 
+def class_mismatch(train: list[str], val: list[str]) -> str | None:
+    """What differs between train/'s and val/'s class folders, or None."""
+    if list(train) == list(val):
+        return None
+    only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
+
+    def few(names):
+        return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+    return (f"train/ and val/ have different class folders: only in train/: {few(only_train) or '-'}; "
+            f"only in val/: {few(only_val) or '-'}")
+
+
 def tree_key(split_dir: str | Path, classes: list[str] | None = None) -> tuple:
     """A cache key of a split's listing: the class folders and their mtimes,
     which change when a file is added to or removed from a class folder, so

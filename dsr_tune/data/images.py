@@ -16,13 +16,16 @@ same numbers from the same random state, so a seed gives the same crops.
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-from .files import PIL_ERRORS, to_mode
+from .files import PIL_ERRORS, DataError, to_mode
+
+log = logging.getLogger("dsr_tune.data")
 
 # torchvision is imported inside the functions: it costs ~1 s, and the
 # in-memory data sets (digits, synthetic) never need it
@@ -199,6 +202,43 @@ def cifar10(root: str, download: bool, r: dict):
     return Mapped(base, train_idx, train_tf), Mapped(base, val_idx, test_tf), test
 
 
+def cifar10_arrays(root: str, download: bool, r: dict):
+    """The uint8 images of :func:`cifar10`'s splits, ``N x 3 x 32 x 32``, for data.resident."""
+    from torchvision import datasets
+
+    from .files import split_indices
+
+    root = str(Path(root).expanduser())
+    base = datasets.CIFAR10(root, train=True, download=download)
+    test = datasets.CIFAR10(root, train=False, download=download)
+    x, y = _nchw(base.data), torch.tensor(base.targets, dtype=torch.long)
+    train_idx, val_idx = split_indices(len(x), r["val_fraction"])
+    return ((x[train_idx], y[train_idx]), (x[val_idx], y[val_idx]),
+            (_nchw(test.data), torch.tensor(test.targets, dtype=torch.long)), 10, 3)
+
+
+def _nchw(images) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def decode_u8(path: str, spec: ImageSpec) -> torch.Tensor:
+    """One file through ``spec``'s test-time geometry (the square resize both
+    splits start from without random-resized crops), as a uint8 ``C x H x W``
+    tensor: the pixels :func:`apply_pil` pads, crops and flips."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import functional as F
+
+    try:
+        with Image.open(path) as img:
+            top, left, h, w, rh, rw = spec.draw(img)[:6]
+            img = to_mode(img, spec.channels)
+    except PIL_ERRORS as exc:
+        raise DataError(f"{path}: cannot decode the image ({exc})") from None
+    a = np.array(F.resized_crop(img, top, left, h, w, [rh, rw], antialias=True))  # a writable copy
+    return torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1)).contiguous()
+
+
 def specs(r: dict) -> tuple[ImageSpec, ImageSpec]:
     """(training spec, test-time spec) of a folder tree from resolved choices."""
     common = dict(size=r["image_size"], channels=r["channels"], mean=tuple(r["mean"]), std=tuple(r["std"]),
@@ -221,8 +261,7 @@ def class_tree(cfg, r: dict):
     """(train, val, test, classes, channels) of ``data.root``'s ``train/`` and
     ``val/`` class folders: val/ is the test set, validation a slice of train/."""
     from ..schema import ConfigError
-    from .checks import class_mismatch
-    from .files import class_folders, scan_split, split_indices
+    from .files import class_folders, class_mismatch, scan_split, split_indices
 
     root = Path(cfg.root).expanduser()
     classes, samples = scan_split(root / "train")
@@ -233,3 +272,54 @@ def class_tree(cfg, r: dict):
     train_idx, val_idx = split_indices(len(samples), r["val_fraction"])
     sets = image_folder(r, [samples[i] for i in train_idx], [samples[i] for i in val_idx], test_samples)
     return (*sets, len(classes), r["channels"])
+
+
+class DecodedFiles(Dataset):
+    """Files through :func:`decode_u8`: (uint8 image, "") or, for one that cannot be
+    decoded, (zeros, the error line), so a loader process never dies on a file."""
+
+    def __init__(self, samples, spec: ImageSpec):
+        self.samples, self.spec = list(samples), spec
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        try:
+            return decode_u8(self.samples[i][0], self.spec), ""
+        except DataError as exc:
+            return torch.zeros(self.spec.channels, self.spec.size, self.spec.size, dtype=torch.uint8), str(exc)
+
+
+def tree_arrays(cfg, r: dict):
+    """The splits of :func:`class_tree` decoded once into uint8 tensors (data.resident), by
+    ``r["workers"]`` loader processes (0: here). An undecodable file raises
+    :class:`DataError`, or with data.skip_bad_images keeps its place with the label -1:
+    the resident loaders drop it from its batches and count it, as the loaders do."""
+    from torch.utils.data import DataLoader
+
+    train, val, test, classes, channels = class_tree(cfg, {**r, "decode": "cpu"})
+    spec = specs(r)[1]
+    out, bad = [], []
+    for part in (train, val, test):
+        images, errors = [], []
+        # a generator of its own: this runs while the run's weights are being seeded, and a draw from
+        # the global one (a loader's base seed) would make them depend on whether the set was cached
+        decoding = DataLoader(DecodedFiles(part.samples, spec), batch_size=256, num_workers=r.get("workers", 0),
+                              generator=torch.Generator())
+        for x, err in decoding:
+            images.append(x)
+            errors += err
+        y = torch.tensor([label for _, label in part.samples], dtype=torch.long)
+        for k, err in enumerate(errors):
+            if err and not r["skip_bad_images"]:
+                raise DataError(err)
+            if err:
+                y[k] = -1
+                bad.append(err)
+        x = torch.cat(images) if images else torch.zeros(0, spec.channels, spec.size, spec.size, dtype=torch.uint8)
+        out.append((x, y))
+    if bad:
+        log.warning("%d undecodable image(s), dropped from their batches (data.skip_bad_images), first %s",
+                    len(bad), bad[0])
+    return (*out, classes, channels)

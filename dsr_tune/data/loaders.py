@@ -11,9 +11,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from . import registry
-from .choices import resolve
+from .choices import resident_choice, resolve
 from .files import DataError
 from .images import ImageSpec, specs
+from .resident import ResidentLoader, order_seed
 
 log = logging.getLogger("dsr_tune.data")
 
@@ -24,28 +25,33 @@ class DataBundle:
 
     Batches are turned into ``(x, y)`` on the device by :meth:`to_device`,
     whatever the loader yields (tensors; decoded images with per-file errors;
-    encoded files to decode on the device). ``val`` is None without a
-    validation split. ``resolved`` holds every data choice as used.
+    encoded files to decode on the device; a resident set's batches, there
+    already). ``val`` is None without a validation split. ``resolved`` holds
+    every data choice as used.
     """
-    train: DataLoader
-    test: DataLoader
+    train: DataLoader | ResidentLoader
+    test: DataLoader | ResidentLoader
     num_classes: int
     in_channels: int
     train_sampler: DistributedSampler | None = None
-    val: DataLoader | None = None
+    val: DataLoader | ResidentLoader | None = None
     resolved: dict = field(default_factory=dict)
     device_spec: ImageSpec | None = None  # decode=gpu: size, channels, mean, std of the device recipe
     skip_bad_images: bool = False
     world_size: int = 1
     bad_images: int = 0  # files dropped in this process since the last pop_bad_images()
+    rank: int = 0
 
     def set_epoch(self, epoch: int, seed: int) -> None:
-        """Make the epoch's shuffle a function of (seed, epoch) alone, so a
-        resumed run sees the same order as an uninterrupted one."""
+        """Make the epoch's shuffle (and a resident set's crops and flips) a
+        function of (seed, epoch, rank) alone, so a resumed run sees the same
+        order as an uninterrupted one."""
         if self.train_sampler is not None:
             self.train_sampler.set_epoch(epoch)
         elif self.train.generator is not None:
-            self.train.generator.manual_seed(seed * 100_003 + epoch)
+            self.train.generator.manual_seed(order_seed(seed, epoch))
+        if isinstance(self.train, ResidentLoader):
+            self.train.reseed(epoch, seed, self.rank)
 
     def to_device(self, batch, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch from any of the loaders as ``(x, y)`` on ``device``.
@@ -76,7 +82,9 @@ class DataBundle:
     def pop_bad_images(self, device: torch.device | str = "cpu") -> int:
         """Files dropped since the last call, summed over DDP ranks; resets
         the count. A collective under DDP: call it on every rank."""
-        n = torch.tensor([self.bad_images], dtype=torch.int64, device=device)
+        resident = [lo for lo in (self.train, self.val, self.test) if isinstance(lo, ResidentLoader)]
+        n = torch.tensor([self.bad_images + sum(lo.pop_dropped() for lo in resident)], dtype=torch.int64,
+                         device=device)
         if self.world_size > 1 and dist.is_available() and dist.is_initialized():
             dist.all_reduce(n)
         self.bad_images = 0
@@ -105,8 +113,10 @@ def _eval_loader(data: Dataset, batch_size: int, rank: int, world_size: int, **c
 
 
 def build_data(cfg, seed: int = 0, rank: int = 0, world_size: int = 1,
-               pin_memory: bool = False) -> DataBundle:
-    """Loaders for one training process, built from :func:`resolve`'s choices.
+               pin_memory: bool = False, device: torch.device | str | None = None) -> DataBundle:
+    """Loaders for one training process, built from :func:`resolve`'s choices,
+    or with ``data.resident`` (on ``device``, see :func:`~.choices.resident_choice`)
+    batches taken from the data set kept there (:mod:`.resident`).
 
     With ``world_size > 1`` each rank gets its shard and ``batch_size /
     world_size`` samples a step; every rank has the same number of training
@@ -115,7 +125,19 @@ def build_data(cfg, seed: int = 0, rank: int = 0, world_size: int = 1,
     """
     if cfg.batch_size % world_size:
         raise ValueError(f"data.batch_size={cfg.batch_size} must divide by the {world_size} workers")
-    r = resolve(cfg)
+    r = resolve(cfg, device)
+    if rank == 0 and device is not None and not r["resident"] and cfg.resident == "auto":
+        why = resident_choice(cfg, device)[1]
+        if why:
+            log.info("%s", why)
+    if r["resident"]:
+        from .resident import loaders
+
+        train, val, test, classes, channels, sampler = loaders(cfg, r, torch.device(device or "cpu"), seed, rank,
+                                                                world_size, auto_workers(cfg))
+        _log_sizes(cfg, r, rank, len(train.y), len(val.y) if val else 0, len(test.y))
+        return DataBundle(train, test, classes, channels, sampler, val=val, resolved=r,
+                          skip_bad_images=r["skip_bad_images"], world_size=world_size, rank=rank)
     train_set, val_set, test_set, num_classes, in_channels = datasets(cfg, r)
     per_rank = cfg.batch_size // world_size
     gpu = r["decode"] == "gpu"
@@ -136,9 +158,13 @@ def build_data(cfg, seed: int = 0, rank: int = 0, world_size: int = 1,
         train = DataLoader(train_set, per_rank, shuffle=True, drop_last=True, generator=gen, **common)
     val = _eval_loader(val_set, cfg.eval_batch_size, rank, world_size, **common) if len(val_set) else None
     test = _eval_loader(test_set, cfg.eval_batch_size, rank, world_size, **common)
-    if rank == 0:
-        log.info("data %s: %d train, %d validation, %d test images; %s", cfg.name, len(train_set), len(val_set),
-                 len(test_set), ", ".join(f"{k}={v}" for k, v in r.items() if k != "name"))
+    _log_sizes(cfg, r, rank, len(train_set), len(val_set), len(test_set))
     return DataBundle(train, test, num_classes, in_channels, sampler, val=val, resolved=r,
                       device_spec=specs(r)[1] if gpu else None, skip_bad_images=r["skip_bad_images"],
-                      world_size=world_size)
+                      world_size=world_size, rank=rank)
+
+
+def _log_sizes(cfg, r: dict, rank: int, train: int, val: int, test: int) -> None:
+    if rank == 0:
+        log.info("data %s: %d train, %d validation, %d test images; %s", cfg.name, train, val, test,
+                 ", ".join(f"{k}={v}" for k, v in r.items() if k != "name"))

@@ -21,6 +21,15 @@ OPTIONAL = {"decode": "cpu", "random_resized_crop": None, "skip_bad_images": Fal
             "hflip": None, "crop_padding": None}
 #: what an image data set with the usual augmentation reads; a class-folder tree reads all of OPTIONAL
 AUGMENTED = ("mean", "std", "hflip", "crop_padding")
+#: data.resident=auto keeps a data set on the training device when its decoded splits take at most
+#: this many MiB, and on a GPU at most this share of the memory the process may use (the rest is the
+#: model's, its activations' and the optimizer's; packed trials each have their share of the GPU)
+RESIDENT_CAP_MIB = 2048
+RESIDENT_DEVICE_SHARE = 0.25
+
+
+def mib(nbytes: float) -> str:
+    return f"{nbytes / 2**20:,.1f} MiB"
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,13 @@ class DataSet:
     counts(cfg): ``(images before the validation slice, test images, classes,
         channels)`` without the data (a plan prices a sweep from them; channels
         0: the set's or the config's); None: only its files can say.
+    arrays(cfg, r): for ``data.resident``: ``((x, y) train, (x, y) validation,
+        (x, y) test, classes, channels)`` as CPU tensors, the splits of ``load``
+        in its order; x uint8 ``N x C x size x size`` (normalised and augmented
+        on the device) or float32 (used as is, no augmentation); files are decoded
+        by ``r["workers"]`` loader processes. None: never resident.
+    decoded_bytes(cfg, r): what ``arrays`` would take, known without decoding
+        (``r``: image_size and channels).
     """
 
     name: str
@@ -63,6 +79,8 @@ class DataSet:
     normalisation: Callable[[Any, dict], tuple[list[float], list[float]]] | None = None
     check_files: Callable[[Any, Any, str], None] | None = None
     counts: Callable[[Any], tuple[int, int, int, int]] | None = None
+    arrays: Callable[[Any, dict], tuple] | None = None
+    decoded_bytes: Callable[[Any, dict], int] | None = None
 
 
 REGISTRY: dict[str, DataSet] = {}

@@ -70,6 +70,26 @@ def digits(test_fraction: float = 0.2):
     return TensorDataset(x[train], y[train]), TensorDataset(x[test], y[test]), 10, 1
 
 
+def digits_arrays(test_fraction: float, val_fraction: float):
+    """The samples of :func:`digits` after :func:`with_validation` as tensors, for data.resident."""
+    full, test, classes, channels = digits(test_fraction)  # the one source of the splits
+    return (*split_arrays(*_tensors(full), val_fraction), _tensors(test), classes, channels)
+
+
+def synthetic_arrays(n: int, size: int, val_fraction: float):
+    """The samples of :func:`synthetic` after :func:`with_validation` as tensors, for data.resident."""
+    full, test, classes, channels = synthetic(n, size)
+    return (*split_arrays(*_tensors(full), val_fraction), _tensors(test), classes, channels)
+
+
+def _tensors(data) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) of a data set of (image, label) samples."""
+    if isinstance(data, TensorDataset):
+        return data.tensors[0], data.tensors[1]
+    x, y = zip(*(data[i] for i in range(len(data))))
+    return torch.stack(x), torch.as_tensor(y, dtype=torch.long)
+
+
 def synthetic(n: int = 512, size: int = 32, classes: int = 10, channels: int = 3):
     """Random images whose label is a linear function of the pixels: learnable,
     so tests can check that accuracy rises."""
@@ -84,3 +104,9 @@ def with_validation(full, test, classes: int, channels: int, val_fraction: float
     """(train, val, test, classes, channels): validation a fixed-seed slice of ``full``."""
     train_idx, val_idx = split_indices(len(full), val_fraction)
     return Subset(full, train_idx), Subset(full, val_idx), test, classes, channels
+
+
+def split_arrays(x: torch.Tensor, y: torch.Tensor, val_fraction: float):
+    """((x, y) train part, (x, y) validation part): the samples :func:`with_validation`'s subsets hold."""
+    train_idx, val_idx = split_indices(len(x), val_fraction)
+    return (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])

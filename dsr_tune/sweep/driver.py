@@ -31,7 +31,7 @@ from ..records import SCORED, Role, Status
 from ..tracking import SweepTracker
 from . import plan, progress
 from .rows import default_labels
-from .folder import SWEEP_FILE, open_tracker, prepare, save, searches_left, sync_leftovers, unsynced
+from .folder import SWEEP_FILE, connect, new_tracker, prepare, save, searches_left, sync_leftovers, unsynced
 from .jobs import PAIRED_FILE, SweepContext, write_paired
 from .spec import Space, for_compare
 from .terms import Phase
@@ -58,18 +58,17 @@ def run(space: Space, out_dir: str | Path, *, resume: bool = False, overwrite: b
     logger, one line per event; ``table`` adds Tune's trial table."""
     out_dir = Path(out_dir).expanduser().resolve()
     meta = prepare(space, out_dir, resume=resume, overwrite=overwrite)
-    tracker = open_tracker(space, out_dir, meta, resume=resume)
-    meta["tracker"] = tracker.to_json()
+    tracker = new_tracker(space, meta)
     error = None
     try:
         if local:
+            connect(tracker, space, out_dir, meta, resume=resume)
+            meta["tracker"] = tracker.to_json()
             ctx = SweepContext(sweep_dir=str(out_dir), base=space.base.to_dict(),
                                trial_seed=space.search.trial_seed, tracker=tracker)
             status = _phases(space, ctx, meta, out_dir, runner=None)
         else:
-            from .tune import with_ray  # imports ray
-
-            status = with_ray(space, out_dir, meta, tracker, address, verbose, table, _phases)
+            status = _on_ray(space, out_dir, meta, tracker, resume, address, verbose, table)
     except StorageFault as exc:  # the next run would hit the same disk: stop, resumable
         status, error = Status.KILLED, str(exc)
     meta["status"] = status
@@ -84,6 +83,26 @@ def run(space: Space, out_dir: str | Path, *, resume: bool = False, overwrite: b
     # sweep leaves that to --resume, to exit at once
     left = unsynced(out_dir) if status == Status.KILLED else sync_leftovers(out_dir)
     return Outcome(status, out_dir, meta["sweep_id"], tracker, left)
+
+
+def _on_ray(space: Space, out_dir: Path, meta: dict, tracker, resume: bool, address, verbose: bool,
+            table: bool) -> Status:
+    """The phases on Ray Tune. MLflow (its import, the store, the parent run) is reached while Ray
+    starts: the two took several seconds each, one after the other, much of it waiting on other
+    processes and files."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .tune import with_ray  # imports ray (first: the modules ray and mlflow share load once, here)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-connect") as pool:
+        connecting = pool.submit(connect, tracker, space, out_dir, meta, resume=resume)
+
+        def phases(*args) -> Status:
+            connecting.result()  # before the first trial takes the tracker with it
+            meta["tracker"] = tracker.to_json()
+            return _phases(*args)
+
+        return with_ray(space, out_dir, meta, tracker, address, verbose, table, phases)
 
 
 def _searched_rows(out_dir: Path):

@@ -32,7 +32,7 @@ from ..runfolder import PAIRED, STUDY, SWEEP as SWEEP_FILE
 from ..tracking import SweepTracker, store
 from ..tracking.mlflow_runs import read_run_file
 from ..tracking.sync import SyncError, run_folders, sync_sweep
-from .spec import Space
+from .spec import Space, packing
 from .terms import Phase
 
 log = logging.getLogger("dsr_tune")
@@ -153,6 +153,7 @@ def parent_params(space: Space) -> dict:
     if space.sparsities is not None:
         out["sparsities"] = ",".join(f"{s:g}" for s in space.sparsities)
     out.update({f"search.{k}": v for k, v in space.search.to_dict().items()})
+    out["packing"] = packing(space) or "no GPU"
     out.update({f"space.{p.key}": f"{p.kind} {list(p.endpoints())}" for p in space.params})
     out.update({f"base.{k}": v for k, v in space.base.flat().items()})
     return out
@@ -169,8 +170,20 @@ def _parent_params_json(space: Space) -> dict[str, str]:
 def open_tracker(space: Space, out_dir: Path, meta: dict, *, resume: bool) -> SweepTracker:
     """The sweep's tracker, connected (experiment, parent run) if MLflow answers;
     on ``resume`` also logs what MLflow missed of the trials that ended."""
+    tracker = new_tracker(space, meta)
+    connect(tracker, space, out_dir, meta, resume=resume)
+    return tracker
+
+
+def new_tracker(space: Space, meta: dict) -> SweepTracker:
+    """The sweep's tracker, not connected yet (see :func:`connect`)."""
     tracker = SweepTracker.from_json(meta["tracker"])
     tracker.target = store.with_credentials(tracker.target, space.tracking_uri)  # sweep.json keeps none
+    return tracker
+
+
+def connect(tracker: SweepTracker, space: Space, out_dir: Path, meta: dict, *, resume: bool) -> SweepTracker:
+    """:func:`open_tracker`'s MLflow part, on ``tracker`` (the driver runs it while Ray starts)."""
     error = tracker.connect(meta.get("parent_params") or parent_params(space))  # what sync logs, too
     if error:
         log.warning("%s\n  the sweep trains anyway and keeps every record in its run folders; "

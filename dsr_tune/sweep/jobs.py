@@ -65,9 +65,12 @@ class Job:
         return f"{what}{at}, seed {self.seed}, {self.config['train']['epochs']} epochs{bought}."
 
     def identity(self) -> dict:
-        """What tracking.json and the MLflow tags say about this run."""
+        """What tracking.json and the MLflow tags say about this run. A search
+        trial logs no MLflow model (``logged_model``): it is chosen from, never
+        used; its sparse export is logged all the same."""
         row = self.config["sparsity"]["method"]
         return {"key": self.key, "run_name": self.run_name, "description": self.description(),
+                "logged_model": self.role != Role.SEARCH,
                 "tags": {"method": self.method, "trains": row, "role": self.role, "seed": self.seed,
                          "sparsity": "0" if self.sparsity is None else f"{self.sparsity:g}",
                          "group": self.group, "selected_from": self.selected_from,
@@ -98,6 +101,10 @@ class SweepContext:
     live_logging: bool = True  # False: workers may not reach the store (sqlite on a cluster); log at trial end
     in_trial: bool = True      # single-worker jobs train in the trial's process (search.in_trial)
     expected: tuple[str, ...] = ()  # what Tune expects in every result: the search's objectives
+    trials_per_gpu: int = 1    # packed trials: each may take 1/N of its GPU's memory (search.trials_per_gpu)
+    # a trial in its own process reports an epoch to Tune at most this often, and always its last one
+    # (0: every epoch, as ASHA needs): each report waits for the driver's loop, the epoch after it too
+    report_every_s: float = 0.0
 
     @property
     def train_storage(self) -> str:

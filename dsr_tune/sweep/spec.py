@@ -47,6 +47,10 @@ class Search(Section):
     max_failures: int = opt(1, "Tune restarts of a failed trial (it resumes from its checkpoint)", ge=-1)
     in_trial: bool = opt(True, "a single-worker job trains in the Tune trial's own process; false: through a "
                          "Ray Train worker group per trial (the 0.1 path, kept to measure the difference)")
+    trials_per_gpu: int = opt(1, "single-worker trials packed on each GPU (train.use_gpu, train.workers 1, in_trial): "
+                              "each holds 1/N of a GPU in Ray's accounting and may take at most 1/N of its memory; "
+                              "N is how many copies of one trial's memory and compute the GPU holds (README: "
+                              "Sweeps on GPUs)", ge=1, le=64)
 
 
 class Tracking(Section):
@@ -154,6 +158,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> Space:
                                              "validation split to select on")
     if search.trial_seed is None:
         search.trial_seed = base.train.seed
+    _check_packing(search, base)
     _check_asha(search.asha)
     labels = _str_list("baselines", raw.get("baselines", ["static", "thin_dense"]),
                        R.known_labels(base.sparsity.epoch_factor), empty_ok=True)
@@ -208,6 +213,24 @@ def for_compare(cfg: C.Config, *, name: str, sparsities: list[float], seeds: lis
                   experiment=experiment or name, raw=raw)
     space.sparsities = list(sparsities)
     return space
+
+
+def _check_packing(search: Search, base: C.Config) -> None:
+    t = base.train
+    if search.trials_per_gpu > 1 and not (t.use_gpu and t.workers <= 1 and search.in_trial):
+        raise C.ConfigError("search.trials_per_gpu", f"{search.trials_per_gpu} packs trials that train in the "
+                                                     "trial's own process on a GPU: it needs train.use_gpu=true, "
+                                                     "train.workers=1 and search.in_trial=true")
+
+
+def packing(space: Space) -> str | None:
+    """How trials share GPUs, in words (None: they hold none)."""
+    t, k = space.base.train, space.search.trials_per_gpu
+    if not t.use_gpu:
+        return None
+    if k == 1:
+        return f"{max(1, t.workers)} GPU(s) per trial"
+    return f"{k} trials per GPU: each holds 1/{k} of a GPU and at most 1/{k} of its memory"
 
 
 def _check_asha(asha: dict | None) -> None:

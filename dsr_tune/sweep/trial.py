@@ -78,6 +78,14 @@ def finished(run_dir, cfg: C.Config) -> bool:
     return ckpt.load(run_dir, key=str(run_dir)).get("epoch", 0) >= cfg.train.epochs
 
 
+_jobs_here = 0  # jobs this process trained: the first one pays the imports
+
+
+def _now() -> list[float]:
+    """[wall clock, CPU seconds of this process in every thread]."""
+    return [round(time.time(), 3), round(time.process_time(), 3)]
+
+
 def run_job(ctx: SweepContext, job: Job, *, on_epoch_end=None, started: float | None = None,
             close_on_error: bool = True) -> tuple[dict, bool]:
     """Train ``job`` (or find it trained); returns (its last epoch record, whether
@@ -86,7 +94,12 @@ def run_job(ctx: SweepContext, job: Job, *, on_epoch_end=None, started: float | 
     its key) before training, logged live, and closed with the outcome; with
     ``close_on_error=False`` (a Tune trial: Tune may retry it, and the driver's
     Finalizer closes what it gives up on) a failed run stays RUNNING. A storage
-    fault marks the run FAILED with its reason and raises :class:`StorageFault`."""
+    fault marks the run FAILED with its reason and raises :class:`StorageFault`.
+
+    tracking.json gets the job's ``timing``: [wall, CPU] when it began, at each
+    epoch's end (after its checkpoint and the loggers, before Tune hears of
+    it), when training returned and when MLflow was closed; what
+    benchmarks/bench_sweep.py splits a trial's time into."""
     try:
         return _train_job(ctx, job, on_epoch_end, started, close_on_error)
     except Exception as exc:
@@ -99,8 +112,11 @@ def run_job(ctx: SweepContext, job: Job, *, on_epoch_end=None, started: float | 
 
 def _train_job(ctx: SweepContext, job: Job, on_epoch_end, started: float | None,
                close_on_error: bool) -> tuple[dict, bool]:
+    global _jobs_here
     from ..train import train
 
+    timing = {"began": _now(), "started": started, "pid": os.getpid(), "first_in_process": _jobs_here == 0,
+              "epochs": []}
     run_dir, cfg, tracker = ctx.run_dir(job.key), C.from_dict(job.config), ctx.tracker
     identity = {**job.identity(), **({"started": started} if started else {})}
     if not ctx.live_logging:  # the driver logs the run when it ends (a store this node cannot reach)
@@ -117,31 +133,40 @@ def _train_job(ctx: SweepContext, job: Job, on_epoch_end, started: float | None,
         return runfolder.last_epoch(run_dir), False
     specs = [MlflowLoggerSpec(tracker.target.uri, str(run_dir), run_id=run_id,
                               key=run_key(tracker.sweep_id, job.key))] if run_id else []
+
+    def epoch_end(record: dict, path) -> None:
+        timing["epochs"].append(_now())
+        if on_epoch_end is not None:
+            on_epoch_end(record, path)
+
     # a run that continues may lack records in MLflow: logged by no one (MLflow was away when it
     # started), or queued by a logger that was killed; its end logs what MLflow lacks
     continued = runfolder.has_run(run_dir)
+    _jobs_here += 1
     try:
         record = train(cfg, run_dir, resume=continued, loggers=[s.make() for s in specs],
-                       on_epoch_end=on_epoch_end, progress=False)
+                       on_epoch_end=epoch_end, progress=False)
     except KeyboardInterrupt:
-        _ended(ctx, run_dir, run_id, Status.KILLED, close_on_error)
+        _ended(ctx, run_dir, run_id, Status.KILLED, close_on_error, timing)
         raise
     except Exception as exc:
         if storage_fault(exc) is None:  # a storage fault: run_job marks the run, and writes nothing more
-            _ended(ctx, run_dir, run_id, Status.FAILED, close_on_error)
+            _ended(ctx, run_dir, run_id, Status.FAILED, close_on_error, timing)
         raise
-    _ended(ctx, run_dir, run_id, Status.FINISHED, True, replay=continued)
+    _ended(ctx, run_dir, run_id, Status.FINISHED, True, timing, replay=continued)
     return record, True
 
 
-def _ended(ctx: SweepContext, run_dir, run_id: str | None, status: Status, close: bool,
+def _ended(ctx: SweepContext, run_dir, run_id: str | None, status: Status, close: bool, timing: dict,
            replay: bool = False) -> None:
-    update_run_file(run_dir, trained=time.time())
+    timing["trained"] = _now()
+    update_run_file(run_dir, trained=timing["trained"][0])
     if close:
         if ctx.live_logging:
             ctx.tracker.finish(run_dir, run_id, status, replay=replay)
         else:
             update_run_file(run_dir, status=status)
+    update_run_file(run_dir, timing={**timing, "closed": _now()})
 
 
 # ---------------------------------------------------------------- as a Tune trial
@@ -163,8 +188,11 @@ def visible_gpus(gpu_ids: list, use_gpu: bool) -> str:
     return ",".join(str(i) for i in gpu_ids)
 
 
-def _place(job: Job) -> None:
-    """Show the trial's process its reserved GPU only (or none), before torch initialises CUDA."""
+def _place(job: Job, trials_per_gpu: int = 1) -> None:
+    """Show the trial's process its reserved GPU only (or none), before torch
+    initialises CUDA; a packed trial (one of ``trials_per_gpu`` on its GPU)
+    may take at most its share of the GPU's memory (torch's caching
+    allocator refuses more, as an out-of-memory error of this trial alone)."""
     import ray
 
     wanted = visible_gpus(ray.get_gpu_ids(), job.config["train"]["use_gpu"])
@@ -172,6 +200,11 @@ def _place(job: Job) -> None:
     if torch is not None and torch.cuda.is_initialized() and os.environ.get("CUDA_VISIBLE_DEVICES") != wanted:
         log.warning("%s: CUDA was initialised in this process before the trial chose its GPU (%r)", job.key, wanted)
     os.environ["CUDA_VISIBLE_DEVICES"] = wanted
+    if trials_per_gpu > 1 and wanted:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(1.0 / trials_per_gpu, 0)
 
 
 def run_trial(config: dict, ctx: SweepContext) -> None:
@@ -179,7 +212,7 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
     started = time.time()  # the benchmark's start-up time counts from here
     job = ctx.job(config)
     if in_process(job.config, ctx.in_trial):
-        _place(job)
+        _place(job, getattr(ctx, "trials_per_gpu", 1))  # a context pickled before packing existed has none
         _local_trial(ctx, job, started)
     else:
         _worker_group_trial(ctx, job, started)
@@ -188,8 +221,16 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
 def _local_trial(ctx: SweepContext, job: Job, started: float) -> None:
     from ray import tune
 
+    t = job.config["train"]
+    last_epoch = min(t["epochs"], t.get("stop_after") or t["epochs"]) - 1
+    every = getattr(ctx, "report_every_s", 0.0)  # a context pickled before it existed reports every epoch
+    reported = [float("-inf")]
+
     def report(record: dict, path) -> None:
-        tune.report(epoch_scalars(record))
+        now = time.monotonic()
+        if record["epoch"] >= last_epoch or now - reported[0] >= every:
+            reported[0] = now
+            tune.report(epoch_scalars(record))
 
     try:
         record, trained = run_job(ctx, job, on_epoch_end=report, started=started, close_on_error=False)

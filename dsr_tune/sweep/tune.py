@@ -15,8 +15,9 @@ writes its experiment state (pickles) under ``tune/<phase>``; nothing reads
 it, and a new run of the phase deletes it first.
 
 Concurrency: a single-worker trial holds ``search.trial_cpus`` plus
-``train.cpus_per_worker`` CPUs (and one GPU with ``train.use_gpu``: Tune's
-placement is the device it trains on); a multi-worker trial holds
+``train.cpus_per_worker`` CPUs (and one GPU with ``train.use_gpu``, or
+1/``search.trials_per_gpu`` of one: Tune's placement is the device it
+trains on, packed trials share it); a multi-worker trial holds
 ``trial_cpus`` and its Ray Train workers theirs. What counts is whether the
 sweep joined an existing cluster (``--address`` or $RAY_ADDRESS), not how
 many nodes are up when it starts.
@@ -38,7 +39,7 @@ from ..tracking import SweepTracker
 from ..tracking.mlflow_runs import read_run_file
 from . import progress
 from .jobs import JOB, SweepContext
-from .spec import Space
+from .spec import Space, packing
 from .study import StudySearcher
 from .terms import Phase
 from .trial import FAULT, StorageFault, in_process, run_trial
@@ -50,6 +51,9 @@ TUNE_ENV = {  # on top of dsr_tune.distributed's TRAIN_ENV (and LOCAL_RAY_ENV on
     "RAY_AIR_NEW_OUTPUT": "0",            # the legacy reporter: silent at verbose=0 (we print our own lines)
     "TUNE_GLOBAL_CHECKPOINT_S": "5",      # save the experiment state at most every 5 s (a killed driver loses little)
 }
+# Without ASHA nothing acts on a trial's every epoch: its process reports one at most this often (and
+# its last), so it waits for the driver's loop a few times a trial, not once an epoch (dsr_tune.sweep.jobs)
+REPORT_EVERY_S = 2.0
 # Ray gives the head node of every cluster this resource; there is no public scheduling option
 # for "the head node" (NodeAffinity needs a node id). tests/test_ray_internals.py checks the name.
 HEAD_NODE_RESOURCE = "node:__internal_head__"
@@ -65,14 +69,23 @@ def concurrency(space: Space, resources: dict[str, float]) -> int:
     per_cpu = space.search.trial_cpus + t.workers * t.cpus_per_worker
     fits = math.floor(resources.get("CPU", 0.0) / per_cpu + 1e-9)
     if t.use_gpu:
-        fits = min(fits, math.floor(resources.get("GPU", 0.0) / t.workers + 1e-9))
+        fits = min(fits, math.floor(resources.get("GPU", 0.0) / gpus_per_trial(space) + 1e-9))
     return max(1, fits)
+
+
+def gpus_per_trial(space: Space) -> float:
+    """The GPUs a trial holds in Ray's accounting: its workers', or a packed trial's share of one."""
+    t = space.base.train
+    if not t.use_gpu:
+        return 0.0
+    return 1.0 / space.search.trials_per_gpu if space.search.trials_per_gpu > 1 else float(max(1, t.workers))
 
 
 def trial_resources(space: Space, on_cluster: bool) -> dict:
     t = space.base.train
     if in_process(space.base.to_dict(), space.search.in_trial):
-        return {"cpu": space.search.trial_cpus + t.cpus_per_worker, **({"gpu": 1} if t.use_gpu else {})}
+        return {"cpu": space.search.trial_cpus + t.cpus_per_worker, **({"gpu": gpus_per_trial(space)} if t.use_gpu
+                                                                       else {})}
     resources = {"cpu": space.search.trial_cpus}
     if on_cluster:  # the trial process of a worker group on the head, beside the sweep folder
         resources[HEAD_NODE_RESOURCE] = 0.001
@@ -202,7 +215,9 @@ def with_ray(space: Space, out_dir: Path, meta: dict, tracker: SweepTracker, add
     on_cluster = joins_cluster(address)
     ctx = SweepContext(sweep_dir=str(out_dir), base=space.base.to_dict(), trial_seed=space.search.trial_seed,
                        tracker=tracker, live_logging=not (on_cluster and tracker.target.embedded),
-                       in_trial=space.search.in_trial, expected=tuple(StudySearcher.objectives_of(space)))
+                       in_trial=space.search.in_trial, expected=tuple(StudySearcher.objectives_of(space)),
+                       trials_per_gpu=space.search.trials_per_gpu,
+                       report_every_s=0.0 if space.search.asha else REPORT_EVERY_S)
     env = ray_env(on_cluster, TUNE_ENV)
     _quiet_tune()
     t = space.base.train
@@ -211,9 +226,9 @@ def with_ray(space: Space, out_dir: Path, meta: dict, tracker: SweepTracker, add
         import ray
 
         have = ray.cluster_resources()
-        gpus = t.workers if t.use_gpu else 0
-        if have.get("CPU", 0) < need - 1e-9 or have.get("GPU", 0) < gpus:
-            log.warning("a trial needs %g CPUs and %d GPUs; the cluster has %g CPUs and %g GPUs: trials wait until "
+        gpus = gpus_per_trial(space)
+        if have.get("CPU", 0) < need - 1e-9 or have.get("GPU", 0) < gpus - 1e-9:
+            log.warning("a trial needs %g CPUs and %g GPUs; the cluster has %g CPUs and %g GPUs: trials wait until "
                         "nodes join", need, gpus, have.get("CPU", 0), have.get("GPU", 0))
         n = concurrency(space, have)
         if not ctx.live_logging:
@@ -221,8 +236,9 @@ def with_ray(space: Space, out_dir: Path, meta: dict, tracker: SweepTracker, add
                      "ends (set tracking.uri to an MLflow server for live metrics)")
         how = ("in the trial's process" if in_process(space.base.to_dict(), space.search.in_trial)
                else f"on {t.workers} Ray Train workers x {t.cpus_per_worker:g} CPU")
+        packed = packing(space)
         log.info("sweep %s in %s: %d trial(s) at a time, each trains %s%s", meta["sweep_id"], out_dir, n, how,
-                 " with 1 GPU" if t.use_gpu else "")
+                 f" ({packed})" if packed else "")
 
         def runner(phase: Phase, keys: list[str] | None) -> bool:
             return tune_phase(phase, space, ctx, keys, n_concurrent=n, on_cluster=on_cluster, table=table)

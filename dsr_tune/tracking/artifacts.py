@@ -9,7 +9,9 @@ a search trial) and as the compressed sparse
 export under ``export/`` (values + positions, see :mod:`dsr_tune.train.export`),
 much smaller than the checkpoint with its optimizer state (its size is the
 metric ``export_bytes``); the checkpoint is logged there only if the export
-fails. A run stopped early (KILLED by ASHA) gets the same files but no model.
+fails. A run stopped early (KILLED by ASHA) gets the same files but no model,
+and a run whose tracking.json says ``logged_model: false`` (a sweep's search
+trial) no MLflow model.
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ def log_files(client, run_id: str, run_dir: str | Path, title: str = "", model: 
     final = int(done[-1]["epoch"]) + 1 if done else 0
     logged = info.get("mlflow_model") and info.get("mlflow_model_epochs", final) == final
     search = (info.get("tags") or {}).get(TAG_ROLE) == "search"
-    if model and not search and not logged and (run_dir / EXPORT).exists():
+    if model and info.get("logged_model", True) and not search and not logged and (run_dir / EXPORT).exists():
         try:
             update_run_file(run_dir, mlflow_model=log_model(client.tracking_uri, run_id, run_dir),
                             mlflow_model_epochs=final)

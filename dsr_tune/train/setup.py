@@ -216,7 +216,8 @@ def setup(cfg: C.Config, out_dir: Path, resume: bool | str | Path) -> Run:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
-    data = build_data(cfg.data, cfg.train.seed, info.rank, info.world_size, pin_memory=device.type == "cuda")
+    data = build_data(cfg.data, cfg.train.seed, info.rank, info.world_size, pin_memory=device.type == "cuda",
+                      device=device)
     if len(data.train) == 0:
         raise C.ConfigError("data.batch_size", f"{cfg.data.batch_size} is larger than the training set")
     if cfg.train.init_seed is not None:  # other initial weights, the same data order and masks
