@@ -191,7 +191,9 @@ def test_an_image_that_fails_only_during_training_is_one_line_naming_it(tmp_path
 
     monkeypatch.setattr(metrics.JsonlLogger, "log_record", cut_after_epoch_1)
     run = tmp_path / "run"
+    # the loaders' path: a resident set is decoded once, before the first epoch, and would not see the cut
     argv = ["train", DIGITS, "data.name=folder", f"data.root={root}", "data.image_size=8", "data.channels=1",
+            "data.resident=false",
             "data.val_fraction=0", "data.batch_size=4", "model.width=0.25", "train.epochs=3", "optim.milestones=[]",
             "sparsity.period_schedule=[[0, 5]]", "sparsity.stop_epoch=3", "--output", str(run)]
     code = cli.main(argv)

@@ -57,7 +57,7 @@ def test_a_packed_trial_bounds_its_cuda_memory(monkeypatch):
 
     from dsr_tune.sweep import trial
 
-    job = SweepContext("/x", S.load(DEMO, PACKED).base.to_dict(), 0, None).search_job({"method": "dsr"}, "t1")
+    job = SweepContext("/x", S.load(DEMO, PACKED).base.to_dict(), 0, None).search_job({"method": "dsr", "job": "search/dsr/t1"})
     calls = []
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [1])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

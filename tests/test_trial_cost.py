@@ -32,7 +32,7 @@ def test_a_trial_reports_each_epoch_only_when_asked(monkeypatch, every, expected
         del ctx.__dict__["report_every_s"]  # as unpickled from an older sweep
     else:
         ctx.report_every_s = every
-    job = ctx.search_job({"method": "dsr"}, "t1")
+    job = ctx.search_job({"method": "dsr", "job": "search/dsr/t1"})
     reported = []
     monkeypatch.setattr(tune, "report", lambda metrics: reported.append(metrics["epochs_done"] - 1))
 
@@ -57,7 +57,7 @@ def test_a_job_records_its_timing_and_a_search_trial_logs_no_model(tmp_path):
     tracker = SweepTracker(store.resolve(f"sqlite:///{tmp_path / 'mlflow.db'}"), "cost", "cost-1")
     assert tracker.connect({"a": 1}) is None
     ctx = SweepContext(str(tmp_path / "sweep"), sp.base.to_dict(), 0, tracker)
-    search = ctx.search_job({"method": "dsr", "sparsity.sparsity": 0.9}, "t1")
+    search = ctx.search_job({"method": "dsr", "sparsity.sparsity": 0.9, "job": "search/dsr/s0.9-t1"})
     run_job(ctx, search)
     info = json.loads((ctx.run_dir(search.key) / "tracking.json").read_text())
     t = info["timing"]
@@ -68,7 +68,7 @@ def test_a_job_records_its_timing_and_a_search_trial_logs_no_model(tmp_path):
     arts = {a.path for a in client.list_artifacts(info["run_id"])}
     assert "export" in arts and "model" not in arts and "mlflow_model" not in info
 
-    reported = ctx.search_job({"method": "dsr", "sparsity.sparsity": 0.9}, "t2")
+    reported = ctx.search_job({"method": "dsr", "sparsity.sparsity": 0.9, "job": "search/dsr/s0.9-t2"})
     reported.role = Role.SELECTED  # a row of the report: the same job, kept as a model
     run_job(ctx, reported)
     info = json.loads((ctx.run_dir(reported.key) / "tracking.json").read_text())
