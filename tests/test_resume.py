@@ -186,8 +186,35 @@ def _answer(sweep: Path) -> dict:
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         trials[run.name] = (cfg["optim"]["lr"], cfg["sparsity"]["dsr"]["delta"], last["val_loss"], last["test_acc"])
     return {"selected": {j["key"]: j["selected_from"] for j in json.loads((sweep / "paired.json").read_text())},
-            "csv": (sweep / "report.csv").read_text(), "trials": trials,
-            "md": (sweep / "report.md").read_text().replace(meta["sweep_id"], "SWEEP")}
+            "csv": _untimed_csv(sweep / "report.csv"), "trials": trials,
+            "md": _untimed_md((sweep / "report.md").read_text().replace(meta["sweep_id"], "SWEEP"))}
+
+
+def _untimed_csv(path: Path) -> list[dict]:
+    """The report's rows without their wall-clock columns (seconds differ between two runs of
+    the same sweep; every other value must not)."""
+    import csv
+
+    from dsr_tune.records import TIMED
+
+    with path.open(newline="") as f:
+        return [{k: v for k, v in row.items() if k not in TIMED} for row in csv.DictReader(f)]
+
+
+def _untimed_md(text: str) -> str:
+    """The report's Markdown with the cells of each table's "time (s)" column blanked."""
+    out, col = [], None
+    for line in text.splitlines():
+        cells = line.split("|")
+        if not line.startswith("|"):
+            col = None
+        elif "time (s)" in [c.strip() for c in cells]:
+            col = [c.strip() for c in cells].index("time (s)")
+        elif col is not None and not set(line) <= set("|-"):
+            cells[col] = " - "
+            line = "|".join(cells)
+        out.append(line)
+    return "\n".join(out)
 
 
 def _runs_once(client, sweep: Path, epochs: int = 3) -> None:
@@ -284,7 +311,8 @@ def test_a_full_disk_in_a_search_trial_stops_the_sweep_and_resume_finishes_it(tm
     log = (tmp_path / "driver.log").read_text()
     errors = [ln for ln in log.splitlines() if ln.startswith("dsr-tune: error:")]
     assert proc.returncode == 1 and len(errors) == 1, log[-4000:]
-    assert "search/dsr/s0.9-t0: No space left on device" in errors[0] and "--resume" in errors[0]
+    assert "search/dsr/s0.9-t0: cannot write " in errors[0] and "No space left on device" in errors[0]
+    assert "--resume" in errors[0]
     info = read_run_file(sweep / "runs" / "search" / "dsr" / "s0.9-t0")
     assert info["status"] == "FAILED" and "No space left on device" in info["failure"]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")

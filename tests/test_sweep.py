@@ -332,6 +332,41 @@ def test_a_search_resumes_from_its_study_alone(tmp_path):
     assert pareto.study.metric_names == ["val_loss", "nonzero_params"]
 
 
+def test_a_trial_lost_while_starting_runs_again_and_one_that_used_its_restarts_fails(tmp_path):
+    """Tune restarts only a RUNNING trial: one whose process died while it started is errored
+    with restarts left. The phase's next round proposes it again with its values; a trial
+    that errored after its restarts is FAIL at once and not proposed again."""
+    import optuna
+    from types import SimpleNamespace
+
+    from dsr_tune.sweep.study import StudySearcher
+    from dsr_tune.sweep.tune import Lost
+
+    def errored(failures, config):
+        return SimpleNamespace(run_metadata=SimpleNamespace(num_failures=failures), config=config)
+
+    sp, cell = S.load(DEMO, ["search.samples=3"]), Phase.search("dsr", 0.9)
+    first = StudySearcher(sp, cell, tmp_path, "s-1")
+    c = [first.suggest(t) for t in ("a", "b", "c")]
+    lost = Lost(max_failures=1)
+    lost.on_trial_error(0, [], errored(1, c[0]))  # died while PENDING: Tune did not use its restart
+    lost.on_trial_error(0, [], errored(2, c[1]))  # failed, restarted, failed again: done with
+    assert lost.trials == [c[0]]
+    unlimited = Lost(max_failures=-1)
+    unlimited.on_trial_error(0, [], errored(9, c[1]))
+    assert unlimited.trials == [c[1]]
+    first.on_trial_complete("a", error=True)
+    first.on_trial_complete("b", error=True)
+    first.on_trial_complete("c", {"val_loss": 0.5, "epochs_done": 10})
+    first.fail_now(exclude={t["trial"] for t in lost.trials})
+    again = StudySearcher(sp, cell, tmp_path, "s-1")
+    assert again.plan() == (2, 1, 0) and again.suggest("d") == c[0]  # the same values, key and number
+    again.on_trial_complete("d", {"val_loss": 0.25, "epochs_done": 10})
+    assert again.close()
+    study = optuna.load_study(study_name="s-1-dsr-s0.9", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+
+
 def test_a_sparsity_choice_is_a_grid_of_searches_of_equal_size(tmp_path):
     import optuna
 

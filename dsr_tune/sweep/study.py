@@ -194,5 +194,15 @@ class StudySearcher(Searcher):
             self.study.tell(number, state=TrialState.FAIL)
         return True
 
+    def fail_now(self, exclude: set[int]) -> None:
+        """Mark this run's errored trials FAIL, all but ``exclude`` (lost while
+        starting: the phase runs them again with the parameters they were
+        proposed with)."""
+        from optuna.trial import TrialState
+
+        for number in sorted(self._failed - exclude):
+            self.study.tell(number, state=TrialState.FAIL)
+        self._failed &= exclude
+
     def save(self, checkpoint_path: str) -> None:
         """Nothing: the study is the state (Tune's own pickle of a searcher is never read)."""

@@ -38,7 +38,7 @@ from ..records import SCORED, Status
 from ..tracking import SweepTracker
 from ..tracking.mlflow_runs import read_run_file
 from . import progress
-from .jobs import JOB, SweepContext
+from .jobs import JOB, TRIAL, SweepContext
 from .spec import Space, packing
 from .study import StudySearcher
 from .terms import Phase
@@ -138,11 +138,34 @@ def _finished(ctx: SweepContext, key: str) -> bool:
     return (read_run_file(ctx.run_dir(key)) or {}).get("status") == Status.FINISHED
 
 
+# A trial whose process dies while Tune is still starting it (PENDING) is errored for good, whatever
+# FailureConfig allows (Tune restarts only a RUNNING trial): its phase runs again for it, this often at most
+RERUNS_OF_LOST = 2
+
+
 def tune_phase(phase: Phase, space: Space, ctx: SweepContext, keys: list[str] | None, *, n_concurrent: int,
                on_cluster: bool, table: bool = False) -> bool:
     """Run what is left of one phase on a fresh Tuner; True when every trial
-    ended. Raises :class:`.trial.StorageFault` when a trial could not write its
-    run folder (the sweep stops: the next trial would hit the same disk)."""
+    ended. Trials lost while starting (see RERUNS_OF_LOST) run again on another
+    fresh Tuner, with the parameters they were proposed with. Raises
+    :class:`.trial.StorageFault` when a trial could not write its run folder
+    (the sweep stops: the next trial would hit the same disk)."""
+    for left in range(RERUNS_OF_LOST, -1, -1):
+        lost = Lost(space.search.max_failures)
+        ended = _tune_phase_once(phase, space, ctx, keys, n_concurrent=n_concurrent, on_cluster=on_cluster,
+                                 table=table, lost=lost, last=not left)
+        if ended is not None:
+            return ended
+        log.info("[%s] %d trial(s) lost while starting (Tune restarts only a trial that had started): running "
+                 "them again", phase, len(lost.trials))
+    raise AssertionError("unreachable: the last round always returns")
+
+
+def _tune_phase_once(phase: Phase, space: Space, ctx: SweepContext, keys: list[str] | None, *, n_concurrent: int,
+                     on_cluster: bool, table: bool, lost: Lost, last: bool) -> bool | None:
+    """One fresh Tuner for what is left of the phase: whether every trial ended,
+    or None when a trial was lost while starting and ``last`` is False (the
+    study's other errored trials are failed then, the lost ones stay open)."""
     from ray import tune
 
     old = Path(ctx.sweep_dir) / runfolder.TUNE / phase.name
@@ -170,11 +193,28 @@ def tune_phase(phase: Phase, space: Space, ctx: SweepContext, keys: list[str] | 
                      later=progress.epochs_after(space, ctx, phase), before=before)
     rc = tune.RunConfig(name=phase.name, storage_path=str(old.parent), **table_kw, stop=halt,
                         failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
-                        sync_config=tune.SyncConfig(sync_period=5), callbacks=[Finalizer(ctx), lines])
+                        sync_config=tune.SyncConfig(sync_period=5), callbacks=[Finalizer(ctx), lines, lost])
     grid = tune.Tuner(trainable, param_space=param_space, tune_config=tc, run_config=rc).fit()
     if halt.reason:
         raise StorageFault(halt.reason)
+    if lost.trials and not last:
+        if search is not None:
+            search.fail_now(exclude={t.get(TRIAL) for t in lost.trials})
+        return None
     return search.close() if search is not None else grid.num_terminated + grid.num_errors >= left
+
+
+class Lost(Callback):
+    """The configs of trials that errored with restarts left: Tune did not restart
+    them because they died before they were RUNNING (a process killed or lost
+    with its node while the trial started)."""
+
+    def __init__(self, max_failures: int):
+        self.max_failures, self.trials = max_failures, []
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if self.max_failures < 0 or trial.run_metadata.num_failures <= self.max_failures:
+            self.trials.append(dict(trial.config))
 
 
 class Halt(Stopper):
