@@ -18,4 +18,13 @@ package imports only packages to its right; tests/test_layers.py checks it):
 - ``records``: what a run reports (its records, status and role), shared by every layer.
 """
 
+import os
+
 __version__ = "0.2.0"
+
+# MLflow's usage telemetry, off unless the user set it: cluster nodes often cannot reach its
+# server, and MLflow 3.17's telemetry thread then removes an environment variable
+# (_MLFLOW_TELEMETRY_SESSION_ID) while the logging threads' HTTP calls read the environment:
+# one trial of 32 lost its live logging to that KeyError in benchmarks/bench_tracking.py.
+# Set here, before any module imports mlflow, so every process that imports dsr_tune has it.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -169,6 +169,11 @@ def test_a_row_that_starts_from_another_run_names_it_and_its_epochs():
     assert notes["gmp"] == "starts from the trained dense run of its seed, which trained 12 epochs first"
     assert notes["final_init"] == "starts from the trained dsr run of its seed, which trained 10 epochs first"
     assert notes["static_2x"] == notes["dsr"] == notes["dense"] == ""
+    # a compute-matched row trains, per seed, the epochs that seed's DSR run's FLOPs buy
+    rows += [RunRow(f"paired/static_cm/s0.9/seed{k}", "baseline", "static_cm", 0.9, k, "FINISHED",
+                    {"test_acc": 0.9}, e) for k, e in ((1, 11), (2, 10), (3, 11))]
+    cm = next(ln for ln in stats.summarize("x", rows).sections[0.9] if ln.method == "static_cm")
+    assert cm.epochs == 11 and cm.note == "epochs 10-11 by seed (the column: the most)"
 
 
 def test_report_cli_by_experiment_name(store, tmp_path, capsys, monkeypatch):

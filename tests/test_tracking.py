@@ -313,3 +313,22 @@ def test_logger_waits_for_the_run_the_trial_creates(tmp_path):
     logger.close()
     assert logger.online and logger.run_id == rid
     assert [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(rid, "epoch/test_acc")] == [(1, 0.5)]
+
+
+def test_mlflow_telemetry_is_off_in_every_process_that_imports_dsr_tune_unless_the_user_set_it():
+    """MLflow 3.17's telemetry thread, failing to reach its server, removes an environment
+    variable while logging threads read the environment (a trial's live logging lost to that
+    KeyError under load): dsr_tune turns it off before mlflow is imported, and leaves a
+    user's own setting alone."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import dsr_tune, mlflow, os; from mlflow.telemetry import get_telemetry_client; "
+             "print(os.environ['MLFLOW_DISABLE_TELEMETRY'], get_telemetry_client() is None)")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["true", "True"], out.stderr[-2000:]
+    out = subprocess.run([sys.executable, "-c", "import dsr_tune, os; print(os.environ['MLFLOW_DISABLE_TELEMETRY'])"],
+                         env={**env, "MLFLOW_DISABLE_TELEMETRY": "false"}, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "false", out.stderr[-2000:]

@@ -9,8 +9,9 @@ planned once, every run in MLflow. The life of a sweep, and its modules:
 3. :mod:`.driver` runs the phases in order, resumable, in the sweep folder
    (:mod:`.folder`: sweep.json and the MLflow parent run); ``dsr-tune
    compare`` is a sweep without its search phases;
-4. :mod:`.tune` runs one phase on Ray Tune: ASHA, the driver's callbacks;
-   :mod:`.study` is a search's Optuna study and Tune's searcher over it (its
+4. :mod:`.tune` runs one phase on Ray Tune: ASHA, the driver's callbacks
+   (:mod:`.stops`: a storage fault stops the phase, a trial lost while
+   starting runs again); :mod:`.study` is a search's Optuna study and Tune's searcher over it (its
    whole state, what --resume continues from); :mod:`.trial` trains one job
    (:mod:`.jobs`: what a job is and what a trial gets with it);
 5. :mod:`.select` selects after the search: the best trial per method and

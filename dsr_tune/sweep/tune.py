@@ -31,7 +31,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ray.tune import Callback, Stopper
+from ray.tune import Callback
 
 from .. import runfolder
 from ..records import SCORED, Status
@@ -40,6 +40,7 @@ from ..tracking.mlflow_runs import read_run_file
 from . import progress
 from .jobs import JOB, TRIAL, SweepContext
 from .spec import Space, packing
+from .stops import Halt, Lost
 from .study import StudySearcher
 from .terms import Phase
 from .trial import FAULT, StorageFault, in_process, run_trial
@@ -202,36 +203,6 @@ def _tune_phase_once(phase: Phase, space: Space, ctx: SweepContext, keys: list[s
             search.fail_now(exclude={t.get(TRIAL) for t in lost.trials})
         return None
     return search.close() if search is not None else grid.num_terminated + grid.num_errors >= left
-
-
-class Lost(Callback):
-    """The configs of trials that errored with restarts left: Tune did not restart
-    them because they died before they were RUNNING (a process killed or lost
-    with its node while the trial started)."""
-
-    def __init__(self, max_failures: int):
-        self.max_failures, self.trials = max_failures, []
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        if self.max_failures < 0 or trial.run_metadata.num_failures <= self.max_failures:
-            self.trials.append(dict(trial.config))
-
-
-class Halt(Stopper):
-    """Stops the phase at a trial's storage fault (its result says so): the next
-    trial would hit the same disk. Its trial is marked failed; the others stay
-    as they were, for ``--resume``."""
-
-    def __init__(self):
-        self.reason: str | None = None
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        if FAULT in result and self.reason is None:
-            self.reason = str(result[FAULT])
-        return FAULT in result
-
-    def stop_all(self) -> bool:
-        return self.reason is not None
 
 
 def trial_dirname(trial) -> str:
