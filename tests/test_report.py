@@ -329,3 +329,10 @@ def test_reporting_again_leaves_the_parent_as_it_was(tmp_path, monkeypatch):
     assert [(s, v) for s, v, _ in later["metrics"]["s0.9/dsr/mean"]] == [(0, 0.91), (1, pytest.approx(0.93))]
     assert later["metrics"]["s0.9/static_2x/mean"] == first["metrics"]["s0.9/static_2x/mean"]  # unchanged
     assert later["tags"]["report_step"] == "1" and later["artifacts"] == first["artifacts"]
+
+
+def test_a_difference_that_rounds_to_zero_prints_without_a_minus_sign():
+    """Two rows with equal means differ by a float's last bit: "+0.00", never "-0.00"."""
+    from dsr_tune.sweep.report.render import _points
+
+    assert [_points(x) for x in (-1e-17, -0.000049, 0.0028, -0.0356)] == ["+0.00", "+0.00", "+0.28", "-3.56"]

@@ -40,11 +40,17 @@ def _diff(ln: Line) -> str:
     if d is None:
         return "reference" if ln.method == REFERENCE else "-"
     if d.ci is None:
-        return f"{100 * d.mean:+.2f} (n < {MIN_N})"
+        return f"{_points(d.mean)} (n < {MIN_N})"
     mark = "" if d.resolved else " ~0"
     if d.degenerate:
         mark += " (no spread)"
-    return f"{100 * d.mean:+.2f} [{100 * d.ci[0]:+.2f}, {100 * d.ci[1]:+.2f}]{CLIPPED if d.clipped else ''}{mark}"
+    return f"{_points(d.mean)} [{_points(d.ci[0])}, {_points(d.ci[1])}]{CLIPPED if d.clipped else ''}{mark}"
+
+
+def _points(x: float) -> str:
+    """A difference of accuracies in signed points: +0.00 where it rounds to zero (two equal
+    means differ by a float's last bit, which printed as -0.00)."""
+    return f"{round(100 * x, 2) + 0.0:+.2f}"
 
 
 def _flops(ln: Line) -> str:
