@@ -7,6 +7,7 @@ on purpose."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -58,3 +59,14 @@ def run_python(code: str, path: Path, timeout: float = 300) -> str:
                           env={"PYTHONPATH": str(path), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
+
+
+class CraftedPickle:
+    """A pickle that would create ``marker`` when loaded by an unrestricted unpickler (the
+    files the tool must refuse: checkpoints, Tune's state in a sweep folder)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))

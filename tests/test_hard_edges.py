@@ -18,7 +18,7 @@ from dsr_tune import cli, config as C, runfolder
 from dsr_tune.records import TIMED
 from dsr_tune.train import train
 
-from conftest import DIGITS, ROOT
+from conftest import DIGITS, ROOT, CraftedPickle
 FAST = ["train.epochs=3", "optim.milestones=[2]", "sparsity.period_schedule=[[0, 7]]", "sparsity.stop_epoch=3",
         "sparsity.dsr.target_pruned=100", "train.threads=1"]
 TIMING = set(TIMED)  # the only fields two runs of the same config may differ in
@@ -126,19 +126,9 @@ def test_a_folder_without_a_complete_checkpoint_starts_afresh_without_overwrite(
     assert cli.main(args) == 2 and "--resume" in capsys.readouterr().err  # now it holds a run
 
 
-class _Payload:
-    """A pickle that would create ``marker`` when loaded by an unrestricted unpickler."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def _crafted(path: Path, marker: Path) -> Path:
     with open(path, "wb") as f:
-        torch.save({"model": _Payload(marker), "masking": {"masks": _Payload(marker)}}, f)
+        torch.save({"model": CraftedPickle(marker), "masking": {"masks": CraftedPickle(marker)}}, f)
     return path
 
 

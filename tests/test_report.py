@@ -36,17 +36,24 @@ def _run(client, exp, parent, key, role, method, sparsity, seed, acc, nonzero, e
     client.set_terminated(rid, "FINISHED")
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def _toy_sweep(root):
+    """A sqlite store under ``root`` with experiment "toy" and the parent run of sweep SWEEP
+    (selected on val_acc): (uri, client, experiment id, parent run id)."""
     from mlflow import MlflowClient
 
-    root = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     c = MlflowClient(uri)
     exp = c.create_experiment("toy", artifact_location=(root / "artifacts").as_uri())
     parent = c.create_run(exp, run_name=SWEEP, tags={"sweep": SWEEP, "role": "parent",
                                                      "dsr_tune.run": f"{SWEEP}/parent"}).info.run_id
     c.log_param(parent, "search.metric", "val_acc")
+    return uri, c, exp, parent
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    uri, c, exp, parent = _toy_sweep(root)
     c.log_param(parent, "search.pareto", "True")
     r = lambda *a, **k: _run(c, exp, parent, *a, **k)  # noqa: E731
     # sparsity 0.9: trial b is selected (val 0.93), then re-trained on the fresh seeds 1 and 2
@@ -299,14 +306,7 @@ def test_reporting_again_leaves_the_parent_as_it_was(tmp_path, monkeypatch):
     """`dsr-tune report`, run three times, leaves the parent run's metric histories, params,
     tags and artifacts as the first left them; when more runs have ended, only the numbers
     that changed get a point, at the next step."""
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    c = MlflowClient(uri)
-    exp = c.create_experiment("toy", artifact_location=(tmp_path / "artifacts").as_uri())
-    parent = c.create_run(exp, run_name=SWEEP, tags={"sweep": SWEEP, "role": "parent",
-                                                     "dsr_tune.run": f"{SWEEP}/parent"}).info.run_id
-    c.log_param(parent, "search.metric", "val_acc")
+    uri, c, exp, parent = _toy_sweep(tmp_path)
     r = lambda *a, **k: _run(c, exp, parent, *a, **k)  # noqa: E731
     r("search/dsr/a", "search", "dsr", 0.9, 0, 0.95, 5000, 10, val=0.93)
     r("search/dsr/b", "search", "dsr", 0.9, 0, 0.96, 5000, 10, val=0.93)  # a tie on val_acc: the key decides

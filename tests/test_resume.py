@@ -18,7 +18,7 @@ import pytest
 
 from dsr_tune import cli
 
-from conftest import DIGITS
+from conftest import DIGITS, CraftedPickle
 
 FAST = ["train.epochs=2", "optim.milestones=[1]", "sparsity.period_schedule=[[0, 10]]", "sparsity.stop_epoch=2",
         "sparsity.dsr.target_pruned=100", "train.threads=1"]
@@ -95,18 +95,6 @@ PLANNED = {*(f"search/dsr/s0.9-t{n}" for n in range(3)),
            *(f"paired/{row}/s0.9/seed{k}" for row in ("dsr", "static_1x") for k in (1, 2))}
 
 
-class Crafted:
-    """A pickle that would create ``marker`` when loaded by an unrestricted unpickler."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {self.marker}",))
-
-
 def _plant(sweep: Path, marker: Path) -> int:
     """Crafted pickles where Tune keeps its state (tuner.pkl, a searcher's state, each trial's
     params.pkl) in every tune/<phase> folder; returns how many."""
@@ -116,7 +104,7 @@ def _plant(sweep: Path, marker: Path) -> int:
     for phase in (sweep / "tune").glob("*"):
         for path in [phase / "tuner.pkl", phase / "searcher-state-crafted.pkl"] + \
                     [d / "params.pkl" for d in phase.iterdir() if d.is_dir()]:
-            path.write_bytes(pickle.dumps(Crafted(marker)))
+            path.write_bytes(pickle.dumps(CraftedPickle(marker)))
             n += 1
     return n
 

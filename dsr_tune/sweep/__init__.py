@@ -11,9 +11,10 @@ planned once, every run in MLflow. The life of a sweep, and its modules:
    compare`` is a sweep without its search phases;
 4. :mod:`.tune` runs one phase on Ray Tune: ASHA, the driver's callbacks
    (:mod:`.stops`: a storage fault stops the phase, a trial lost while
-   starting runs again); :mod:`.study` is a search's Optuna study and Tune's searcher over it (its
-   whole state, what --resume continues from); :mod:`.trial` trains one job
-   (:mod:`.jobs`: what a job is and what a trial gets with it);
+   starting runs again); :mod:`.study` is a search's Optuna study and
+   Tune's searcher over it (its whole state, what --resume continues
+   from); :mod:`.trial` trains one job (:mod:`.jobs`: what a job is and
+   what a trial gets with it);
 5. :mod:`.select` selects after the search: the best trial per method and
    sparsity, then the paired jobs on the report's fresh seeds;
 6. :mod:`.progress` says how far it is: every ETA, the best so far;

@@ -206,7 +206,7 @@ def _line(label: str, sparsity, runs: list[RunRow], reported: str) -> Line:
     if len(trained) > 1:  # a compute-matched row: each seed's epochs are what its DSR run's FLOPs buy
         notes.append(f"epochs {trained[0]}-{trained[-1]} by seed (the column: the most)")
     return Line(label, sparsity, {r.seed: r.metrics[reported] for r in runs},
-                statistics.mean(r.metrics.get("nonzero_params", 0) for r in runs), max(_epochs(r) for r in runs),
+                statistics.mean(r.metrics.get("nonzero_params", 0) for r in runs), trained[-1],
                 tuned=any(r.tuned for r in runs), note="; ".join(notes), cost=costs.of_runs(runs))
 
 
